@@ -1,0 +1,47 @@
+# clsr — the two commands: `make repro` (regenerate reports/) and `make test` (the whole suite).
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# pip prints a warning per missing local index folder on some machines; keep the log readable
+PIPFILTER := grep -v "^WARNING: Location" || true
+
+.PHONY: help setup test test-fast repro bench lab clean-venv
+
+help:
+	@echo "make setup   create $(VENV), install clsr[dev] (torch==2.13.0 CPU build), register the 'clsr' Jupyter kernel"
+	@echo "make test    setup + the whole test suite (pytest: unit, protocol, notebooks, pipeline end to end)"
+	@echo "make repro   setup + dvc repro: regenerate every table and figure in reports/"
+	@echo "make bench   setup + speed/scale benchmarks -> reports/benchmarks/"
+	@echo "make lab     setup + JupyterLab on http://127.0.0.1:8888"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[dev]" 2>&1 | $(PIPFILTER)
+	$(PY) -m ipykernel install --sys-prefix --name clsr --display-name "Python (clsr)" >/dev/null
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow"
+
+repro: setup
+	source $(VENV)/bin/activate && dvc repro
+
+bench: setup
+	source $(VENV)/bin/activate && $(PY) benchmarks/run_all.py
+
+lab: setup
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser --allow-root notebooks/
+
+clean-venv:
+	rm -rf $(VENV)

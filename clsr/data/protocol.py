@@ -1,0 +1,313 @@
+"""The evaluation protocol: split, instances, vocabularies and fixed candidates (official-clsr.md §1.3–1.7).
+
+    interactions table --(sort per user by time)--> events (CSR)
+        --(split rule)--> a split label per event
+        --(history expansion)--> instances: every event after a user's first, history = all earlier events
+        --(vocab from train)--> indices, 0 = padding and unseen
+        --(seeded sampling)--> 1 + N candidates for valid and test, positive first
+
+Every random step draws from one `numpy.random.Generator` seeded by `ProtocolConfig.seed`, in a fixed
+order, so the same seed gives byte-identical arrays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from clsr.config import ConfigError
+from clsr.data.sources import DataError, check_interactions
+from clsr.data.store import Candidates, Instances, PreparedData
+
+SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
+
+
+@dataclass
+class ProtocolConfig:
+    """How a dataset is split and evaluated. Defaults fit MovieLens-100K; the released Taobao setting is
+    split=time_span, span=86400, valid_keep=test_keep=0.15, time_unit=86.4."""
+
+    split: str = "per_user"  # per_user: each user's last event -> test, the one before -> valid
+    #                          time_span: global cut, last `span` -> test, the `span` before -> valid (released)
+    #                          time_fraction: global cut at the time quantiles of the events
+    span: float = 86400.0  # time_span: period length in ts units (Taobao 1 day = 86400 s; Kuaishou 12 h = 43200000 ms)
+    valid_fraction: float = 0.1  # time_fraction: share of (time-ordered) events in valid
+    test_fraction: float = 0.1  # time_fraction: share of (time-ordered) events in test
+    train_keep: float = 1.0  # keep-rate of train instances (released Kuaishou ≈ 0.05)
+    valid_keep: float = 1.0  # keep-rate of valid instances (released: Taobao ≈ 0.15, Kuaishou ≈ 0.05)
+    test_keep: float = 1.0  # keep-rate of test instances (same as valid in the released code)
+    valid_negatives: int = 4  # N for valid candidates (1 + N per instance)
+    test_negatives: int = 99  # N for test candidates
+    negative_sampling: str = "popularity"  # popularity: pool = every event's item, with repeats (released) | uniform
+    exclude_positive: bool = True  # False reproduces the released guard bug: the positive may be its own negative
+    max_len: int = 50  # L, most recent events kept in a history (released Taobao 50, Kuaishou 250)
+    time_unit: float = 86400.0  # r, the time-feature unit in ts units (released Taobao 86.4 s, Kuaishou 1 day in ms)
+    min_history: int = 1  # instances need at least this many earlier events (released min_seq_length 1)
+    seed: int = 0  # seeds every random step of the protocol
+
+    def validate(self, where: str = "protocol") -> None:
+        allowed = {
+            "split": ("per_user", "time_span", "time_fraction"),
+            "negative_sampling": ("popularity", "uniform"),
+        }
+        for key, values in allowed.items():
+            if getattr(self, key) not in values:
+                raise ConfigError(f"{where}.{key}: {getattr(self, key)!r} is not one of {list(values)}")
+        for key in ("train_keep", "valid_keep", "test_keep"):
+            v = getattr(self, key)
+            if not 0.0 < v <= 1.0:
+                raise ConfigError(f"{where}.{key}: {v} must be in (0, 1]")
+        if not 0 < self.valid_fraction + self.test_fraction < 1:
+            raise ConfigError(f"{where}: valid_fraction + test_fraction must be in (0, 1)")
+        for key in ("valid_negatives", "test_negatives", "max_len", "min_history"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key}: must be >= 1")
+        if self.span <= 0 or self.time_unit <= 0:
+            raise ConfigError(f"{where}: span and time_unit must be positive")
+
+
+# ------------------------------------------------------------------------------------------------
+def sort_events(df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """Group by user in order of first appearance, stable-sort each user's events by time (§1.3).
+
+    Returns the sorted frame with integer codes, the CSR offsets, and the raw-id tables.
+    """
+    user_code, user_ids = pd.factorize(df["user"], sort=False)
+    item_code, item_ids = pd.factorize(df["item"], sort=False)
+    cate_code, cate_ids = pd.factorize(df["category"], sort=False)
+    ts = df["ts"].to_numpy(np.int64)
+    order = np.lexsort((ts, user_code))  # stable: ties keep file order
+    counts = np.bincount(user_code, minlength=len(user_ids))
+    offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    extra = {}
+    for c in df.columns:
+        if c in ("user", "item", "category", "ts"):
+            continue
+        col = df[c]
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            extra[c] = col.to_numpy()[order]
+        elif pd.api.types.is_bool_dtype(col):
+            extra[c] = col.to_numpy().astype(np.int8)[order]
+    events = {
+        "item": item_code[order].astype(np.int32),
+        "cate": cate_code[order].astype(np.int32),
+        "ts": ts[order],
+    }
+    ids = {
+        "user": np.asarray(user_ids).astype(str),
+        "item": np.asarray(item_ids).astype(str),
+        "cate": np.asarray(cate_ids).astype(str),
+    }
+    return events, offsets, ids, extra
+
+
+def positions(offsets: np.ndarray) -> np.ndarray:
+    """Position of every event within its user's list (0 for the first)."""
+    n = offsets[-1]
+    return np.arange(n, dtype=np.int64) - np.repeat(offsets[:-1], np.diff(offsets))
+
+
+def split_labels(ts: np.ndarray, offsets: np.ndarray, cfg: ProtocolConfig) -> np.ndarray:
+    """0 train, 1 valid, 2 test for every event."""
+    n = len(ts)
+    label = np.zeros(n, dtype=np.int8)
+    if cfg.split == "per_user":
+        lengths = np.diff(offsets)
+        last = offsets[1:] - 1
+        has_test = lengths >= 2  # the test target needs at least one earlier event
+        has_valid = lengths >= 3
+        label[last[has_test]] = 2
+        label[last[has_valid] - 1] = 1
+    elif cfg.split == "time_span":
+        t_max = ts.max()
+        label[ts >= t_max - 2 * cfg.span] = 1
+        label[ts >= t_max - cfg.span] = 2
+    else:  # time_fraction: cut the time-ordered events at quantiles
+        t_sorted = np.sort(ts, kind="stable")
+        t_test = t_sorted[int(np.floor(n * (1 - cfg.test_fraction)))]
+        t_valid = t_sorted[int(np.floor(n * (1 - cfg.test_fraction - cfg.valid_fraction)))]
+        label[ts >= t_valid] = 1
+        label[ts >= t_test] = 2
+    return label
+
+
+def build_vocab(counts_per_code: np.ndarray, first_seen: np.ndarray) -> np.ndarray:
+    """Vocab index per code: sorted by count descending, ties by first appearance; index 0 reserved;
+    codes never counted in training map to 0 (§1.6)."""
+    index = np.zeros(len(counts_per_code), dtype=np.int32)
+    used = np.flatnonzero(counts_per_code > 0)
+    order = used[np.lexsort((first_seen[used], -counts_per_code[used]))]
+    index[order] = np.arange(1, len(order) + 1, dtype=np.int32)
+    return index
+
+
+def train_counts(
+    event_codes: np.ndarray, offsets: np.ndarray, is_train_target: np.ndarray, n_codes: int
+) -> np.ndarray:
+    """How often each code occurs in the train instances, as the released vocab counts it:
+    once per train target, plus once per train instance whose (full) history contains the event."""
+    # per event: number of later train targets of the same user (= train histories it appears in)
+    t = is_train_target.astype(np.int64)
+    csum = np.concatenate([[0], np.cumsum(t)])
+    user_end = np.repeat(offsets[1:], np.diff(offsets))
+    later = csum[user_end] - csum[np.arange(len(t)) + 1]
+    weight = later + t
+    return np.bincount(event_codes, weights=weight, minlength=n_codes).astype(np.int64)
+
+
+def first_index(codes: np.ndarray, n_codes: int) -> np.ndarray:
+    first = np.full(n_codes, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(len(codes), dtype=np.int64))
+    return first
+
+
+def sample_negatives(
+    positives: np.ndarray,
+    n_neg: int,
+    pool: np.ndarray,
+    rng: np.random.Generator,
+    exclude_positive: bool = True,
+) -> np.ndarray:
+    """N distinct negatives per row, each the first N distinct draws of an i.i.d. stream from `pool`
+    (a pool with repeats samples proportionally to popularity), as the released rejection loop does.
+
+    Rows whose stream has not yet produced N distinct usable values get more draws appended, so the
+    result is exactly "the first N distinct of the stream" (no restart bias).
+    """
+    m = len(positives)
+    n_distinct = len(np.unique(pool))
+    if n_distinct - int(exclude_positive) < n_neg:
+        raise DataError(
+            f"cannot sample {n_neg} distinct negatives from {n_distinct} distinct items; "
+            "lower the number of negatives in params.yaml (protocol.valid_negatives / test_negatives)"
+        )
+    out = np.empty((m, n_neg), dtype=np.int64)
+    todo = np.arange(m)
+    stream = np.empty((m, 0), dtype=np.int64)
+    k = 2 * n_neg + 8
+    while todo.size:
+        new = pool[rng.integers(0, len(pool), size=(todo.size, k))]
+        stream = np.concatenate([stream, new], axis=1) if stream.shape[1] else new
+        usable = np.ones(stream.shape, dtype=bool)
+        if exclude_positive:
+            usable &= stream != positives[todo, None]
+        order = np.argsort(stream, axis=1, kind="stable")
+        s = np.take_along_axis(stream, order, 1)
+        first = np.ones_like(s, dtype=bool)
+        first[:, 1:] = s[:, 1:] != s[:, :-1]
+        keep = np.empty_like(first)
+        np.put_along_axis(keep, order, first, 1)
+        keep &= usable
+        cnt = np.cumsum(keep, axis=1)
+        done = cnt[:, -1] >= n_neg
+        if done.any():
+            sel = keep[done] & (cnt[done] <= n_neg)
+            out[todo[done]] = stream[done][sel].reshape(-1, n_neg)
+        todo, stream = todo[~done], stream[~done]
+        k *= 2
+    return out
+
+
+def build(df: pd.DataFrame, cfg: ProtocolConfig, name: str = "dataset") -> PreparedData:
+    """Interactions table -> PreparedData (events, instances, vocabularies, candidates)."""
+    df = check_interactions(df, f"dataset {name!r}")
+    events, offsets, ids, extra = sort_events(df)
+    rng = np.random.default_rng(cfg.seed)
+    pos = positions(offsets)
+    label = split_labels(events["ts"], offsets, cfg)
+
+    # history expansion: every event after a user's first (with >= min_history earlier events)
+    eligible = pos >= cfg.min_history
+    keep_rate = np.array([cfg.train_keep, cfg.valid_keep, cfg.test_keep])
+    u = rng.random(len(pos))  # one draw per event, always, so keep-rates do not shift other draws
+    kept = eligible & (u < keep_rate[label])
+    user_of = np.repeat(np.arange(len(offsets) - 1, dtype=np.int32), np.diff(offsets))
+    instances = {}
+    for split, code in SPLIT_CODES.items():
+        ev = np.flatnonzero(kept & (label == code))
+        instances[split] = Instances(user=user_of[ev], pos=pos[ev].astype(np.int32))
+    if len(instances["train"]) == 0:
+        raise DataError(f"dataset {name!r}: the split left no training instances; check protocol.split / span")
+
+    # vocabularies from train (§1.6)
+    is_train_target = np.zeros(len(pos), dtype=bool)
+    is_train_target[offsets[instances["train"].user] + instances["train"].pos] = True
+    n_items, n_cates, n_users = len(ids["item"]), len(ids["cate"]), len(ids["user"])
+    item_index = build_vocab(
+        train_counts(events["item"], offsets, is_train_target, n_items), first_index(events["item"], n_items)
+    )
+    cate_index = build_vocab(
+        train_counts(events["cate"], offsets, is_train_target, n_cates), first_index(events["cate"], n_cates)
+    )
+    user_train = np.bincount(instances["train"].user, minlength=n_users)
+    user_index = build_vocab(user_train, np.arange(n_users))
+
+    # fixed evaluation candidates
+    if cfg.negative_sampling == "popularity":
+        pool = events["item"].astype(np.int64)  # every event's item, with repeats (§1.7)
+    else:
+        pool = np.arange(n_items, dtype=np.int64)
+    item_cate = np.zeros(n_items, dtype=np.int32)
+    item_cate[events["item"]] = events["cate"]  # the last category seen for an item, like a dict rebuilt in order
+    candidates = {}
+    for split, n_neg in (("valid", cfg.valid_negatives), ("test", cfg.test_negatives)):
+        inst = instances[split]
+        tgt = offsets[inst.user] + inst.pos
+        pos_item = events["item"][tgt].astype(np.int64)
+        neg = sample_negatives(pos_item, n_neg, pool, rng, cfg.exclude_positive) if len(inst) else np.zeros((0, n_neg), np.int64)
+        cand_item = np.concatenate([pos_item[:, None], neg], axis=1).astype(np.int32)
+        cand_cate = item_cate[cand_item]
+        cand_cate[:, 0] = events["cate"][tgt]
+        candidates[split] = Candidates(item=cand_item, cate=cand_cate.astype(np.int32))
+
+    return PreparedData(
+        name=name,
+        user_offsets=offsets,
+        event_item=events["item"],
+        event_cate=events["cate"],
+        event_ts=events["ts"],
+        user_ids=ids["user"],
+        item_ids=ids["item"],
+        cate_ids=ids["cate"],
+        user_index=user_index,
+        item_index=item_index,
+        cate_index=cate_index,
+        instances=instances,
+        candidates=candidates,
+        meta={"protocol": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "time_unit": cfg.time_unit, "max_len": cfg.max_len},
+        event_extra=extra,
+    )
+
+
+def stats(data: PreparedData) -> dict:
+    """Dataset statistics for stats.json: sizes, instances per split, unseen shares, history lengths."""
+    out = {
+        "name": data.name,
+        "users": data.n_users,
+        "items": len(data.item_ids),
+        "categories": len(data.cate_ids),
+        "events": data.n_events,
+        "vocab": {"users": data.user_vocab_size, "items": data.item_vocab_size, "categories": data.cate_vocab_size},
+        "time_range": [int(data.event_ts.min()), int(data.event_ts.max())],
+        "splits": {},
+    }
+    L = int(data.meta.get("max_len", 50))
+    for split, inst in data.instances.items():
+        tgt = data.target_event(split)
+        n = inst.pos.astype(np.int64)
+        s = {
+            "instances": len(inst),
+            "users": int(len(np.unique(inst.user))),
+            "unseen_user_share": float(np.mean(data.user_index[inst.user] == 0)) if len(inst) else 0.0,
+            "unseen_item_share": float(np.mean(data.item_index[data.event_item[tgt]] == 0)) if len(inst) else 0.0,
+            "history_length_quantiles": (
+                {str(q): float(np.quantile(n, q)) for q in (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)} if len(inst) else {}
+            ),
+            "truncated_share": float(np.mean(n > L)) if len(inst) else 0.0,
+        }
+        if split in data.candidates:
+            s["candidates_shape"] = list(data.candidates[split].item.shape)
+        out["splits"][split] = s
+    return out

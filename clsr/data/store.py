@@ -1,0 +1,197 @@
+"""The prepared dataset: events stored once per user (CSR), instances as pointers, fixed candidates.
+
+Layout (DESIGN.md "Storage: events once, instances as pointers"):
+
+- Users are rows ``u = 0..U-1``. User ``u``'s events, sorted by time (stable), are
+  ``events[user_offsets[u] : user_offsets[u+1]]``.
+- Every event carries *codes*: positions in the raw-id tables ``item_ids``, ``cate_ids`` (all items and
+  categories seen anywhere). Codes keep the raw identity (needed to export the released TSV format);
+  the model sees *vocabulary indices*, looked up through ``item_index[code]`` etc. Index 0 is padding and
+  every id unseen in training (the released rule, official-clsr.md §1.6).
+- An instance of a split is ``(user row, pos)``: the target is the user's event number ``pos`` (>= 1)
+  and its history is the user's events ``0 .. pos-1``, all earlier events across every split.
+- Evaluation candidates are fixed code matrices ``(n_instances, 1 + N)``, positive first, sampled once
+  with a seed, so every model is scored on the very same candidates.
+
+Files: ``arrays.npz`` (uncompressed numpy arrays, no pickles) + ``meta.json``. A save goes to a temporary
+folder renamed into place, so an interrupted run never leaves a half-written dataset that looks complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class Instances:
+    """Pointers to targets: user row and position of the target event in that user's event list."""
+
+    user: np.ndarray  # int32 (n,)
+    pos: np.ndarray  # int32 (n,), >= 1
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+@dataclass
+class Candidates:
+    """Fixed evaluation candidates as codes; column 0 is the positive."""
+
+    item: np.ndarray  # int32 (n, 1+N)
+    cate: np.ndarray  # int32 (n, 1+N)
+
+
+@dataclass
+class PreparedData:
+    name: str
+    user_offsets: np.ndarray  # int64 (U+1,)
+    event_item: np.ndarray  # int32 (E,) item code
+    event_cate: np.ndarray  # int32 (E,) category code
+    event_ts: np.ndarray  # int64 (E,) raw time units
+    user_ids: np.ndarray  # str (U,) raw user ids
+    item_ids: np.ndarray  # str (I,) raw item ids, code -> raw
+    cate_ids: np.ndarray  # str (C,) raw category ids
+    user_index: np.ndarray  # int32 (U,) vocab index, 0 = unseen in train
+    item_index: np.ndarray  # int32 (I,)
+    cate_index: np.ndarray  # int32 (C,)
+    instances: dict[str, Instances]
+    candidates: dict[str, Candidates]  # valid, test
+    meta: dict = field(default_factory=dict)
+    event_extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. synthetic ground truth
+
+    # ---- sizes -------------------------------------------------------------------------------
+    @property
+    def n_users(self) -> int:
+        return len(self.user_offsets) - 1
+
+    @property
+    def n_events(self) -> int:
+        return len(self.event_item)
+
+    @property
+    def user_vocab_size(self) -> int:
+        return int(self.user_index.max(initial=0)) + 1
+
+    @property
+    def item_vocab_size(self) -> int:
+        return int(self.item_index.max(initial=0)) + 1
+
+    @property
+    def cate_vocab_size(self) -> int:
+        return int(self.cate_index.max(initial=0)) + 1
+
+    def event_user(self) -> np.ndarray:
+        """User row of every event (E,)."""
+        return np.repeat(np.arange(self.n_users, dtype=np.int32), np.diff(self.user_offsets))
+
+    def target_event(self, split: str) -> np.ndarray:
+        """Global event index of each instance's target."""
+        inst = self.instances[split]
+        return self.user_offsets[inst.user] + inst.pos
+
+    # ---- persistence -------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {
+            "user_offsets": self.user_offsets,
+            "event_item": self.event_item,
+            "event_cate": self.event_cate,
+            "event_ts": self.event_ts,
+            "user_ids": self.user_ids.astype(str),
+            "item_ids": self.item_ids.astype(str),
+            "cate_ids": self.cate_ids.astype(str),
+            "user_index": self.user_index,
+            "item_index": self.item_index,
+            "cate_index": self.cate_index,
+        }
+        for split, inst in self.instances.items():
+            arrays[f"{split}_user"] = inst.user
+            arrays[f"{split}_pos"] = inst.pos
+        for split, cand in self.candidates.items():
+            arrays[f"{split}_cand_item"] = cand.item
+            arrays[f"{split}_cand_cate"] = cand.cate
+        for k, v in self.event_extra.items():
+            arrays[f"extra_{k}"] = v
+        meta = dict(self.meta)
+        meta["name"] = self.name
+        meta["splits"] = list(self.instances)
+        meta["candidate_splits"] = list(self.candidates)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        try:
+            with open(tmp / "arrays.npz", "wb") as f:
+                np.savez(f, **arrays)
+            with open(tmp / "meta.json", "w") as f:
+                json.dump(meta, f, indent=2, sort_keys=True, default=_json_default)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "PreparedData":
+        folder = Path(folder)
+        npz_path, meta_path = folder / "arrays.npz", folder / "meta.json"
+        if not npz_path.exists() or not meta_path.exists():
+            raise FileNotFoundError(
+                f"prepared dataset not found in {folder} (expected arrays.npz and meta.json); "
+                "run `python -m clsr prepare --dataset NAME` (or `dvc repro`) first"
+            )
+        with open(meta_path) as f:
+            meta = json.load(f)
+        with np.load(npz_path, allow_pickle=False) as z:
+            a = {k: z[k] for k in z.files}
+        instances = {s: Instances(a.pop(f"{s}_user"), a.pop(f"{s}_pos")) for s in meta["splits"]}
+        candidates = {
+            s: Candidates(a.pop(f"{s}_cand_item"), a.pop(f"{s}_cand_cate"))
+            for s in meta["candidate_splits"]
+        }
+        extra = {k[len("extra_"):]: a.pop(k) for k in list(a) if k.startswith("extra_")}
+        return cls(
+            name=meta["name"],
+            instances=instances,
+            candidates=candidates,
+            meta=meta,
+            event_extra=extra,
+            **a,
+        )
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file via a temporary sibling and rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")

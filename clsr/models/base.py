@@ -1,0 +1,77 @@
+"""What every model in the registry provides to the trainer.
+
+A model maps a `Batch` (B instances, C candidates each, column 0 the positive) to a dict of tensors
+holding at least ``logits`` of shape (B, C). It owns its losses: `compute_loss` returns the named parts
+and their sum under ``total``. The shared parts (recommendation loss, L2 on the used embedding rows and
+all other parameters) are implemented once here; models add their own through `extra_losses`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from clsr import losses
+from clsr.data.batches import Batch
+
+
+@dataclass
+class ModelConfig:
+    """Settings every model shares; each model's config subclasses this (defaults = released CLI)."""
+
+    item_dim: int = 32  # item embedding size; the history token is item ‖ category (32 + 8 = 40)
+    cate_dim: int = 8  # category embedding size
+    init_std: float = 0.01  # truncated-normal std for embeddings and dense weights (§2.7)
+    rec_loss: str = "softmax"  # softmax over each instance's 1+N logits (released) | bce (per row)
+    embed_l2: float = 1.0e-6  # ½‖·‖² on the embedding rows used in the batch
+    layer_l2: float = 1.0e-6  # ½‖·‖² on every non-embedding parameter
+
+    def validate(self, where: str = "model") -> None:
+        if self.rec_loss not in ("softmax", "bce"):
+            raise ValueError(f"{where}.rec_loss: {self.rec_loss!r} is not one of ['softmax', 'bce']")
+
+
+@dataclass
+class ModelSizes:
+    """Vocabulary sizes, index 0 included (padding and every id unseen in training)."""
+
+    n_users: int
+    n_items: int
+    n_cates: int
+
+
+class Recommender(nn.Module):
+    #: per-tensor gradient clipping norm used by the trainer (released: CLSR 2.0, baselines none)
+    clip_norm: float | None = None
+
+    def __init__(self, cfg: ModelConfig, sizes: ModelSizes):
+        super().__init__()
+        self.cfg = cfg
+        self.sizes = sizes
+
+    # --- to implement ---------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def embedding_rows(self, batch: Batch) -> list[tuple[nn.Embedding, torch.Tensor]]:
+        """(table, row indices) pairs used by this batch, for the L2 term on used rows (§2.4)."""
+        return []
+
+    def extra_losses(self, batch: Batch, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Model-specific weighted loss terms (contrastive, discrepancy, auxiliary...)."""
+        return {}
+
+    # --- shared ---------------------------------------------------------------------------------
+    def embedding_tables(self) -> list[nn.Embedding]:
+        return [m for m in self.modules() if isinstance(m, nn.Embedding)]
+
+    def compute_loss(self, batch: Batch, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        parts = {"rec": losses.recommendation_loss(out["logits"], self.cfg.rec_loss)}
+        parts["l2"] = losses.l2_loss(self, self.embedding_rows(batch), self.cfg.embed_l2, self.cfg.layer_l2)
+        parts.update(self.extra_losses(batch, out))
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,0 +1,514 @@
+"""Building blocks shared by CLSR and the baselines, each matching the released TensorFlow code.
+
+Reference: ``/work/shared/reference/official-clsr.md`` §2.2 (MLP, attention), §2.3 (Time4LSTM), §2.7
+(initialisation). Every block documents the equation it implements.
+
+Contents
+--------
+- `trunc_normal_`, `glorot_uniform_`: TF1's ``truncated_normal_initializer`` and
+  ``glorot_uniform_initializer``.
+- `MLP`: ``_fcn_net`` — [Linear -> BatchNorm -> activation] per hidden layer, then a linear output.
+- `DinAttention`: the DIN-style scorer MLP([k, q, k-q, k⊙q]) with a masked softmax, with an exact fast
+  path that never materialises the 4-fold concatenation (DESIGN.md "Where the time goes").
+- `attention_pool`: Σ_t a_t V_t.
+- `TFGRUCell`, `TFLSTMCell`, `Time4LSTMCell` and the runner `run_rnn` (`run_gru` is an alias):
+  TF1 ``GRUCell`` / ``LSTMCell`` / SLi-Rec ``Time4LSTMCell`` semantics with ``dynamic_rnn``'s
+  ``sequence_length`` behaviour (outputs zero past the length, state frozen at step length-1).
+
+Layout conventions: recurrent kernels are stored in TF's layout (in, out) so that their glorot limits,
+which depend on the full kernel shape, match the released code; dense layers are ``nn.Linear``
+(PyTorch layout (out, in)); glorot is symmetric in the fans, so the layout does not change the limit.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: score given to padded positions before the softmax, as released: ``-(2**32) + 1``
+PAD_SCORE = float(-(2**32) + 1)
+
+#: TF ``tf.layers.batch_normalization(momentum=0.95, epsilon=1e-4)`` in PyTorch terms
+BN_EPS = 1.0e-4
+BN_MOMENTUM = 0.05
+
+
+# --------------------------------------------------------------------------------------------------
+# initialisers
+# --------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def trunc_normal_(tensor: torch.Tensor, std: float = 0.01) -> torch.Tensor:
+    """TF ``truncated_normal_initializer(stddev=std)``: w ~ N(0, std²), redrawn outside [-2·std, 2·std].
+
+    (``std`` is the standard deviation of the normal *before* truncation, as in TF and in
+    ``torch.nn.init.trunc_normal_``.)
+    """
+    return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
+
+
+def tf_fans(shape: Sequence[int]) -> tuple[int, int]:
+    """TF's ``_compute_fans``: a 1-D shape [n] has fan_in = fan_out = n; a 2-D shape (in, out)."""
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    receptive = math.prod(shape[:-2])
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+@torch.no_grad()
+def glorot_uniform_(tensor: torch.Tensor) -> torch.Tensor:
+    """TF ``glorot_uniform_initializer``: w ~ U(-l, l), l = sqrt(6 / (fan_in + fan_out)).
+
+    The 1-D vectors of Time4LSTM get l = sqrt(6 / (2n)) (≈ 0.274 for n = 40), as in TF.
+    """
+    fan_in, fan_out = tf_fans(tuple(tensor.shape))
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return tensor.uniform_(-limit, limit)
+
+
+# --------------------------------------------------------------------------------------------------
+# MLP with batch norm (released `_fcn_net`)
+# --------------------------------------------------------------------------------------------------
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "elu": F.elu,
+    "identity": lambda x: x,
+}
+
+
+def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"activation {name!r} is not one of {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+class MLP(nn.Module):
+    """The released ``_fcn_net``: for each hidden size h_k,
+
+        x_k = act(BN(x_{k-1} W_k + b_k)),    then    y = x_K W_out + b_out    (when out_dim is set)
+
+    - W ~ trunc-normal(std), b = 0; BN γ = 1, β = 0, ε = 1e-4, PyTorch momentum 0.05 (TF 0.95).
+    - Any leading shape is accepted: the input is viewed as (-1, C) for BN, so on a 3-D or 4-D
+      attention input the statistics run over **all** positions, padding included, as released.
+    - ``activation`` is one name for every hidden layer or one per layer (TF ``hparams.activation``).
+    - ``tail(z)`` applies everything after the first linear layer to its pre-activation ``z``; the
+      DIN fast path computes ``z`` itself (see `DinAttention`).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        sizes: Sequence[int],
+        activation: str | Sequence[str] = "relu",
+        batch_norm: bool = True,
+        out_dim: int | None = 1,
+        init_std: float = 0.01,
+        bn_eps: float = BN_EPS,
+        bn_momentum: float = BN_MOMENTUM,
+    ):
+        super().__init__()
+        sizes = list(sizes)
+        acts = [activation] * len(sizes) if isinstance(activation, str) else list(activation)
+        if len(acts) != len(sizes):
+            raise ValueError(f"MLP: {len(acts)} activations for {len(sizes)} hidden layers")
+        self.in_dim, self.sizes, self.out_dim = in_dim, sizes, out_dim
+        self.activations = [activation_fn(a) for a in acts]
+        self._act_names = acts
+        dims = [in_dim] + sizes
+        self.linears = nn.ModuleList(nn.Linear(dims[k], dims[k + 1]) for k in range(len(sizes)))
+        self.norms = (
+            nn.ModuleList(nn.BatchNorm1d(h, eps=bn_eps, momentum=bn_momentum) for h in sizes)
+            if batch_norm
+            else None
+        )
+        self.out = nn.Linear(dims[-1], out_dim) if out_dim is not None else None
+        for lin in list(self.linears) + ([self.out] if self.out is not None else []):
+            trunc_normal_(lin.weight, init_std)
+            nn.init.zeros_(lin.bias)
+
+    @property
+    def output_dim(self) -> int:
+        return self.out_dim if self.out_dim is not None else ([self.in_dim] + self.sizes)[-1]
+
+    def _norm_act(self, k: int, z: torch.Tensor) -> torch.Tensor:
+        """act_k(BN_k(z)) over any leading shape (BN statistics over every leading position)."""
+        if self.norms is not None:
+            shape = z.shape
+            z = self.norms[k](z.reshape(-1, shape[-1])).view(shape)
+        if self._act_names[k] == "relu":
+            # in place: BN's backward needs its input, not its output, so this is autograd-safe
+            return torch.relu_(z) if self.norms is not None else torch.relu(z)
+        return self.activations[k](z)
+
+    def tail(self, z: torch.Tensor) -> torch.Tensor:
+        """Everything after the first linear layer, given that layer's pre-activation z."""
+        x = self._norm_act(0, z)
+        for k in range(1, len(self.linears)):
+            x = self._norm_act(k, self.linears[k](x))
+        return self.out(x) if self.out is not None else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.linears:
+            return self.out(x) if self.out is not None else x
+        return self.tail(self.linears[0](x))
+
+
+# --------------------------------------------------------------------------------------------------
+# DIN attention (released `_attention_fcn`, without the projection matrix, which the caller owns)
+# --------------------------------------------------------------------------------------------------
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax_t(s_t if m_t else -(2**32)+1), as released (a fully padded row gets uniform weights)."""
+    return torch.softmax(scores.masked_fill(mask == 0, PAD_SCORE), dim=-1)
+
+
+def attention_pool(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """u = Σ_t a_t V_t. weights (B, L) -> (B, d), or (B, C, L) -> (B, C, d); values (B, L, d)."""
+    if weights.dim() == 2:
+        return torch.bmm(weights.unsqueeze(1), values).squeeze(1)
+    return torch.bmm(weights, values)
+
+
+class DinAttention(nn.Module):
+    """DIN scorer with masked softmax (released ``_attention_fcn`` after ``A = V·W``):
+
+        s_t = MLP([a_t, q, a_t − q, a_t ⊙ q]),     w = softmax_t(s_t, padded t -> -(2**32)+1)
+
+    Shapes: keys A (B, L, d); query q either (B, d) -> weights (B, L), or (B, C, d) -> weights
+    (B, C, L) (C queries sharing the keys). The query may be given in two parts,
+    ``query_shared`` (B, d_s) common to the C queries of an instance and ``query`` (B, C, d_r) or
+    (B, d_r); the full query is [query_shared ‖ query], d_s + d_r = d.
+
+    Fast path (exact). Writing the first layer W = [W_a, W_q, W_d, W_p] (one block per concat part),
+
+        z = W_a a + W_q q + W_d (a − q) + W_p (a ⊙ q) + b
+          = (W_a + W_d) a  +  (W_q − W_d) q  +  W_p (a ⊙ q)  + b,
+
+    and with q = [s ‖ r], a = [a_s ‖ a_r], W_p (a ⊙ q) = W_p,s (a_s ⊙ s) + W_p,r (a_r ⊙ r). So
+
+        K[b, t]    = (W_a + W_d) a_t + W_p,s (a_s,t ⊙ s) + b    once per history position,
+        Q[b, c]    = (W_q − W_d) q_c                             once per query,
+        P[b, c, t] = W_p,r (a_r,t ⊙ r_c)                         the only per-(position, query) product,
+
+    z = K + Q + P. The 4d-wide concatenation is never built and the per-candidate matmul is d_r wide
+    instead of 4d. The naive path (``naive=True``) builds the concatenation explicitly (tests compare).
+    BN statistics run over all B·C·L positions in both paths (padding included, as released).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        sizes: Sequence[int] = (80, 40),
+        activation: str | Sequence[str] = "relu",
+        batch_norm: bool = True,
+        init_std: float = 0.01,
+    ):
+        super().__init__()
+        if not sizes:
+            raise ValueError("DinAttention needs at least one hidden layer")
+        self.dim = dim
+        self.mlp = MLP(4 * dim, sizes, activation, batch_norm, out_dim=1, init_std=init_std)
+
+    # ---- helpers -------------------------------------------------------------------------------
+    @staticmethod
+    def _full_query(query: torch.Tensor, query_shared: torch.Tensor | None) -> torch.Tensor:
+        """[query_shared ‖ query] as (B, C, d)."""
+        q = query if query.dim() == 3 else query.unsqueeze(1)
+        if query_shared is None:
+            return q
+        return torch.cat([query_shared.unsqueeze(1).expand(-1, q.shape[1], -1), q], dim=-1)
+
+    def scores_naive(self, keys: torch.Tensor, query: torch.Tensor, query_shared=None) -> torch.Tensor:
+        """s (B, C, L) from the explicit concatenation [a, q, a−q, a⊙q] (B, C, L, 4d)."""
+        q = self._full_query(query, query_shared)  # (B, C, d)
+        B, C, d = q.shape
+        L = keys.shape[1]
+        a = keys.unsqueeze(1).expand(B, C, L, d)
+        qq = q.unsqueeze(2).expand(B, C, L, d)
+        z = torch.cat([a, qq, a - qq, a * qq], dim=-1)
+        return self.mlp(z).squeeze(-1)
+
+    def scores_fast(self, keys: torch.Tensor, query: torch.Tensor, query_shared=None) -> torch.Tensor:
+        """s (B, C, L) via the decomposition in the class docstring (exact, no 4d concat)."""
+        d = self.dim
+        first = self.mlp.linears[0]
+        W, bias = first.weight, first.bias  # (h, 4d), (h,)
+        W_a, W_q, W_d, W_p = W[:, :d], W[:, d : 2 * d], W[:, 2 * d : 3 * d], W[:, 3 * d :]
+        r = query if query.dim() == 3 else query.unsqueeze(1)  # (B, C, d_r)
+        d_s = 0 if query_shared is None else query_shared.shape[-1]
+        if d_s + r.shape[-1] != d:
+            raise ValueError(f"DinAttention: query width {d_s}+{r.shape[-1]} != key width {d}")
+
+        # per history position: (W_a + W_d) a_t + b  [+ W_p,s (a_s,t ⊙ s)]
+        K = F.linear(keys, W_a + W_d, bias)  # (B, L, h)
+        # per query: (W_q − W_d) q = (W_q − W_d)_s s + (W_q − W_d)_r r
+        W_qd = W_q - W_d
+        Q = F.linear(r, W_qd[:, d_s:])  # (B, C, h)
+        if d_s:
+            s = query_shared
+            K = K + F.linear(keys[..., :d_s] * s.unsqueeze(1), W_p[:, :d_s])
+            Q = Q + F.linear(s, W_qd[:, :d_s]).unsqueeze(1)
+        # per (query, position): W_p,r (a_r,t ⊙ r_c)
+        a_r = keys[..., d_s:]  # (B, L, d_r)
+        prod = a_r.unsqueeze(1) * r.unsqueeze(2)  # (B, C, L, d_r)
+        z = F.linear(prod, W_p[:, d_s:])  # (B, C, L, h)
+        z = z.add_(K.unsqueeze(1)).add_(Q.unsqueeze(2))  # in place: add's backward needs no inputs
+        return self.mlp.tail(z).squeeze(-1)
+
+    def forward(
+        self,
+        keys: torch.Tensor,
+        mask: torch.Tensor,
+        query: torch.Tensor,
+        query_shared: torch.Tensor | None = None,
+        naive: bool = False,
+    ) -> torch.Tensor:
+        """Attention weights: (B, L) for a (B, d_r) query, (B, C, L) for a (B, C, d_r) query."""
+        s = (self.scores_naive if naive else self.scores_fast)(keys, query, query_shared)  # (B, C, L)
+        w = masked_softmax(s, mask.unsqueeze(1))
+        return w.squeeze(1) if query.dim() == 2 else w
+
+
+# --------------------------------------------------------------------------------------------------
+# recurrent cells (TF1 semantics) and the dynamic_rnn-like runner
+# --------------------------------------------------------------------------------------------------
+class TFGRUCell(nn.Module):
+    """TF1 ``tf.nn.rnn_cell.GRUCell``:
+
+        [r, z] = σ([x ‖ h] W_g + b_g)          (split order r, z; b_g initialised to 1.0)
+        c      = tanh([x ‖ r ⊙ h] W_c + b_c)    (reset applied BEFORE the matmul; b_c = 0)
+        h'     = z ⊙ h + (1 − z) ⊙ c
+
+    Kernels W_g ((d+H) × 2H) and W_c ((d+H) × H) are glorot-uniform over their full TF shapes.
+    PyTorch's ``nn.GRUCell`` applies r after the recurrent matmul, so it is not the same function.
+
+    `forward(x, h)` is the textbook one-step form; `precompute` + `step` is the runner's form, with
+    the input projections of all steps done in one matmul outside the time loop.
+    """
+
+    def __init__(self, input_dim: int, hidden_size: int):
+        super().__init__()
+        self.input_dim, self.hidden_size = input_dim, hidden_size
+        D, H = input_dim, hidden_size
+        self.gate_kernel = nn.Parameter(glorot_uniform_(torch.empty(D + H, 2 * H)))
+        self.gate_bias = nn.Parameter(torch.ones(2 * H))
+        self.cand_kernel = nn.Parameter(glorot_uniform_(torch.empty(D + H, H)))
+        self.cand_bias = nn.Parameter(torch.zeros(H))
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """One step, literally the equations above."""
+        H = self.hidden_size
+        rz = torch.sigmoid(torch.cat([x, h], -1) @ self.gate_kernel + self.gate_bias)
+        r, z = rz[..., :H], rz[..., H:]
+        c = torch.tanh(torch.cat([x, r * h], -1) @ self.cand_kernel + self.cand_bias)
+        return z * h + (1 - z) * c
+
+    def init_state(self, h0: torch.Tensor | None, batch: int, like: torch.Tensor):
+        return like.new_zeros(batch, self.hidden_size) if h0 is None else h0
+
+    def precompute(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """x (B, L, d) -> per step t: (x_t W_g,x + b_g, x_t W_c,x + b_c), one matmul for all steps."""
+        D, H = self.input_dim, self.hidden_size
+        W_x = torch.cat([self.gate_kernel[:D], self.cand_kernel[:D]], dim=1)  # (D, 3H)
+        b = torch.cat([self.gate_bias, self.cand_bias])
+        proj = torch.addmm(b, x.transpose(0, 1).reshape(-1, D), W_x).view(x.shape[1], x.shape[0], 3 * H)
+        # time-major and contiguous: each step's slices are cheap views
+        return [(p[:, : 2 * H], p[:, 2 * H :]) for p in proj.unbind(0)]
+
+    def step(self, pre, state, weights):
+        """h' from the precomputed input part; weights = (W_g,h, W_c,h) sliced once per sequence."""
+        gx, cx = pre
+        Wg_h, Wc_h = weights
+        H = self.hidden_size
+        rz = torch.sigmoid(torch.addmm(gx, state, Wg_h))
+        r, z = rz[:, :H], rz[:, H:]
+        c = torch.tanh(torch.addmm(cx, r * state, Wc_h))
+        h = torch.lerp(c, state, z)  # c + z (h − c) = z h + (1 − z) c
+        return h, h
+
+    def step_weights(self):
+        D = self.input_dim
+        return self.gate_kernel[D:], self.cand_kernel[D:]
+
+
+class TFLSTMCell(nn.Module):
+    """TF1 ``tf.nn.rnn_cell.LSTMCell`` (no peepholes, no projection), forget bias +1:
+
+        [i, j, f, o] = [x ‖ h] W + b                 (split order i, j, f, o; b = 0)
+        c' = σ(f + 1) ⊙ c + σ(i) ⊙ tanh(j)
+        h' = σ(o) ⊙ tanh(c')
+
+    W ((d+H) × 4H) is glorot-uniform. The state is (h, c); the output is h.
+    `Time4LSTMCell` reuses `step` with two extra multiplicative time gates.
+    """
+
+    forget_bias = 1.0
+
+    def __init__(self, input_dim: int, hidden_size: int):
+        super().__init__()
+        self.input_dim, self.hidden_size = input_dim, hidden_size
+        D, H = input_dim, hidden_size
+        self.kernel = nn.Parameter(glorot_uniform_(torch.empty(D + H, 4 * H)))
+        self.bias = nn.Parameter(torch.zeros(4 * H))
+
+    def gates(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, h], -1) @ self.kernel + self.bias
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        """One step, literally the equations above. state = (h, c) -> returns (h', c')."""
+        h, c = state
+        i, j, f, o = self.gates(x, h).chunk(4, -1)
+        c = torch.sigmoid(f + self.forget_bias) * c + torch.sigmoid(i) * torch.tanh(j)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def init_state(self, h0: torch.Tensor | None, batch: int, like: torch.Tensor):
+        z = like.new_zeros(batch, self.hidden_size)
+        return (z if h0 is None else h0), z
+
+    def _x_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, L, d) -> (L, B, 4H) time-major: x_t W_x + b, forget bias folded into the f block."""
+        D, H = self.input_dim, self.hidden_size
+        shift = torch.zeros_like(self.bias)
+        shift[2 * H : 3 * H] = self.forget_bias
+        return torch.addmm(self.bias + shift, x.transpose(0, 1).reshape(-1, D), self.kernel[:D]).view(
+            x.shape[1], x.shape[0], 4 * H
+        )
+
+    def precompute(self, x: torch.Tensor):
+        return [(g, None) for g in self._x_projection(x).unbind(0)]
+
+    def step_weights(self):
+        return self.kernel[self.input_dim :]
+
+    def step(self, pre, state, W_h):
+        """gates = pre + h W_h; with scale (Time4LSTM), σ(i), σ(f) are multiplied by σ(g1), σ(g2)."""
+        gx, scale = pre
+        h, c = state
+        H = self.hidden_size
+        g = torch.addmm(gx, h, W_h)
+        s = torch.sigmoid(g)
+        if scale is not None:
+            s = s * scale  # [σ(g1), 1, σ(g2), 1] in the (i, j, f, o) slots
+        c = torch.addcmul(s[:, 2 * H : 3 * H] * c, s[:, :H], torch.tanh(g[:, H : 2 * H]))
+        h = s[:, 3 * H :] * torch.tanh(c)
+        return h, (h, c)
+
+
+class Time4LSTMCell(TFLSTMCell):
+    """SLi-Rec ``Time4LSTMCell`` (official-clsr.md §2.3). Input per step: [x_t ‖ τ^first_t ‖ τ^now_t]
+    (d + 2 columns; the last column is τ^now, "time_now", the one before it τ^first, "time_last"):
+
+        T1 = tanh(τ^now · w_1 + b_1),   T2 = tanh(τ^first · w_2 + b_2)            (w, b ∈ R^H)
+        g1 = x_t W_x1 + T1 W_t1 + c_1,  g2 = x_t W_x2 + T2 W_t2 + c_2
+        [i, j, f, o] = [x_t ‖ h_{t−1}] W + b                                        (i, j, f, o order)
+        o ← o + T1 W_o1 + T2 W_o2
+        c_t = σ(f + 1) ⊙ σ(g2) ⊙ c_{t−1} + σ(i) ⊙ σ(g1) ⊙ tanh(j)
+        h_t = σ(o) ⊙ tanh(c_t)
+
+    All variables are glorot-uniform (the 1-D ones with l = sqrt(6/(2H))), except the ``_Linear`` bias
+    b = 0. Nothing in T1, T2, g1, g2 depends on h, so they are all computed for every step at once in
+    `precompute`; the time loop only does the LSTM recurrence, scaled by [σ(g1), 1, σ(g2), 1].
+    """
+
+    def __init__(self, input_dim: int, hidden_size: int):
+        super().__init__(input_dim, hidden_size)
+        D, H = input_dim, hidden_size
+
+        def g(*shape):
+            return nn.Parameter(glorot_uniform_(torch.empty(*shape)))
+
+        self.time_input_w1, self.time_input_b1 = g(H), g(H)
+        self.time_input_w2, self.time_input_b2 = g(H), g(H)
+        self.time_kernel_w1, self.time_kernel_t1, self.time_bias1 = g(D, H), g(H, H), g(H)
+        self.time_kernel_w2, self.time_kernel_t2, self.time_bias2 = g(D, H), g(H, H), g(H)
+        self.o_kernel_t1, self.o_kernel_t2 = g(H, H), g(H, H)
+
+    def time_gates(self, inputs: torch.Tensor):
+        """(x, T1, T2, σ(g1), σ(g2)) for inputs (..., d+2)."""
+        x, t_first, t_now = inputs[..., :-2], inputs[..., -2:-1], inputs[..., -1:]
+        T1 = torch.tanh(t_now * self.time_input_w1 + self.time_input_b1)
+        T2 = torch.tanh(t_first * self.time_input_w2 + self.time_input_b2)
+        g1 = x @ self.time_kernel_w1 + T1 @ self.time_kernel_t1 + self.time_bias1
+        g2 = x @ self.time_kernel_w2 + T2 @ self.time_kernel_t2 + self.time_bias2
+        return x, T1, T2, torch.sigmoid(g1), torch.sigmoid(g2)
+
+    def forward(self, inputs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        """One step, literally the equations above. inputs (B, d+2), state (h, c) -> (h', c')."""
+        h, c = state
+        x, T1, T2, s1, s2 = self.time_gates(inputs)
+        i, j, f, o = self.gates(x, h).chunk(4, -1)
+        o = o + T1 @ self.o_kernel_t1 + T2 @ self.o_kernel_t2
+        c = torch.sigmoid(f + self.forget_bias) * s2 * c + torch.sigmoid(i) * s1 * torch.tanh(j)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def precompute(self, inputs: torch.Tensor):
+        """inputs (B, L, d+2) -> per step (gates' input part (B, 4H), scale (B, 4H))."""
+        H = self.hidden_size
+        x, T1, T2, s1, s2 = self.time_gates(inputs.transpose(0, 1))  # time-major (L, B, ·)
+        gx = self._x_projection(x.transpose(0, 1))  # (L, B, 4H)
+        o_time = T1 @ self.o_kernel_t1 + T2 @ self.o_kernel_t2  # (L, B, H)
+        gx = torch.cat([gx[..., : 3 * H], gx[..., 3 * H :] + o_time], dim=-1)
+        ones = torch.ones_like(s1)
+        scale = torch.cat([s1, ones, s2, ones], dim=-1)  # multiplies σ(i, j, f, o)
+        return list(zip(gx.unbind(0), scale.unbind(0)))
+
+
+def length_mask(lengths: torch.Tensor, L: int, dtype=torch.float32) -> torch.Tensor:
+    """m[b, t] = 1 if t < n_b else 0, shape (B, L)."""
+    return (torch.arange(L, device=lengths.device)[None, :] < lengths[:, None]).to(dtype)
+
+
+def run_rnn(
+    cell: nn.Module,
+    inputs: torch.Tensor,
+    lengths: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    n_steps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``tf.nn.dynamic_rnn(cell, inputs, sequence_length=lengths, initial_state=h0)`` for left-aligned
+    sequences (valid steps 0..n_b−1, padding after).
+
+    Returns (outputs (B, L, H), final (B, H)):
+        outputs[b, t] = h_t for t < n_b and 0 beyond (TF zeroes outputs past the length);
+        final[b] = h_{n_b − 1} (TF freezes the state past the length), and h0 (zeros if None) for n_b = 0.
+
+    Exactness without a per-step mask: padding comes only *after* the valid steps, so the unmasked
+    recurrence agrees with TF's frozen one on every valid step; whatever it computes past n_b is
+    discarded (outputs zeroed, final state read at n_b − 1), so those steps get no gradient either.
+    ``n_steps`` (default L) lets the caller stop at the batch's longest history; steps beyond it are
+    all padding and return zeros.
+    """
+    B, L = inputs.shape[0], inputs.shape[1]
+    n_steps = L if n_steps is None else min(int(n_steps), L)
+    H = cell.hidden_size
+    if n_steps == 0:
+        final = inputs.new_zeros(B, H) if h0 is None else h0
+        return inputs.new_zeros(B, L, H), final
+    pre = cell.precompute(inputs[:, :n_steps])
+    weights = cell.step_weights()
+    state = cell.init_state(h0, B, inputs)
+    outs = []
+    for t in range(n_steps):
+        out, state = cell.step(pre[t], state, weights)
+        outs.append(out)
+    outputs = torch.stack(outs, dim=1)  # (B, n_steps, H)
+    idx = (lengths.clamp(min=1, max=n_steps) - 1).view(B, 1, 1).expand(B, 1, H)
+    final = outputs.gather(1, idx).squeeze(1)
+    start = inputs.new_zeros(B, H) if h0 is None else h0
+    final = torch.where((lengths > 0).unsqueeze(1), final, start)
+    outputs = outputs * length_mask(lengths, n_steps, outputs.dtype).unsqueeze(-1)
+    if n_steps < L:
+        outputs = F.pad(outputs, (0, 0, 0, L - n_steps))
+    return outputs, final
+
+
+def run_gru(cell: TFGRUCell, x: torch.Tensor, lengths: torch.Tensor, h0=None, n_steps=None):
+    """`run_rnn` for a GRU (kept as a name for readability at call sites)."""
+    return run_rnn(cell, x, lengths, h0, n_steps)

@@ -1,0 +1,338 @@
+"""Training and evaluation: fit with early stopping, checkpoints and resume, seeds, device.
+
+The schedule is the released one (official-clsr.md §2.5): Adam (lr 1e-3), 500 instances per step with
+1 + 4 in-batch candidates, per-tensor gradient clipping for CLSR, one validation pass per epoch,
+early stopping on validation GAUC (strictly better = improvement, patience 5, at most 100 epochs), then
+one test evaluation of the best checkpoint. Selection never looks at the test split.
+
+Checkpoints (``run_dir/last.pt``) hold model, optimiser, epoch, best score, history, the random states
+of the data sampler and of torch, and the resolved config: a killed run restarted with ``resume=True``
+continues after its last finished epoch and ends exactly where an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from clsr import metrics as M
+from clsr.config import ConfigError, config_hash, from_dict
+from clsr.data import batches as B
+from clsr.data.store import PreparedData, atomic_write_json
+from clsr.models.base import ModelConfig, ModelSizes, Recommender
+from clsr.models.registry import build_config, build_model
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and evaluation settings (defaults = the released CLI)."""
+
+    epochs: int = 100  # maximum number of epochs
+    patience: int = 5  # stop when epoch - best_epoch >= patience (validation GAUC, strict improvement)
+    batch_size: int = 500  # instances per step (each with 1 + n_neg candidates)
+    n_neg: int = 4  # in-batch training negatives per instance
+    lr: float = 1.0e-3  # Adam learning rate (β = (0.9, 0.999), ε = 1e-8 as TF)
+    eval_batch_size: int = 500  # instances per evaluation step
+    seed: int = 0  # model init, batch order and negatives
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads; 0 = leave PyTorch's default
+    max_train_instances: int = 0  # > 0: use a fixed, seeded subset of train instances (quick runs)
+    select_metric: str = "gauc"  # validation metric for early stopping (released: wauc = gauc)
+    ties: str = "released"  # tie convention for ranking metrics (see clsr.metrics)
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 6, 10])  # cut-offs for ndcg@k / hit@k
+    progress: bool = True  # tqdm bars (one summary line per epoch is always printed)
+
+    def validate(self, where: str = "train") -> None:
+        if self.epochs < 1 or self.patience < 1 or self.batch_size < 1 or self.n_neg < 1:
+            raise ConfigError(f"{where}: epochs, patience, batch_size and n_neg must be >= 1")
+        if self.ties not in ("released", "mean", "optimistic"):
+            raise ConfigError(f"{where}.ties: {self.ties!r} is not one of ['released', 'mean', 'optimistic']")
+        if self.select_metric not in ("gauc", "auc", "mrr"):
+            raise ConfigError(f"{where}.select_metric: {self.select_metric!r} is not one of ['gauc', 'auc', 'mrr']")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} asked for, but CUDA is not available here; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def model_sizes(data: PreparedData) -> ModelSizes:
+    return ModelSizes(n_users=data.user_vocab_size, n_items=data.item_vocab_size, n_cates=data.cate_vocab_size)
+
+
+def data_settings(data: PreparedData) -> tuple[int, float]:
+    return int(data.meta.get("max_len", 50)), float(data.meta.get("time_unit", 86400.0))
+
+
+def clip_per_tensor_(params: list[torch.Tensor], max_norm: float) -> None:
+    """TF clip_by_norm on each gradient separately: g <- g · max_norm / max(‖g‖, max_norm)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    scales = [torch.clamp(max_norm / torch.clamp(n, min=max_norm), max=1.0) for n in norms]
+    torch._foreach_mul_(grads, scales)
+
+
+# ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(
+    model: Recommender,
+    data: PreparedData,
+    split: str,
+    batch_size: int = 500,
+    device: torch.device | None = None,
+    recent_k: int | None = None,
+    transform: Callable[[B.Batch], B.Batch] | None = None,
+    keep: tuple[str, ...] = ("alpha",),
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """Logits (n, 1+N) for every instance of `split` on its fixed candidates, plus the user index of
+    each instance and any requested extra outputs (e.g. alpha)."""
+    device = device or next(model.parameters()).device
+    max_len, time_unit = data_settings(data)
+    model.eval()
+    out: dict[str, list[np.ndarray]] = {"logits": [], "user": [], "user_row": []}
+    for batch in B.eval_batches(data, split, batch_size, max_len, time_unit, recent_k=recent_k):
+        if transform is not None:
+            batch = transform(batch)
+        res = model(batch.to(device), **(forward_kwargs or {}))
+        out["logits"].append(res["logits"].float().cpu().numpy())
+        out["user"].append(batch.user.numpy())
+        out["user_row"].append(batch.user_row.numpy())
+        for k in keep:
+            if k in res:
+                out.setdefault(k, []).append(res[k].float().cpu().numpy())
+    return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
+
+
+def evaluate(
+    model: Recommender, data: PreparedData, split: str, cfg: TrainConfig, device=None, **kw
+) -> dict[str, float]:
+    pred = predict(model, data, split, cfg.eval_batch_size, device, **kw)
+    return M.evaluate_scores(pred["logits"], pred["user"], tuple(cfg.ks), cfg.ties)
+
+
+# ------------------------------------------------------------------------------------------------
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class FitResult:
+    model: Recommender
+    metrics: dict
+    history: list[dict]
+
+
+def fit(
+    data: PreparedData,
+    model_name: str,
+    model_params: Mapping[str, Any] | ModelConfig | None = None,
+    train_cfg: TrainConfig | Mapping[str, Any] | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = True,
+    stop_after_epochs: int | None = None,
+) -> FitResult:
+    """Train `model_name` on `data`, early-stop on validation, test the best checkpoint once.
+
+    `run_dir` receives last.pt, best.pt, metrics.json and history.json. `stop_after_epochs` ends the
+    process early as an interruption would (used by the resume test).
+    """
+    cfg = train_cfg if isinstance(train_cfg, TrainConfig) else from_dict(TrainConfig, train_cfg or {}, "train")
+    mcfg = model_params if isinstance(model_params, ModelConfig) else build_config(model_name, model_params)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    max_len, time_unit = data_settings(data)
+    resolved = {
+        "model": model_name,
+        "model_config": asdict(mcfg),
+        "train": asdict(cfg),
+        "dataset": data.name,
+        "dataset_sha256": data.meta.get("content_sha256"),
+        "protocol": data.meta.get("protocol"),
+    }
+    chash = config_hash(resolved)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_name, model_sizes(data), mcfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    rng = np.random.default_rng(cfg.seed)
+    train_data = _subset_train(data, cfg.max_train_instances, cfg.seed)
+
+    run_dir = Path(run_dir) if run_dir else None
+    start_epoch, best, best_epoch, history = 1, -math.inf, 0, []
+    if run_dir:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_path = run_dir / "last.pt"
+        if resume and ckpt_path.exists():
+            ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+            if ck.get("config_hash") == chash:
+                model.load_state_dict(ck["model"])
+                opt.load_state_dict(ck["optimizer"])
+                rng.bit_generator.state = ck["numpy_rng"]
+                torch.set_rng_state(ck["torch_rng"])
+                start_epoch, best, best_epoch, history = ck["epoch"] + 1, ck["best"], ck["best_epoch"], ck["history"]
+                print(f"[{model_name}] resumed from {ckpt_path} after epoch {ck['epoch']}", flush=True)
+            else:
+                print(f"[{model_name}] {ckpt_path} belongs to another configuration: starting afresh", flush=True)
+        for stale in ("metrics.json",):
+            if (run_dir / stale).exists():
+                (run_dir / stale).unlink()
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_batches = B.n_train_batches(train_data, cfg.batch_size, cfg.n_neg)
+    best_state = None
+    done_epochs = 0
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if best_epoch > 0 and (epoch - 1) - best_epoch >= cfg.patience:
+            break  # a resumed run that had already stopped early
+        model.train()
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        parts_acc: dict[str, torch.Tensor] = {}
+        bar = tqdm(
+            B.train_batches(train_data, cfg.batch_size, cfg.n_neg, max_len, time_unit, rng),
+            total=n_batches, desc=f"{model_name} epoch {epoch}", mininterval=5, leave=False,
+            disable=not cfg.progress,
+        )
+        n_seen = 0
+        for batch in bar:
+            batch = batch.to(device)
+            out = model(batch)
+            parts = model.compute_loss(batch, out)
+            opt.zero_grad(set_to_none=True)
+            parts["total"].backward()
+            if model.clip_norm:
+                clip_per_tensor_(params, model.clip_norm)
+            opt.step()
+            for k, v in parts.items():
+                parts_acc[k] = parts_acc.get(k, 0.0) + v.detach()
+            n_seen += batch.size
+        steps = max(n_batches, 1)
+        sums = {k: float(v) / steps for k, v in parts_acc.items()}
+        train_s = time.perf_counter() - t0
+        if not all(math.isfinite(v) for v in sums.values()):
+            raise FloatingPointError(f"[{model_name}] non-finite loss in epoch {epoch}: {sums}")
+        t1 = time.perf_counter()
+        valid = evaluate(model, data, "valid", cfg, device)
+        eval_s = time.perf_counter() - t1
+        score = valid[cfg.select_metric]
+        improved = score > best
+        if improved:
+            best, best_epoch = score, epoch
+        row = {
+            "epoch": epoch,
+            **{f"loss_{k}": v for k, v in sums.items()},
+            **{f"valid_{k}": v for k, v in valid.items() if isinstance(v, float)},
+            "train_seconds": train_s,
+            "valid_seconds": eval_s,
+            "train_instances_per_s": n_seen / train_s if train_s > 0 else float("nan"),
+        }
+        history.append(row)
+        print(
+            f"[{model_name}] epoch {epoch:3d} loss {sums['total']:.4f} (rec {sums['rec']:.4f}"
+            + "".join(f", {k} {v:.4f}" for k, v in sums.items() if k not in ("total", "rec"))
+            + f") valid gauc {valid['gauc']:.4f} auc {valid['auc']:.4f} mrr {valid['mrr']:.4f}"
+            + f" | {train_s:.1f}s train {eval_s:.1f}s valid{' *' if improved else ''}",
+            flush=True,
+        )
+        if run_dir:
+            if improved:
+                _save_atomic({"model": model.state_dict(), "epoch": epoch, "config_hash": chash}, run_dir / "best.pt")
+            _save_atomic(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "epoch": epoch,
+                    "best": best,
+                    "best_epoch": best_epoch,
+                    "history": history,
+                    "numpy_rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "config": resolved,
+                    "config_hash": chash,
+                },
+                run_dir / "last.pt",
+            )
+        elif improved:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        done_epochs += 1
+        if stop_after_epochs is not None and done_epochs >= stop_after_epochs:
+            raise KeyboardInterrupt(f"stopped after {done_epochs} epoch(s) on request")
+        if epoch - best_epoch >= cfg.patience:
+            break
+
+    # test the best checkpoint once
+    if run_dir and (run_dir / "best.pt").exists():
+        model.load_state_dict(torch.load(run_dir / "best.pt", map_location=device, weights_only=False)["model"])
+    elif best_state is not None:
+        model.load_state_dict(best_state)
+    t2 = time.perf_counter()
+    test = evaluate(model, data, "test", cfg, device)
+    test_s = time.perf_counter() - t2
+    best_row = next(r for r in history if r["epoch"] == best_epoch)
+    train_secs = [r["train_seconds"] for r in history]
+    result = {
+        "model": model_name,
+        "dataset": data.name,
+        "seed": cfg.seed,
+        "test": test,
+        "valid": {k[len("valid_"):]: v for k, v in best_row.items() if k.startswith("valid_")},
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "seconds_per_epoch": float(np.mean(train_secs)),
+        "train_instances_per_s": float(np.mean([r["train_instances_per_s"] for r in history])),
+        "test_seconds": test_s,
+        "test_candidates_per_s": test["instances"] * test["candidates"] / test_s if test_s > 0 else float("nan"),
+        "parameters": model.n_parameters(),
+        "config_hash": chash,
+        "config": resolved,
+        "device": str(device),
+    }
+    if run_dir:
+        atomic_write_json(run_dir / "history.json", history)
+        atomic_write_json(run_dir / "metrics.json", result)
+    return FitResult(model=model, metrics=result, history=history)
+
+
+def _subset_train(data: PreparedData, n: int, seed: int) -> PreparedData:
+    """A shallow copy of `data` whose train split is a fixed seeded subset of n instances."""
+    if not n or n >= len(data.instances["train"]):
+        return data
+    from copy import copy
+
+    from clsr.data.store import Instances
+
+    inst = data.instances["train"]
+    idx = np.sort(np.random.default_rng(seed + 7919).choice(len(inst), size=n, replace=False))
+    sub = copy(data)
+    sub.instances = dict(data.instances)
+    sub.instances["train"] = Instances(inst.user[idx], inst.pos[idx])
+    return sub
+
+
+def load_trained(run_dir: str | Path, data: PreparedData, device: str = "auto") -> Recommender:
+    """The best checkpoint of a finished run, ready for `predict` (analysis notebooks)."""
+    run_dir = Path(run_dir)
+    with open(run_dir / "metrics.json") as f:
+        meta = json.load(f)
+    cfg = meta["config"]
+    model = build_model(cfg["model"], model_sizes(data), cfg["model_config"])
+    dev = pick_device(device)
+    model.load_state_dict(torch.load(run_dir / "best.pt", map_location=dev, weights_only=False)["model"])
+    return model.to(dev).eval()
