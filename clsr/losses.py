@@ -45,3 +45,115 @@ def l2_loss(
             if p.requires_grad and id(p) not in emb:
                 total = total + layer_l2 * 0.5 * p.pow(2).sum()
     return total
+
+
+# --------------------------------------------------------------------------------------------------
+# CLSR's self-supervised terms (official-clsr.md §2.4, released `_compute_contrastive_loss` and
+# `_compute_discrepancy_loss`). Inputs are broadcast against each other, so u^l, p^l, p^s may be given
+# per instance (B, 1, d) and u^s per candidate row (B, C, d).
+# --------------------------------------------------------------------------------------------------
+CONTRASTIVE_KINDS = ("triplet", "bpr", "none")
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ m·ℓ / Σ m over all entries of the broadcast shape of (ℓ, m); 0 (not NaN, as released) when
+    Σ m = 0. Broadcasting matters: a per-instance term (B, 1) against a per-row mask (B, C) is counted
+    once per candidate row, as in the released row layout.
+
+    m is 0/1, so Σ m ≥ 1 whenever it is non-zero and clamping the denominator at 1 changes nothing
+    else; it also needs no host sync.
+    """
+    values, mask = torch.broadcast_tensors(values, mask.to(values.dtype))
+    return (mask * values).sum() / mask.sum().clamp(min=1.0)
+
+
+def triplet_terms(
+    u_long: torch.Tensor, u_short: torch.Tensor, p_long: torch.Tensor, p_short: torch.Tensor, margin: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row triplet terms *as coded*: per-dimension hinge on squared coordinate differences,
+
+        ℓ1 = Σ_d max(0, (u^l_d − p^l_d)² − (u^l_d − p^s_d)² + m)     anchor u^l, pos p^l, neg p^s
+        ℓ2 = Σ_d max(0, (u^s_d − p^s_d)² − (u^s_d − p^l_d)² + m)     anchor u^s, pos p^s, neg p^l
+        ℓ3 = Σ_d max(0, (u^l_d − p^l_d)² − (u^s_d − p^l_d)² + m)     anchor p^l, pos u^l, neg u^s
+        ℓ4 = Σ_d max(0, (u^s_d − p^s_d)² − (u^l_d − p^s_d)² + m)     anchor p^s, pos u^s, neg u^l
+
+    Each returned tensor has the broadcast shape of the inputs without the last dimension.
+    """
+    d_lm = (u_long - p_long).square()
+    d_lr = (u_long - p_short).square()
+    d_sm = (u_short - p_long).square()
+    d_sr = (u_short - p_short).square()
+
+    def hinge(pos, neg):
+        return torch.relu(pos - neg + margin).sum(-1)
+
+    return hinge(d_lm, d_lr), hinge(d_sr, d_sm), hinge(d_lm, d_sm), hinge(d_sr, d_lr)
+
+
+def bpr_terms(
+    u_long: torch.Tensor, u_short: torch.Tensor, p_long: torch.Tensor, p_short: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row BPR terms, softplus(x) = ln(1 + eˣ), ⟨·,·⟩ the inner product:
+
+        ℓ1 = softplus(⟨u^l, p^s⟩ − ⟨u^l, p^l⟩)      ℓ2 = softplus(⟨u^s, p^l⟩ − ⟨u^s, p^s⟩)
+        ℓ3 = softplus(⟨p^l, u^s⟩ − ⟨p^l, u^l⟩)      ℓ4 = softplus(⟨p^s, u^l⟩ − ⟨p^s, u^s⟩)
+    """
+
+    def sp(a, b, c):  # softplus(⟨a, c − b⟩) = softplus(⟨a, c⟩ − ⟨a, b⟩)
+        return F.softplus((a * (c - b)).sum(-1))
+
+    return (
+        sp(u_long, p_long, p_short),
+        sp(u_short, p_short, p_long),
+        sp(p_long, u_long, u_short),
+        sp(p_short, u_short, u_long),
+    )
+
+
+def contrastive_terms(
+    kind: str,
+    u_long: torch.Tensor,
+    u_short: torch.Tensor,
+    p_long: torch.Tensor,
+    p_short: torch.Tensor,
+    margin: float = 1.0,
+) -> tuple[torch.Tensor, ...]:
+    """The four per-row terms of `kind` ('triplet' or 'bpr'); () for 'none'."""
+    if kind == "triplet":
+        return triplet_terms(u_long, u_short, p_long, p_short, margin)
+    if kind == "bpr":
+        return bpr_terms(u_long, u_short, p_long, p_short)
+    if kind == "none":
+        return ()
+    raise ValueError(f"contrastive: unknown kind {kind!r}; choose one of {list(CONTRASTIVE_KINDS)}")
+
+
+def contrastive_loss(
+    kind: str,
+    u_long: torch.Tensor,
+    u_short: torch.Tensor,
+    p_long: torch.Tensor,
+    p_short: torch.Tensor,
+    mask: torch.Tensor,
+    weight: float = 0.1,
+    margin: float = 1.0,
+) -> torch.Tensor:
+    """L_con = w · Σ_{k=1..4} (Σ_r m_r ℓ_{k,r} / Σ_r m_r): a *separate* masked mean per term over all
+    rows r (every candidate row of every instance), m_r = 1 when the history is longer than the
+    threshold. `mask` must broadcast to the per-row term shape."""
+    terms = contrastive_terms(kind, u_long, u_short, p_long, p_short, margin)
+    total = u_long.new_zeros(())
+    for t in terms:
+        total = total + masked_mean(t, mask)
+    return weight * total
+
+
+def discrepancy_loss(
+    long_table: torch.Tensor, short_table: torch.Tensor, users: torch.Tensor, weight: float = 0.01
+) -> torch.Tensor:
+    """L_dis = −w · 1/(|U_b|·d) Σ_{u ∈ U_b} ‖E_l[u] − E_s[u]‖², U_b the batch's *unique* users.
+
+    The minus sign is released behaviour: the term rewards the two user embeddings for differing.
+    """
+    uniq = torch.unique(users.reshape(-1))
+    return -weight * (long_table[uniq] - short_table[uniq]).square().mean()

@@ -169,10 +169,13 @@ def fit(
     chash = config_hash(resolved)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(model_name, model_sizes(data), mcfg).to(device)
+    train_data = _subset_train(data, cfg.max_train_instances, cfg.seed)
+    model = build_model(model_name, model_sizes(data), mcfg)
+    if hasattr(model, "attach_data"):  # graph models (LightGCN) build their train graph here
+        model.attach_data(train_data)
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     rng = np.random.default_rng(cfg.seed)
-    train_data = _subset_train(data, cfg.max_train_instances, cfg.seed)
 
     run_dir = Path(run_dir) if run_dir else None
     start_epoch, best, best_epoch, history = 1, -math.inf, 0, []
@@ -333,6 +336,8 @@ def load_trained(run_dir: str | Path, data: PreparedData, device: str = "auto") 
         meta = json.load(f)
     cfg = meta["config"]
     model = build_model(cfg["model"], model_sizes(data), cfg["model_config"])
+    if hasattr(model, "attach_data"):
+        model.attach_data(_subset_train(data, cfg["train"]["max_train_instances"], cfg["train"]["seed"]))
     dev = pick_device(device)
     model.load_state_dict(torch.load(run_dir / "best.pt", map_location=dev, weights_only=False)["model"])
     return model.to(dev).eval()

@@ -184,6 +184,8 @@ def train_batches(
 
 def n_train_batches(data: PreparedData, batch_size: int, n_neg: int, split: str = "train") -> int:
     n = len(data.instances[split])
+    if batch_size < 1 + n_neg:  # every chunk is smaller than 1 + n_neg: train_batches yields nothing
+        return 0
     full, rest = divmod(n, batch_size)
     return full + (1 if rest >= 1 + n_neg else 0)
 

@@ -139,26 +139,31 @@ class MLP(nn.Module):
         return self.out_dim if self.out_dim is not None else ([self.in_dim] + self.sizes)[-1]
 
     def _norm_act(self, k: int, z: torch.Tensor) -> torch.Tensor:
-        """act_k(BN_k(z)) over any leading shape (BN statistics over every leading position)."""
+        """act_k(BN_k(z)) on a 2-D (N, C) z: BN statistics over all N rows."""
         if self.norms is not None:
-            shape = z.shape
-            z = self.norms[k](z.reshape(-1, shape[-1])).view(shape)
-        if self._act_names[k] == "relu":
-            # in place: BN's backward needs its input, not its output, so this is autograd-safe
-            return torch.relu_(z) if self.norms is not None else torch.relu(z)
+            z = self.norms[k](z)
+            if self._act_names[k] == "relu":
+                # in place on BN's fresh 2-D output (not a view, so no CopySlices in the backward):
+                # BN's backward needs its input, not its output, so this is autograd-safe
+                return torch.relu_(z)
         return self.activations[k](z)
 
     def tail(self, z: torch.Tensor) -> torch.Tensor:
-        """Everything after the first linear layer, given that layer's pre-activation z."""
-        x = self._norm_act(0, z)
+        """Everything after the first linear layer, given that layer's pre-activation z (any leading
+        shape; flattened to (-1, C) so that BN runs over every leading position)."""
+        lead = z.shape[:-1]
+        x = self._norm_act(0, z.reshape(-1, z.shape[-1]))
         for k in range(1, len(self.linears)):
             x = self._norm_act(k, self.linears[k](x))
-        return self.out(x) if self.out is not None else x
+        if self.out is not None:
+            x = self.out(x)
+        return x.view(*lead, x.shape[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.linears:
             return self.out(x) if self.out is not None else x
-        return self.tail(self.linears[0](x))
+        lead = x.shape[:-1]
+        return self.tail(self.linears[0](x.reshape(-1, x.shape[-1])).view(*lead, -1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,9 +263,11 @@ class DinAttention(nn.Module):
         # per (query, position): W_p,r (a_r,t ⊙ r_c)
         a_r = keys[..., d_s:]  # (B, L, d_r)
         prod = a_r.unsqueeze(1) * r.unsqueeze(2)  # (B, C, L, d_r)
-        z = F.linear(prod, W_p[:, d_s:])  # (B, C, L, h)
-        z = z.add_(K.unsqueeze(1)).add_(Q.unsqueeze(2))  # in place: add's backward needs no inputs
-        return self.mlp.tail(z).squeeze(-1)
+        base = K.unsqueeze(1) + Q.unsqueeze(2)  # (B, C, L, h)
+        h = base.shape[-1]
+        # one GEMM over all B·C·L rows, accumulating onto K + Q; kept 2-D (no in-place op on a view)
+        z = torch.addmm(base.view(-1, h), prod.view(-1, prod.shape[-1]), W_p[:, d_s:].t())
+        return self.mlp.tail(z).view(base.shape[:-1])
 
     def forward(
         self,

@@ -14,6 +14,11 @@ from clsr.models.base import ModelConfig, ModelSizes, Recommender
 # name -> "module:ConfigClass:ModelClass" (imported lazily so one broken model cannot break the rest)
 MODELS: dict[str, str] = {
     "clsr": "clsr.models.clsr:CLSRConfig:CLSR",
+    "ncf": "clsr.models.ncf:NCFConfig:NCF",
+    "lightgcn": "clsr.models.lightgcn:LightGCNConfig:LightGCN",
+    "din": "clsr.models.din:DINConfig:DIN",
+    "gru4rec": "clsr.models.gru4rec:GRU4RecConfig:GRU4Rec",
+    "caser": "clsr.models.caser:CaserConfig:Caser",
 }
 
 

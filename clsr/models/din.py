@@ -1,0 +1,141 @@
+"""DIN: Deep Interest Network, as released with CLSR.
+
+Zhou, Zhu, Song, Fan, Zhu, Ma, Yan, Jin, Li, Gai. "Deep Interest Network for Click-Through Rate
+Prediction." KDD 2018. https://doi.org/10.1145/3219819.3219823
+Released code: github.com/tsinghua-fib-lab/CLSR, ``reco_utils/.../sequential/din.py`` (which reuses
+SLi-Rec's ``_attention_fcn``); official-clsr.md §3.
+
+With X = [E_i(hist) ‖ E_c(hist)] (B, L, 40) and the target e_v = [E_i(v) ‖ E_c(v)] (40):
+
+    s     = Σ_t m_t X_t                                           masked sum of the history
+    a     = softmax_t MLP_att([A_t, e_v, A_t − e_v, A_t ⊙ e_v]),  A = X W   (W 40×40, padded t masked)
+    att   = Σ_t a_t X_t                                           (the raw X, not A)
+    logit = MLP([e_v ‖ s ‖ att])                                  120 -> 100 -> 64 -> 1, BN + ReLU
+
+Deviations from the paper:
+- ReLU with batch norm instead of Dice / PReLU (the released yaml); no mini-batch-aware
+  regularisation (the shared L2 on the batch's embedding rows is used instead, official-clsr.md §2.4);
+  the attention weights are softmax-normalised over the history (the paper keeps them unnormalised);
+  there is no user-profile or context feature, only item and category ids.
+- Training uses the shared sampled-softmax loss over 1 + 4 in-batch candidates (released), not BCE.
+
+Deviations from the released code (none changes the function):
+- The history part (s, the keys A and their projections) is computed once per instance and
+  broadcast to the C candidates; the attention scorer uses `DinAttention`'s exact fast path, and the
+  first layer of the prediction MLP is split into a per-instance and a per-candidate product
+  (`mlp_over_parts`). BN statistics over C copies of a row equal those over the rows, so this is exact.
+- PyTorch's BN running variance is updated with the unbiased batch variance (TF: biased); eval-mode
+  outputs differ by the factor n/(n−1), n ≥ B·C·L. Dropout (0 in the released setting) is not built.
+
+The model uses no positions: the masked sum and the attention are permutation invariant, so
+shuffling a history does not change the logits (tests assert it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clsr.config import ConfigError
+from clsr.data.batches import Batch
+from clsr.models.base import ModelConfig, ModelSizes, Recommender
+from clsr.models.layers import MLP, DinAttention, activation_fn, attention_pool, trunc_normal_
+
+
+def mlp_over_parts(mlp: MLP, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``mlp(cat(parts, -1))`` for parts that are either per instance (B, k) or per candidate (B, C, k),
+    without broadcasting the per-instance parts to the C candidates.
+
+    The first layer is linear, so W [p_1 ‖ … ‖ p_n] + b = Σ_j W_j p_j + b with W_j the column block of
+    part j: per-instance blocks are multiplied once per instance and added to every candidate's row.
+    Everything after the first linear layer (BN over all B·C rows, activation, further layers) is
+    `MLP.tail`, so the result equals the concatenated computation. Returns (B, C, out).
+    """
+    first = mlp.linears[0]
+    W, b = first.weight, first.bias
+    shared, per_cand, off = None, None, 0
+    for p in parts:
+        k = p.shape[-1]
+        y = F.linear(p, W[:, off : off + k])
+        off += k
+        if p.dim() == 2:
+            shared = y if shared is None else shared + y
+        else:
+            per_cand = y if per_cand is None else per_cand + y
+    if off != W.shape[1]:
+        raise ValueError(f"mlp_over_parts: parts are {off} wide, the MLP expects {W.shape[1]}")
+    if per_cand is None:
+        raise ValueError("mlp_over_parts: at least one part must be per candidate (B, C, k)")
+    z = per_cand + b
+    if shared is not None:
+        z = z + shared.unsqueeze(1)
+    return mlp.tail(z)
+
+
+def validate_layers(cfg, where: str, **lists: list[int]) -> None:
+    """Shared checks of the baselines' configs: positive sizes and a known activation."""
+    for name, sizes in lists.items():
+        if any(h < 1 for h in sizes):
+            raise ConfigError(f"{where}.{name}: sizes must be positive, got {sizes}")
+    for key in ("item_dim", "cate_dim"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{where}.{key}: must be ≥ 1, got {getattr(cfg, key)}")
+    try:
+        activation_fn(cfg.activation)
+    except ValueError as e:
+        raise ConfigError(f"{where}.activation: {e}") from None
+
+
+@dataclass
+class DINConfig(ModelConfig):
+    """DIN settings; defaults are the released CLI / yaml values (official-clsr.md §3)."""
+
+    att_layers: list[int] = field(default_factory=lambda: [80, 40])  # attention scorer MLP (att_fcn_layer_sizes), + linear to 1
+    pred_layers: list[int] = field(default_factory=lambda: [100, 64])  # prediction MLP (layer_sizes), + linear to 1
+    activation: str = "relu"  # every hidden layer (the released yaml uses ReLU, not Dice)
+    batch_norm: bool = True  # BN in every MLP hidden layer (enable_BN), ε 1e-4, TF momentum 0.95
+
+    def validate(self, where: str = "model") -> None:
+        super().validate(where)
+        validate_layers(self, where, att_layers=self.att_layers, pred_layers=self.pred_layers)
+        if not self.att_layers:
+            raise ConfigError(f"{where}.att_layers: the attention scorer needs ≥ 1 hidden layer")
+
+
+class DIN(Recommender):
+    """DIN as released. forward(batch) -> {"logits": (B, C), "att": (B, C, L) attention weights,
+    "hist_sum": (B, d) masked sum of the history}."""
+
+    def __init__(self, cfg: DINConfig, sizes: ModelSizes):
+        super().__init__(cfg, sizes)
+        cfg.validate("model.din")
+        d = cfg.item_dim + cfg.cate_dim
+        self.item_emb = nn.Embedding(sizes.n_items, cfg.item_dim)  # index 0 trainable (padding + OOV)
+        self.cate_emb = nn.Embedding(sizes.n_cates, cfg.cate_dim)
+        for table in (self.item_emb, self.cate_emb):
+            trunc_normal_(table.weight, cfg.init_std)
+        mlp_kw = dict(activation=cfg.activation, batch_norm=cfg.batch_norm, init_std=cfg.init_std)
+        # released `attention_mat`: (key width × query width), truncated normal
+        self.att_proj = nn.Parameter(trunc_normal_(torch.empty(d, d), cfg.init_std))
+        self.att = DinAttention(d, cfg.att_layers, **mlp_kw)
+        self.pred_mlp = MLP(3 * d, cfg.pred_layers, out_dim=1, **mlp_kw)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        X = torch.cat([self.item_emb(batch.hist_item), self.cate_emb(batch.hist_cate)], dim=-1)  # (B, L, d)
+        e_v = torch.cat([self.item_emb(batch.cand_item), self.cate_emb(batch.cand_cate)], dim=-1)  # (B, C, d)
+        mask = batch.mask.to(X.dtype)
+        hist_sum = torch.bmm(mask.unsqueeze(1), X).squeeze(1)  # Σ_t m_t X_t, (B, d)
+        a = self.att(X @ self.att_proj, mask, e_v)  # (B, C, L), keys shared by the C queries
+        att = attention_pool(a, X)  # (B, C, d)
+        logits = mlp_over_parts(self.pred_mlp, [e_v, hist_sum, att]).squeeze(-1)
+        return {"logits": logits, "att": a, "hist_sum": hist_sum}
+
+    def embedding_rows(self, batch: Batch) -> list[tuple[nn.Embedding, torch.Tensor]]:
+        """History (padding row 0 included) and candidate rows of both tables (released `embed_params`)."""
+        return [
+            (self.item_emb, torch.cat([batch.hist_item.reshape(-1), batch.cand_item.reshape(-1)])),
+            (self.cate_emb, torch.cat([batch.hist_cate.reshape(-1), batch.cand_cate.reshape(-1)])),
+        ]

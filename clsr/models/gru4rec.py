@@ -1,0 +1,85 @@
+"""GRU4Rec as released with CLSR: a CTR-style GRU encoder of the history.
+
+Hidasi, Karatzoglou, Baltrunas, Tikk. "Session-based Recommendations with Recurrent Neural
+Networks." ICLR 2016. https://arxiv.org/abs/1511.06939
+Released code: github.com/tsinghua-fib-lab/CLSR (``--model GRU4REC``, the Microsoft Recommenders
+``gru4rec.py``); official-clsr.md §3.
+
+With X = [E_i(hist) ‖ E_c(hist)] (B, L, 40) and the target e_v = [E_i(v) ‖ E_c(v)] (40):
+
+    h     = GRU(X) final state at step n − 1          TF GRUCell, 40 units, zero initial state
+    logit = MLP([h ‖ e_v])                             80 -> 100 -> 64 -> 1, BN + ReLU
+
+Deviations from the paper (all as released):
+- This is **not** the session-parallel GRU4Rec: there are no session-parallel mini-batches, no
+  one-hot/output-layer scoring over all items, and no TOP1/BPR ranking loss. The GRU only encodes the
+  history; the target item enters through the prediction MLP, and training uses the shared sampled
+  softmax over 1 + 4 in-batch candidates. Item and category embeddings are concatenated.
+
+Deviations from the released code (none changes the function):
+- The GRU runs once per instance (not once per candidate row) and stops at the batch's longest
+  history; the final state is read at step n − 1 (`layers.run_gru`, exact vs ``dynamic_rnn``). The
+  per-instance part of the prediction MLP's first layer is computed once per instance
+  (`din.mlp_over_parts`, exact).
+- PyTorch's BN running variance uses the unbiased batch variance (TF: biased). Dropout (0) not built.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from clsr.config import ConfigError
+from clsr.data.batches import Batch
+from clsr.models.base import ModelConfig, ModelSizes, Recommender
+from clsr.models.din import mlp_over_parts, validate_layers
+from clsr.models.layers import MLP, TFGRUCell, run_gru, trunc_normal_
+
+
+@dataclass
+class GRU4RecConfig(ModelConfig):
+    """GRU4Rec settings; defaults are the released CLI / yaml values (official-clsr.md §3)."""
+
+    hidden_size: int = 40  # GRU units (hidden_size)
+    pred_layers: list[int] = field(default_factory=lambda: [100, 64])  # prediction MLP (layer_sizes), + linear to 1
+    activation: str = "relu"  # every hidden layer
+    batch_norm: bool = True  # BN in every MLP hidden layer (enable_BN), ε 1e-4, TF momentum 0.95
+
+    def validate(self, where: str = "model") -> None:
+        super().validate(where)
+        validate_layers(self, where, pred_layers=self.pred_layers)
+        if self.hidden_size < 1:
+            raise ConfigError(f"{where}.hidden_size: must be ≥ 1, got {self.hidden_size}")
+
+
+class GRU4Rec(Recommender):
+    """forward(batch) -> {"logits": (B, C), "h": (B, H) final GRU state}."""
+
+    def __init__(self, cfg: GRU4RecConfig, sizes: ModelSizes):
+        super().__init__(cfg, sizes)
+        cfg.validate("model.gru4rec")
+        d = cfg.item_dim + cfg.cate_dim
+        self.item_emb = nn.Embedding(sizes.n_items, cfg.item_dim)  # index 0 trainable (padding + OOV)
+        self.cate_emb = nn.Embedding(sizes.n_cates, cfg.cate_dim)
+        for table in (self.item_emb, self.cate_emb):
+            trunc_normal_(table.weight, cfg.init_std)
+        self.gru = TFGRUCell(d, cfg.hidden_size)  # glorot kernels, gate bias 1, candidate bias 0
+        self.pred_mlp = MLP(
+            cfg.hidden_size + d, cfg.pred_layers, cfg.activation, cfg.batch_norm, out_dim=1, init_std=cfg.init_std
+        )
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        X = torch.cat([self.item_emb(batch.hist_item), self.cate_emb(batch.hist_cate)], dim=-1)  # (B, L, d)
+        e_v = torch.cat([self.item_emb(batch.cand_item), self.cate_emb(batch.cand_cate)], dim=-1)  # (B, C, d)
+        n_steps = int(batch.length.max()) if batch.length.numel() else 0  # one host sync per forward
+        _, h = run_gru(self.gru, X, batch.length, n_steps=n_steps)  # (B, H)
+        logits = mlp_over_parts(self.pred_mlp, [h, e_v]).squeeze(-1)
+        return {"logits": logits, "h": h}
+
+    def embedding_rows(self, batch: Batch) -> list[tuple[nn.Embedding, torch.Tensor]]:
+        """History (padding row 0 included) and candidate rows of both tables (released `embed_params`)."""
+        return [
+            (self.item_emb, torch.cat([batch.hist_item.reshape(-1), batch.cand_item.reshape(-1)])),
+            (self.cate_emb, torch.cat([batch.hist_cate.reshape(-1), batch.cand_cate.reshape(-1)])),
+        ]
