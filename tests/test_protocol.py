@@ -373,39 +373,58 @@ def test_vocab_hand(hand_df):
     assert (data.item_vocab_size, data.cate_vocab_size, data.user_vocab_size) == (5, 4, 3)
 
 
+def released_create_vocab(lines: list[tuple[str, str, str, list[str], list[str]]]) -> dict[str, dict[str, int]]:
+    """The released `_create_vocab` (sequential_reviews.py), re-typed: lines are (user, item, cate,
+    hist_items, hist_cates) in train_data order; dict insertion order breaks count ties."""
+    user_d, item_d, cat_d = {}, {}, {}
+    for uid, mid, cat, mids, cats in lines:
+        user_d[uid] = user_d.get(uid, 0) + 1
+        item_d[mid] = item_d.get(mid, 0) + 1
+        cat_d[cat] = cat_d.get(cat, 0) + 1
+        for m in mids:
+            item_d[m] = item_d.get(m, 0) + 1
+        for c in cats:
+            cat_d[c] = cat_d.get(c, 0) + 1
+    out = {}
+    for name, d in (("user", user_d), ("item", item_d), ("cate", cat_d)):
+        ranked = sorted(d.items(), key=lambda x: x[1], reverse=True)
+        out[name] = {k: i + 1 for i, (k, _) in enumerate(ranked)}  # 0 = default_* (global split)
+    return out
+
+
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c["split"])
-def test_vocab_order_by_train_counts(random_df, cfg):
+def test_vocab_follows_the_released_create_vocab(random_df, cfg):
     data = build(random_df, valid_negatives=2, test_negatives=2, **cfg)
     seqs = brute_sequences(random_df)
-    counts = {"item": Counter(), "cate": Counter(), "user": Counter()}
-    inst = data.instances["train"]
-    for u_row, pos in zip(inst.user, inst.pos):
-        u = str(data.user_ids[u_row])
+    train = set(raw_instances(data, "train"))
+    # train_data as the released code writes it: users in order of first appearance, targets in time order
+    lines = []
+    for u in pd.unique(random_df["user"]).astype(str):
         seq = seqs[u]
-        counts["user"][u] += 1
-        counts["item"][seq[pos][2]] += 1
-        counts["cate"][seq[pos][3]] += 1
-        for ev in seq[:pos]:
-            counts["item"][ev[2]] += 1
-            counts["cate"][ev[3]] += 1
-    # first appearance in the stored event table (users by first appearance, each in time order)
-    first = {"item": {}, "cate": {}, "user": {}}
-    k = 0
-    for u in data.user_ids:
-        first["user"].setdefault(str(u), len(first["user"]))
-        for ev in seqs[str(u)]:
-            first["item"].setdefault(ev[2], k)
-            first["cate"].setdefault(ev[3], k)
-            k += 1
+        for p in range(1, len(seq)):
+            if (u, p) in train:
+                lines.append((u, seq[p][2], seq[p][3], [e[2] for e in seq[:p]], [e[3] for e in seq[:p]]))
+    assert len(lines) == len(train)
+    want = released_create_vocab(lines)
     for kind, ids, index in (("item", data.item_ids, data.item_index), ("cate", data.cate_ids, data.cate_index),
                              ("user", data.user_ids, data.user_index)):
         got = {str(r): int(i) for r, i in zip(ids, index)}
-        seen = [r for r in got if counts[kind][r] > 0]
-        want_order = sorted(seen, key=lambda r: (-counts[kind][r], first[kind][r]))
-        assert [got[r] for r in want_order] == list(range(1, len(seen) + 1)), kind
-        assert all(got[r] == 0 for r in got if counts[kind][r] == 0), kind
-    # per_user / time splits leave some valid/test-only items unseen: they map to 0
-    assert (data.item_index >= 0).all()
+        assert {r: i for r, i in got.items() if i > 0} == want[kind], kind
+        assert all(got[r] == 0 for r in got if r not in want[kind]), kind
+        assert sorted(want[kind].values()) == list(range(1, len(want[kind]) + 1))
+
+
+def test_vocab_ties_follow_released_insertion_order():
+    # one user, train lines: (b | a), (c | a b), (d | a b c): counts a 3, b 3, c 2, d 1.
+    # Released insertion order meets b (line 1's target) before a (line 1's history): b -> 1, a -> 2,
+    # although a happens earlier in time.
+    df = pd.DataFrame({"user": [1] * 6, "item": list("abcdef"), "category": list("xyzxyz"), "ts": range(6)})
+    data = build(df, split="per_user", valid_negatives=1, test_negatives=1)
+    item = {str(r): int(i) for r, i in zip(data.item_ids, data.item_index)}
+    assert item == {"b": 1, "a": 2, "c": 3, "d": 4, "e": 0, "f": 0}
+    cate = {str(r): int(i) for r, i in zip(data.cate_ids, data.cate_index)}
+    # x: a(3) + d(1) = 4, y: b 3, z: c 2
+    assert cate == {"x": 1, "y": 2, "z": 3}
 
 
 def test_stats_json_fields(prepared_random):

@@ -190,10 +190,12 @@ def load_released(options: dict, time_unit: float, max_len: int, name: str = "ta
     is_train_target[offsets[instances["train"].user] + instances["train"].pos] = True
     n_items, n_cates, n_users = len(all_item_ids), len(all_cate_ids), len(user_ids)
     item_index = P.build_vocab(
-        P.train_counts(ev_item_code, offsets, is_train_target, n_items), P.first_index(ev_item_code, n_items)
+        P.train_counts(ev_item_code, offsets, is_train_target, n_items),
+        P.first_insert(ev_item_code, offsets, is_train_target, n_items),
     )
     cate_index = P.build_vocab(
-        P.train_counts(ev_cate_code, offsets, is_train_target, n_cates), P.first_index(ev_cate_code, n_cates)
+        P.train_counts(ev_cate_code, offsets, is_train_target, n_cates),
+        P.first_insert(ev_cate_code, offsets, is_train_target, n_cates),
     )
     user_index = P.build_vocab(np.bincount(instances["train"].user, minlength=n_users), np.arange(n_users))
     return PreparedData(

@@ -134,8 +134,8 @@ def split_labels(ts: np.ndarray, offsets: np.ndarray, cfg: ProtocolConfig) -> np
 
 
 def build_vocab(counts_per_code: np.ndarray, first_seen: np.ndarray) -> np.ndarray:
-    """Vocab index per code: sorted by count descending, ties by first appearance; index 0 reserved;
-    codes never counted in training map to 0 (§1.6)."""
+    """Vocab index per code: sorted by count descending, ties by `first_seen` ascending (the released
+    dict-insertion order, see `first_insert`); index 0 reserved; codes never counted in training map to 0 (§1.6)."""
     index = np.zeros(len(counts_per_code), dtype=np.int32)
     used = np.flatnonzero(counts_per_code > 0)
     order = used[np.lexsort((first_seen[used], -counts_per_code[used]))]
@@ -160,6 +160,27 @@ def train_counts(
 def first_index(codes: np.ndarray, n_codes: int) -> np.ndarray:
     first = np.full(n_codes, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(first, codes, np.arange(len(codes), dtype=np.int64))
+    return first
+
+
+def first_insert(
+    event_codes: np.ndarray, offsets: np.ndarray, is_train_target: np.ndarray, n_codes: int
+) -> np.ndarray:
+    """When the released `_create_vocab` first meets each code, i.e. its tie order (§1.6): it walks the
+    train lines in file order (users in row order, targets in time order) and, in each line, counts the
+    target first and then the history oldest first. Codes never met get int64 max."""
+    n = len(event_codes)
+    ev = np.arange(n, dtype=np.int64)
+    # the first train target at or after each event, in the same user (that line is where it is met first)
+    nxt = np.minimum.accumulate(np.where(is_train_target, ev, n)[::-1])[::-1]
+    user_end = np.repeat(offsets[1:], np.diff(offsets))
+    met = nxt < user_end
+    line = np.cumsum(is_train_target.astype(np.int64)) - 1  # train line of each train target
+    pos = positions(offsets)
+    within = np.where(nxt == ev, 0, 1 + pos)  # the target first, then history position 0, 1, ...
+    key = line[np.minimum(nxt, n - 1)] * (int(pos.max(initial=0)) + 2) + within
+    first = np.full(n_codes, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, event_codes[met], key[met])
     return first
 
 
@@ -236,10 +257,12 @@ def build(df: pd.DataFrame, cfg: ProtocolConfig, name: str = "dataset") -> Prepa
     is_train_target[offsets[instances["train"].user] + instances["train"].pos] = True
     n_items, n_cates, n_users = len(ids["item"]), len(ids["cate"]), len(ids["user"])
     item_index = build_vocab(
-        train_counts(events["item"], offsets, is_train_target, n_items), first_index(events["item"], n_items)
+        train_counts(events["item"], offsets, is_train_target, n_items),
+        first_insert(events["item"], offsets, is_train_target, n_items),
     )
     cate_index = build_vocab(
-        train_counts(events["cate"], offsets, is_train_target, n_cates), first_index(events["cate"], n_cates)
+        train_counts(events["cate"], offsets, is_train_target, n_cates),
+        first_insert(events["cate"], offsets, is_train_target, n_cates),
     )
     user_train = np.bincount(instances["train"].user, minlength=n_users)
     user_index = build_vocab(user_train, np.arange(n_users))

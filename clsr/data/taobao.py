@@ -137,6 +137,17 @@ def codes(a: np.ndarray) -> tuple[np.ndarray, int]:
     return inv.astype(np.int32 if len(uniq) < 2**31 else np.int64), len(uniq)
 
 
+def sorted_unique(a: np.ndarray) -> np.ndarray:
+    """np.unique(a) through np.sort (SIMD-accelerated; np.unique itself is ~20x slower on large int arrays)."""
+    s = np.sort(a)
+    if len(s) < 2:
+        return s
+    keep = np.empty(len(s), dtype=bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
 def pair_key(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """One int64 per (a, b) pair, equal iff both values are equal."""
     ca, _ = codes(a)
@@ -324,10 +335,10 @@ def filter_taobao(
     cc, n_cats = codes(cols["category"])
     pairs = ic.astype(np.int64) * n_cats + cc
     del cc
-    pairs = np.unique(pairs)  # sorted distinct (item, category) pairs: sorted by item first
+    pairs = sorted_unique(pairs)  # distinct (item, category) pairs, sorted by item first
     pair_item = pairs // n_cats
     del pairs
-    multi = np.unique(pair_item[1:][pair_item[1:] == pair_item[:-1]])
+    multi = pair_item[1:][pair_item[1:] == pair_item[:-1]]  # items of a 2nd, 3rd... category
     del pair_item
     bad = np.zeros(n_items, dtype=bool)
     bad[multi] = True
@@ -340,7 +351,7 @@ def filter_taobao(
 
     t = time.perf_counter()
     if opts.user_fraction < 1.0:
-        users = np.unique(cols["user"])
+        users = sorted_unique(cols["user"])
         n_keep = round(opts.user_fraction * len(users))  # pandas sample(frac=...) rounds the same way
         chosen = np.random.default_rng(opts.seed).choice(users, size=n_keep, replace=False)
         apply("sample", member_mask(cols["user"], chosen), t)
