@@ -76,8 +76,38 @@ class ReleasedOptions:
     folder: str = "data/raw/taobao-released"  # holds train_data, valid_data, test_data
 
 
+def _check_field_counts(path: Path) -> None:
+    """Every non-blank line must hold exactly N_COLUMNS tab-separated fields. pandas pads a short line
+    with empty strings silently, so count the tabs (one fast pass; a line scan only when they do not add up)."""
+    tabs = newlines = 0
+    last = b"\n"
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            tabs += chunk.count(b"\t")
+            newlines += chunk.count(b"\n")
+            last = chunk[-1:]
+    if tabs == (N_COLUMNS - 1) * (newlines + (last != b"\n")):
+        return
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip(b"\r\n") == b"":
+                continue
+            n = line.count(b"\t") + 1
+            if n != N_COLUMNS:
+                raise DataError(
+                    f"{path}: line {lineno} has {n} tab-separated columns, expected {N_COLUMNS} (label, user, item, "
+                    "category, ts, hist_items, hist_categories, hist_ts)"
+                )
+
+
 def _read(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path, sep="\t", header=None, dtype=str, keep_default_na=False, quoting=3)
+    _check_field_counts(path)
+    try:
+        df = pd.read_csv(path, sep="\t", header=None, dtype=str, keep_default_na=False, quoting=3)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty") from None
+    except pd.errors.ParserError as e:
+        raise DataError(f"{path}: not in the released tab-separated format: {e}") from None
     if df.shape[1] != N_COLUMNS:
         raise DataError(
             f"{path}: expected {N_COLUMNS} tab-separated columns (label, user, item, category, ts, hist_items, "

@@ -206,7 +206,17 @@ def load_csv(options: dict, raw_dir: Path) -> pd.DataFrame:
         if ts.isna().any():
             bad = out["ts"][ts.isna()].iloc[0]
             raise DataError(f"{path}: column {opts.columns['ts']!r} has an unparseable date {bad!r}")
-        out["ts"] = ts.astype("int64") // 10**9
+        # whole seconds since the epoch, whatever the datetime resolution (pandas 3 parses strings to us)
+        out["ts"] = ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype(np.int64)
+    else:  # name the file's own column and line (check_interactions only knows the internal name 'ts')
+        bad = pd.to_numeric(out["ts"], errors="coerce").isna()
+        if bad.any():
+            row = out.index[np.flatnonzero(bad.to_numpy())[0]]
+            raise DataError(
+                f"{path}: column {opts.columns['ts']!r} has {int(bad.sum())} non-numeric value(s), first "
+                f"{out['ts'].loc[row]!r} at line {int(row) + 1 + int(opts.header)}; timestamps must be integers "
+                "(Unix time), or set ts_format: datetime"
+            )
     return check_interactions(out.reset_index(drop=True), str(path))
 
 

@@ -37,8 +37,9 @@ Deviations from the released code:
   `attach_data` (called by the trainer) resizes it to the data's ``max_len`` (the released model reads
   ``max_seq_length`` from its hparams).
 - The CNN runs once per instance and the per-instance block of the prediction MLP's first layer is
-  multiplied once per instance (`din.mlp_over_parts`), exact. The three horizontal convolutions are
-  one matmul with the stacked kernels plus shifted sums (exact, see `Caser._horizontal`).
+  multiplied once per instance (`din.mlp_over_parts`), exact. Each horizontal convolution is one
+  matmul over the unfolded windows, with ReLU and bias applied after the max (exact, see
+  `_SeqCNN._horizontal`).
 - PyTorch's BN running variance uses the unbiased batch variance (TF: biased). Dropout (0) not built.
 """
 from __future__ import annotations
@@ -91,14 +92,11 @@ class _SeqCNN(nn.Module):
         self.dim, self.n_v, self.n_h, self.conv_len = dim, n_v, n_h, conv_len
         self.vertical_bias = nn.Parameter(torch.zeros(n_v))
         self.resize(max_len)
-        # horizontal kernel of height h in TF layout (h, d, n_h); stacked as (d, Σ_h h·n_h) so that one
-        # matmul gives every (height, offset) projection of every position
-        blocks = []
-        for h in range(1, conv_len + 1):
-            K = glorot_uniform_(torch.empty(h, dim, n_h))
-            blocks += [K[j] for j in range(h)]  # (d, n_h) per offset j
-        self.horizontal_kernel = nn.Parameter(torch.cat(blocks, dim=1).contiguous())  # (d, n_h·Σh)
-        self.horizontal_bias = nn.Parameter(torch.zeros(conv_len * n_h))
+        # horizontal kernels: height h in TF layout (h, d, n_h) = conv1d weights over windows of h positions
+        self.horizontal_kernels = nn.ParameterList(
+            nn.Parameter(glorot_uniform_(torch.empty(h, dim, n_h))) for h in range(1, conv_len + 1)
+        )
+        self.horizontal_biases = nn.ParameterList(nn.Parameter(torch.zeros(n_h)) for _ in range(conv_len))
 
     def resize(self, max_len: int) -> None:
         """(Re)create the vertical kernel for histories of max_len positions. TF kernel (d, L, n_v) on
@@ -108,22 +106,17 @@ class _SeqCNN(nn.Module):
         self.vertical_kernel = nn.Parameter(K.permute(2, 1, 0).reshape(self.n_v, max_len * self.dim).contiguous())
 
     def _horizontal(self, H: torch.Tensor) -> torch.Tensor:
-        """For each height h: c_t = ReLU(Σ_{j<h} H_{t+j} K_h[j] + b_h), t = 0..L−h (TF 'valid'), then
-        max over t. P = H [K_1[0] | K_2[0] | K_2[1] | …] gives every H_t K_h[j] in one matmul; the
-        convolution of height h is the sum of its h blocks shifted by j."""
-        B, L, _ = H.shape
-        P = H @ self.horizontal_kernel  # (B, L, n_h·Σh)
-        outs, col = [], 0
-        n = self.n_h
-        for h in range(1, self.conv_len + 1):
-            T = L - h + 1
-            c = P[:, 0:T, col : col + n]
-            for j in range(1, h):
-                c = c + P[:, j : j + T, col + j * n : col + (j + 1) * n]
-            col += h * n
-            outs.append(c.amax(dim=1))  # max over time (padding included, as released)
-        # ReLU and the bias commute with the max over t (both monotone / constant in t)
-        return torch.relu(torch.cat(outs, dim=-1) + self.horizontal_bias)
+        """For each height h: c_t = ReLU(Σ_{j<h} H_{t+j} K_h[j] + b_h), t = 0..L−h (TF 'valid'), then the
+        max over t (padding included, as released). Each height is one matmul of the (B, L−h+1, h·d)
+        windows with K_h flattened to (h·d, n_h); ReLU and the bias commute with the max over t
+        (monotone, constant in t), so they are applied after it."""
+        B, L, d = H.shape
+        outs = []
+        for K, b in zip(self.horizontal_kernels, self.horizontal_biases):
+            h = K.shape[0]
+            windows = H.unfold(1, h, 1).transpose(2, 3).reshape(B, L - h + 1, h * d)  # [H_t ‖ … ‖ H_{t+h−1}]
+            outs.append((windows @ K.reshape(h * d, self.n_h)).amax(dim=1) + b)
+        return torch.relu(torch.cat(outs, dim=-1))
 
     def forward(self, H: torch.Tensor) -> torch.Tensor:
         B, L, d = H.shape

@@ -519,3 +519,45 @@ def run_rnn(
 def run_gru(cell: TFGRUCell, x: torch.Tensor, lengths: torch.Tensor, h0=None, n_steps=None):
     """`run_rnn` for a GRU (kept as a name for readability at call sites)."""
     return run_rnn(cell, x, lengths, h0, n_steps)
+
+
+def run_gru_group(
+    cells: Sequence[TFGRUCell],
+    x: torch.Tensor,
+    lengths: torch.Tensor,
+    h0s: Sequence[torch.Tensor | None],
+    n_steps: int | None = None,
+) -> list[torch.Tensor]:
+    """Final states of G independent GRUs (separate parameters) over the *same* input and lengths,
+    run in lockstep: state (G, B, H), recurrent products as one batched matmul per gate. Exactly
+    ``[run_rnn(c, x, lengths, h0)[1] for c, h0 in zip(cells, h0s)]`` with G times fewer small ops in the
+    time loop (CLSR's intention GRU and fusion GRU "causal2" both read X).
+    """
+    G, (B, L, D) = len(cells), x.shape
+    H = cells[0].hidden_size
+    n_steps = L if n_steps is None else min(int(n_steps), L)
+    starts = torch.stack([x.new_zeros(B, H) if h is None else h for h in h0s])  # (G, B, H)
+    if n_steps == 0:
+        return list(starts.unbind(0))
+    if any(c.input_dim != D or c.hidden_size != H for c in cells):
+        raise ValueError("run_gru_group: cells must share input and hidden sizes")
+    W_x = torch.stack([torch.cat([c.gate_kernel[:D], c.cand_kernel[:D]], 1) for c in cells])  # (G, D, 3H)
+    b = torch.stack([torch.cat([c.gate_bias, c.cand_bias]) for c in cells]).unsqueeze(1)  # (G, 1, 3H)
+    Wg_h = torch.stack([c.gate_kernel[D:] for c in cells])  # (G, H, 2H)
+    Wc_h = torch.stack([c.cand_kernel[D:] for c in cells])  # (G, H, H)
+    x_tm = x[:, :n_steps].transpose(0, 1).reshape(1, n_steps * B, D)
+    proj = torch.baddbmm(b, x_tm.expand(G, -1, -1), W_x)  # (G, n·B, 3H): all input projections
+    proj = proj.view(G, n_steps, B, 3 * H).transpose(0, 1).contiguous()  # (n, G, B, 3H) time-major
+    h = starts
+    outs = []
+    for p in proj.unbind(0):
+        rz = torch.sigmoid(torch.baddbmm(p[..., : 2 * H], h, Wg_h))
+        r, z = rz[..., :H], rz[..., H:]
+        c = torch.tanh(torch.baddbmm(p[..., 2 * H :], r * h, Wc_h))
+        h = torch.lerp(c, h, z)
+        outs.append(h)
+    states = torch.stack(outs, dim=2)  # (G, B, n, H)
+    idx = (lengths.clamp(min=1, max=n_steps) - 1).view(1, B, 1, 1).expand(G, B, 1, H)
+    final = states.gather(2, idx).squeeze(2)
+    final = torch.where((lengths > 0).view(1, B, 1), final, starts)
+    return list(final.unbind(0))

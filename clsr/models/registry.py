@@ -19,6 +19,9 @@ MODELS: dict[str, str] = {
     "din": "clsr.models.din:DINConfig:DIN",
     "gru4rec": "clsr.models.gru4rec:GRU4RecConfig:GRU4Rec",
     "caser": "clsr.models.caser:CaserConfig:Caser",
+    "dien": "clsr.models.dien:DIENConfig:DIEN",
+    "sasrec": "clsr.models.sasrec:SASRecConfig:SASRec",
+    "slirec": "clsr.models.slirec:SLiRecConfig:SLiRec",
 }
 
 

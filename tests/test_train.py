@@ -1,0 +1,131 @@
+"""Trainer: learning, determinism, resume after an interruption, outputs, CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clsr.cli import main as cli_main
+from clsr.data.protocol import ProtocolConfig, build
+from clsr.data.synthetic import generate
+from clsr.train import TrainConfig, clip_per_tensor_, fit, pick_device
+
+SMALL = {"n_users": 120, "n_items": 200, "n_categories": 8, "mean_events": 30, "seed": 3}
+TRAIN = {"epochs": 2, "patience": 2, "batch_size": 128, "progress": False, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    df = generate(SMALL)
+    return build(df, ProtocolConfig(max_len=20, test_negatives=19, seed=0), name="small")
+
+
+def test_two_epochs_learn_and_are_bit_identical(small_data, tmp_path):
+    a = fit(small_data, "clsr", {}, TRAIN, run_dir=tmp_path / "a")
+    b = fit(small_data, "clsr", {}, TRAIN, run_dir=tmp_path / "b")
+    assert a.metrics["valid"]["gauc"] > 0.6, a.metrics["valid"]
+    assert a.metrics["test"] == b.metrics["test"]
+    assert [r["loss_total"] for r in a.history] == [r["loss_total"] for r in b.history]
+    for (k, va), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(va, vb), k
+
+
+def test_resume_after_interruption_matches_uninterrupted(small_data, tmp_path):
+    cfg = dict(TRAIN, epochs=3, patience=3)
+    full = fit(small_data, "clsr", {}, cfg, run_dir=tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_data, "clsr", {}, cfg, run_dir=tmp_path / "cut", stop_after_epochs=1)
+    assert not (tmp_path / "cut" / "metrics.json").exists()  # an interrupted run leaves no result that looks complete
+    resumed = fit(small_data, "clsr", {}, cfg, run_dir=tmp_path / "cut")
+    assert resumed.metrics["test"] == full.metrics["test"]
+    assert [r["loss_total"] for r in resumed.history] == [r["loss_total"] for r in full.history]
+
+
+def test_checkpoint_of_other_config_is_not_resumed(small_data, tmp_path, capsys):
+    fit(small_data, "clsr", {}, dict(TRAIN, epochs=1), run_dir=tmp_path / "r")
+    fit(small_data, "clsr", {"contrastive": "bpr"}, dict(TRAIN, epochs=1), run_dir=tmp_path / "r")
+    assert "another configuration" in capsys.readouterr().out
+
+
+def test_metrics_file_fields(small_data, tmp_path):
+    fit(small_data, "clsr", {}, dict(TRAIN, epochs=1), run_dir=tmp_path / "r")
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    for key in ("test", "valid", "best_epoch", "seconds_per_epoch", "train_instances_per_s", "parameters", "config_hash"):
+        assert key in m
+    for key in ("auc", "gauc", "mrr", "ndcg@2", "hit@2"):
+        assert 0.0 <= m["test"][key] <= 1.0
+    assert m["test"]["candidates"] == 20
+    hist = json.loads((tmp_path / "r" / "history.json").read_text())
+    assert hist[0]["epoch"] == 1 and "valid_gauc" in hist[0]
+
+
+def test_early_stopping_uses_validation_only(small_data, tmp_path, monkeypatch):
+    """Selection must never look at the test split: evaluate() is called on test exactly once, at the end."""
+    import clsr.train as T
+
+    calls = []
+    real = T.evaluate
+
+    def spy(model, data, split, cfg, device=None, **kw):
+        calls.append(split)
+        return real(model, data, split, cfg, device, **kw)
+
+    monkeypatch.setattr(T, "evaluate", spy)
+    fit(small_data, "clsr", {}, dict(TRAIN, epochs=3, patience=3), run_dir=None)
+    assert calls.count("test") == 1 and calls[-1] == "test"
+    assert calls[:-1] == ["valid"] * (len(calls) - 1)
+
+
+def test_clip_per_tensor_matches_tf_clip_by_norm():
+    p1 = torch.nn.Parameter(torch.zeros(3))
+    p2 = torch.nn.Parameter(torch.zeros(2))
+    p1.grad = torch.tensor([3.0, 4.0, 0.0])  # norm 5 -> scaled to norm 2
+    p2.grad = torch.tensor([0.6, 0.8])  # norm 1 -> unchanged
+    clip_per_tensor_([p1, p2], 2.0)
+    assert torch.allclose(p1.grad, torch.tensor([1.2, 1.6, 0.0]))
+    assert torch.allclose(p2.grad, torch.tensor([0.6, 0.8]))
+
+
+def test_device_choice():
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception, match="CUDA is not available"):
+            pick_device("cuda")
+
+
+def test_bad_train_key_names_it():
+    from clsr.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="epoch"):
+        from_dict(TrainConfig, {"epoch": 3}, "train")
+
+
+def test_cli_prepare_train_evaluate(tmp_path, monkeypatch, capsys):
+    """The CLI on a CSV log: prepare, train one epoch, evaluate the best checkpoint."""
+    df = generate(SMALL)
+    csv = tmp_path / "log.csv"
+    df[["user", "item", "category", "ts"]].rename(columns={"user": "uid", "ts": "time"}).to_csv(csv, index=False)
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "datasets:\n  mine:\n    source: {name: csv, path: " + str(csv) + ", columns: {user: uid, item: item, category: category, ts: time}}\n"
+        "    protocol: {max_len: 20, test_negatives: 19}\n"
+        "train: {epochs: 1, batch_size: 128, progress: false}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["prepare", "--dataset", "mine", "--params", str(params)]) == 0
+    assert (tmp_path / "data" / "prepared" / "mine" / "stats.json").exists()
+    assert cli_main(["train", "--dataset", "mine", "--model", "clsr", "--params", str(params), "--run-dir", "r",
+                     "--set", "model.contrastive=bpr"]) == 0
+    out = capsys.readouterr().out
+    assert '"gauc"' in out
+    cfg = json.loads((tmp_path / "r" / "metrics.json").read_text())["config"]
+    assert cfg["model_config"]["contrastive"] == "bpr"
+    assert cli_main(["evaluate", "--run-dir", "r"]) == 0
+    # a bad key is a clear error, exit code 2
+    assert cli_main(["train", "--dataset", "mine", "--params", str(params), "--set", "model.nope=1"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert cli_main(["prepare", "--dataset", "unknown", "--params", str(params)]) == 2
+    assert "unknown" in capsys.readouterr().err
