@@ -53,6 +53,11 @@ class TrainConfig:
     def validate(self, where: str = "train") -> None:
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 1 or self.n_neg < 1:
             raise ConfigError(f"{where}: epochs, patience, batch_size and n_neg must be >= 1")
+        if self.batch_size < 1 + self.n_neg:
+            raise ConfigError(
+                f"{where}.batch_size: {self.batch_size} is smaller than 1 + n_neg = {1 + self.n_neg}; "
+                "in-batch negatives need that many instances per batch"
+            )
         if self.ties not in ("released", "mean", "optimistic"):
             raise ConfigError(f"{where}.ties: {self.ties!r} is not one of ['released', 'mean', 'optimistic']")
         if self.select_metric not in ("gauc", "auc", "mrr"):

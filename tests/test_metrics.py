@@ -185,15 +185,16 @@ def test_positive_rank_rejects_unknown_tie_rule():
 
 
 def test_random_scores_reference_values():
+    # per-instance sd of 1/rank and of ndcg@2 is ~0.12, so with n = 10 000 the tolerance 0.005 is ~4 sd
     rng = np.random.default_rng(0)
-    n = 20000
+    n = 10000
     s = rng.random((n, 100))
     users = rng.integers(0, 500, size=n)
     r = M.evaluate_scores(s, users, ks=(2,))
     h100 = sum(1 / k for k in range(1, 101))
     assert abs(r["auc"] - 0.5) < 0.01
     assert abs(r["gauc"] - 0.5) < 0.01
-    assert r["mrr"] == pytest.approx(h100 / 100, abs=0.003)
-    assert r["ndcg@2"] == pytest.approx((1 + 1 / math.log2(3)) / 100, abs=0.003)
+    assert r["mrr"] == pytest.approx(h100 / 100, abs=0.005)
+    assert r["ndcg@2"] == pytest.approx((1 + 1 / math.log2(3)) / 100, abs=0.005)
     s5 = rng.random((n, 5))
     assert M.evaluate_scores(s5, users)["mrr"] == pytest.approx(sum(1 / k for k in range(1, 6)) / 5, abs=0.01)

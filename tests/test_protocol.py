@@ -458,6 +458,11 @@ def test_protocol_config_validation():
         from_dict(P.ProtocolConfig, {"valid_keep": 0})
     with pytest.raises(ConfigError, match="negative_sampling"):
         from_dict(P.ProtocolConfig, {"negative_sampling": "hard"})
+    for bad in ({"test_fraction": 0.0}, {"valid_fraction": -0.1, "test_fraction": 0.3},
+                {"valid_fraction": 0.6, "test_fraction": 0.4}):
+        with pytest.raises(ConfigError, match="test_fraction"):
+            from_dict(P.ProtocolConfig, {"split": "time_fraction", **bad})
+    assert from_dict(P.ProtocolConfig, {"valid_fraction": 0.0, "test_fraction": 0.2}).valid_fraction == 0.0
     cfg = from_dict(P.ProtocolConfig, {"time_unit": "86.4", "valid_keep": "0.15"})
     assert cfg.time_unit == 86.4 and cfg.valid_keep == 0.15
 

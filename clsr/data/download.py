@@ -82,6 +82,7 @@ def download(
     tmp = Path(tmp_name)
     try:
         h = hashlib.sha256()
+        got = 0  # bytes received (a disabled tqdm bar does not count)
         with os.fdopen(fd, "wb") as out:
             try:
                 response = urllib.request.urlopen(url, timeout=timeout)
@@ -102,16 +103,17 @@ def download(
                             block = response.read(chunk)
                         except OSError as e:  # timeout or reset in the middle of the transfer
                             raise DownloadError(
-                                f"download of {url} broke off after {bar.n} bytes: {e}. {_by_hand(url, dest, sha256)}"
+                                f"download of {url} broke off after {got} bytes: {e}. {_by_hand(url, dest, sha256)}"
                             ) from None
                         if not block:
                             break
                         out.write(block)
                         h.update(block)
+                        got += len(block)
                         bar.update(len(block))
-            if total is not None and bar.n != total:
+            if total is not None and got != total:
                 raise DownloadError(
-                    f"download of {url} is truncated: got {bar.n} of {total} bytes. {_by_hand(url, dest, sha256)}"
+                    f"download of {url} is truncated: got {got} of {total} bytes. {_by_hand(url, dest, sha256)}"
                 )
         actual = h.hexdigest()
         if actual != sha256:

@@ -75,17 +75,17 @@ def prepare(
     data.meta["source_files"] = dict(df.attrs.get("source_files", {}))
     data.meta["content_sha256"] = content_sha256(data)
     folder = Path(out_dir) / name
-    data.save(folder)
     st = P.stats(data)
     st["seed"] = cfg.seed
     st["source"] = source
     st["source_files"] = data.meta["source_files"]
     st["content_sha256"] = data.meta["content_sha256"]
     st["seconds"] = {"load": round(t_load, 3), "total": round(time.perf_counter() - t0, 3)}
+    extra = {"stats.json": lambda p: atomic_write_json(p, st)}
     profiles = df.attrs.get("user_profiles")
     if isinstance(profiles, pd.DataFrame):
-        profiles.to_parquet(folder / "user_profiles.parquet", index=False)
-    atomic_write_json(folder / "stats.json", st)
+        extra["user_profiles.parquet"] = lambda p: profiles.to_parquet(p, index=False)
+    data.save(folder, extra_files=extra)  # everything lands together, or nothing does
     return data
 
 

@@ -58,8 +58,11 @@ class ProtocolConfig:
             v = getattr(self, key)
             if not 0.0 < v <= 1.0:
                 raise ConfigError(f"{where}.{key}: {v} must be in (0, 1]")
-        if not 0 < self.valid_fraction + self.test_fraction < 1:
-            raise ConfigError(f"{where}: valid_fraction + test_fraction must be in (0, 1)")
+        if not (self.valid_fraction >= 0 and self.test_fraction > 0 and self.valid_fraction + self.test_fraction < 1):
+            raise ConfigError(
+                f"{where}: need valid_fraction >= 0, test_fraction > 0 and valid_fraction + test_fraction < 1 "
+                f"(got {self.valid_fraction}, {self.test_fraction})"
+            )
         for key in ("valid_negatives", "test_negatives", "max_len", "min_history"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{where}.{key}: must be >= 1")

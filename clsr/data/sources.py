@@ -16,6 +16,7 @@ A source is a function ``load(options: dict, raw_dir: Path) -> pd.DataFrame`` re
 from __future__ import annotations
 
 import hashlib
+import importlib
 import shutil
 import subprocess
 import sys
@@ -221,10 +222,33 @@ def load_csv(options: dict, raw_dir: Path) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------
+def _lazy(module: str, function: str) -> Callable[[dict, Path], pd.DataFrame]:
+    """A loader that imports `module` on first use: those modules import this one (DataError, helpers)."""
+
+    def load(options: dict, raw_dir: Path) -> pd.DataFrame:
+        return getattr(importlib.import_module(module), function)(options, raw_dir)
+
+    load.__name__ = load.__qualname__ = function
+    load.__doc__ = f"{module}.{function} (imported on first use)"
+    return load
+
+
 SOURCES: dict[str, Callable[[dict, Path], pd.DataFrame]] = {
     "ml100k": load_ml100k,
     "csv": load_csv,
+    "taobao": _lazy("clsr.data.taobao", "load_taobao"),  # raw UserBehavior.csv, released filters (§1.2)
+    "kuaishou": _lazy("clsr.data.kuaishou", "load_kuaishou"),  # Kuaishou-style CSV, released filters
+    "synthetic": _lazy("clsr.data.synthetic", "load_synthetic"),  # planted long/short-term ground truth
+    "taobao-released": lambda options, raw_dir: _released_is_not_a_table(),
 }
+
+
+def _released_is_not_a_table() -> pd.DataFrame:
+    raise ConfigError(
+        "source 'taobao-released' is not an interactions table: the authors' files fix instances and candidates, "
+        "so `clsr prepare` (clsr.data.prepare.prepare) reads them directly; set source.folder to the folder that "
+        "holds train_data, valid_data and test_data"
+    )
 
 
 def load_source(source: dict, raw_dir: str | Path = "data/raw") -> pd.DataFrame:

@@ -24,6 +24,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -98,7 +99,8 @@ class PreparedData:
         return self.user_offsets[inst.user] + inst.pos
 
     # ---- persistence -------------------------------------------------------------------------
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, extra_files: dict[str, Callable[[Path], None]] | None = None) -> Path:
+        """Write arrays.npz + meta.json (+ `extra_files`: name -> writer(path)) atomically into `folder`."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {
@@ -131,6 +133,8 @@ class PreparedData:
                 np.savez(f, **arrays)
             with open(tmp / "meta.json", "w") as f:
                 json.dump(meta, f, indent=2, sort_keys=True, default=_json_default)
+            for name, writer in (extra_files or {}).items():
+                writer(tmp / name)
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(tmp, folder)

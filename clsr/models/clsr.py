@@ -33,6 +33,11 @@ Deviations from the released code (all numerically negligible or confined to deg
   equal those over the unique rows (DESIGN.md "Compute candidate-independent parts once").
 - The recurrent nets stop at the batch's longest history (TF's ``dynamic_rnn`` does the same) and
   read the final state at step n−1 instead of masking each step (exact, see layers.run_rnn).
+- Attention scorers never build the 4-fold concatenation (exact algebraic split of the first layer,
+  layers.DinAttention); in evaluation (BN on running statistics) they score only the valid positions,
+  since a padded position's score is masked anyway (exact).
+- τ^now[:, L−1] is read from the last column of the batch tensor, so the batch width must be the
+  configured max length L (the data layer pads to L; trimming trailing padding would change it).
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ from clsr.models.layers import (
     Time4LSTMCell,
     activation_fn,
     attention_pool,
+    run_gru_group,
     run_rnn,
     trunc_normal_,
 )
@@ -213,12 +219,20 @@ class CLSR(Recommender):
         p_short = torch.bmm(recent.unsqueeze(1), X).squeeze(1) / recent.sum(1, keepdim=True).clamp(min=1.0)
         return p_long, p_short
 
-    # ---- 4. short-term intention -------------------------------------------------------------------------
-    def intention(self, X, lengths, e_short, n_steps=None):
-        """h^s = GRU(X; h0 = e^s) final state at step n−1 (interest_evolve), else e^s."""
-        if self.intention_gru is None:
-            return e_short
-        return run_rnn(self.intention_gru, X, lengths, h0=e_short, n_steps=n_steps)[1]
+    # ---- 4 (and the GRU of 8). intention and fusion GRUs ----------------------------------------------------
+    def intention_and_fusion_states(self, X, lengths, e_short, n_steps=None, naive: bool = False):
+        """h^s = GRU(X; h0 = e^s) final state at step n−1 (interest_evolve, else h^s = e^s), and
+        h^c = GRU_causal2(X; h0 = 0) final state (None when not used). Separate parameters; the fast
+        path runs the two in lockstep (layers.run_gru_group), the naive path one after the other."""
+        cells = [c for c in (self.intention_gru, self.fuse_gru) if c is not None]
+        h0s = ([e_short] if self.intention_gru is not None else []) + ([None] if self.fuse_gru is not None else [])
+        if len(cells) == 2 and not naive:
+            finals = run_gru_group(cells, X, lengths, h0s, n_steps)
+        else:
+            finals = [run_rnn(c, X, lengths, h0=h0, n_steps=n_steps)[1] for c, h0 in zip(cells, h0s)]
+        h_short = finals.pop(0) if self.intention_gru is not None else e_short
+        h_c = finals.pop(0) if self.fuse_gru is not None else None
+        return h_short, h_c
 
     # ---- 6. sequence encoder -------------------------------------------------------------------------------
     def sequence(self, X, lengths, time_first, time_now, n_steps=None):
@@ -238,16 +252,13 @@ class CLSR(Recommender):
         return attention_pool(a, O), a
 
     # ---- 8. fusion --------------------------------------------------------------------------------------------
-    def fusion_weight(self, X, lengths, e_v, u_long, u_short, tau_last, n_steps=None):
-        """α = σ(MLP([h^c ‖ e_v ‖ u^l ‖ u^s ‖ τ^now[:, L−1]])) with h^c = GRU_causal2(X; h0 = 0) final
-        state; (B, C). With manual_alpha, α is the constant manual_alpha_value."""
+    def fusion_weight(self, e_v, u_long, u_short, tau_last, h_c=None):
+        """α = σ(MLP([h^c ‖ e_v ‖ u^l ‖ u^s ‖ τ^now[:, L−1]])), (B, C); h^c is dropped when
+        predict_long_short is False. With manual_alpha, α is the constant manual_alpha_value."""
         B, C = e_v.shape[0], e_v.shape[1]
         if self.fuse_mlp is None:
             return u_short.new_full((B, C), self.cfg.manual_alpha_value)
-        parts = []
-        if self.fuse_gru is not None:
-            h_c = run_rnn(self.fuse_gru, X, lengths, n_steps=n_steps)[1]
-            parts.append(h_c.unsqueeze(1).expand(B, C, -1))
+        parts = [] if h_c is None else [h_c.unsqueeze(1).expand(B, C, -1)]
         parts += [
             e_v,
             u_long.unsqueeze(1).expand(B, C, -1),
@@ -273,14 +284,14 @@ class CLSR(Recommender):
 
         u_long, att_long = self.long_term(X, mask, e_long, naive)
         p_long, p_short = self.proxies(X, mask)
-        h_short = self.intention(X, lengths, e_short, n_steps)
+        h_short, h_c = self.intention_and_fusion_states(X, lengths, e_short, n_steps, naive)
         O = self.sequence(
             X, lengths, batch.time_from_first.to(X.dtype), batch.time_to_now.to(X.dtype), n_steps
         )
         u_short, att_short = self.short_term(O, mask, h_short, e_v, naive)
         # τ^now at the last *padded* column L−1 (zero unless n = L), as released
         tau_last = batch.time_to_now[:, -1].to(X.dtype)
-        alpha = self.fusion_weight(X, lengths, e_v, u_long, u_short, tau_last, n_steps)
+        alpha = self.fusion_weight(e_v, u_long, u_short, tau_last, h_c)
         user = torch.lerp(u_short, u_long.unsqueeze(1).expand_as(u_short), alpha.unsqueeze(-1))
         logits = self.predict(user, e_v)
         return {

@@ -95,17 +95,16 @@ class Dice(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or self.eval_batch_stats:
-            flat = x.reshape(-1, self.dim)
-            mean = flat.mean(0)
-            var = (flat - mean).square().mean(0)
+            var, mean = torch.var_mean(x.reshape(-1, self.dim), dim=0, correction=0)
             if self.training:
                 with torch.no_grad():
                     self.running_mean.lerp_(mean.detach(), self.momentum)
                     self.running_var.lerp_(var.detach(), self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
-        p = torch.sigmoid((x - mean) / (torch.sqrt(var + self.eps) + self.eps))
-        return x * (p + self.alpha * (1.0 - p))
+        inv = 1.0 / (torch.sqrt(var + self.eps) + self.eps)
+        p = torch.sigmoid(torch.addcmul(-mean * inv, x, inv))  # σ((x − μ) / (sqrt(σ² + ε) + ε))
+        return x * torch.addcmul(self.alpha, 1.0 - self.alpha, p)  # x (p + α (1 − p))
 
 
 class DiceMLP(nn.Module):
@@ -198,16 +197,15 @@ def run_augru(cell: TFGRUCell, x: torch.Tensor, att: torch.Tensor, lengths: torc
         return h
     pre = cell.precompute(x[:, :n_steps])  # per step: (x_t W_g,x + b_g (B, 2H), x_t W_c,x + b_c (B, H))
     Wg_h, Wc_h = cell.step_weights()
-    keep_gate = 1.0 - att[:, :, :n_steps].unsqueeze(-1)  # (B, C, T, 1): (1 − a_t)
-    live = (torch.arange(n_steps, device=x.device)[None, :] < lengths[:, None]).view(B, 1, n_steps, 1)
+    # per-step views made by unbind (one stacked gradient in backward, no per-step zero fill)
+    keep_gate = (1.0 - att[:, :, :n_steps]).unsqueeze(-1).unbind(2)  # T × (B, C, 1): (1 − a_t)
+    live = (torch.arange(n_steps, device=x.device)[None, :] < lengths[:, None]).view(B, 1, n_steps, 1).unbind(2)
     for t in range(n_steps):
         gx, cx = pre[t]
-        rz = torch.sigmoid(torch.matmul(h, Wg_h).add_(gx.unsqueeze(1)))  # (B, C, 2H)
-        r, u = rz[..., :H], rz[..., H:]
+        r, u = torch.sigmoid(torch.matmul(h, Wg_h).add_(gx.unsqueeze(1))).chunk(2, dim=-1)  # (B, C, H) each
         c = torch.tanh(torch.matmul(r * h, Wc_h).add_(cx.unsqueeze(1)))
-        u = u * keep_gate[:, :, t]
-        h_new = torch.lerp(c, h, u)  # u h + (1 − u) c
-        h = torch.where(live[:, :, t], h_new, h)
+        h_new = torch.lerp(c, h, u * keep_gate[t])  # u' h + (1 − u') c with u' = (1 − a_t) u
+        h = torch.where(live[t], h_new, h)
     return h
 
 

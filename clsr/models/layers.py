@@ -240,34 +240,82 @@ class DinAttention(nn.Module):
         z = torch.cat([a, qq, a - qq, a * qq], dim=-1)
         return self.mlp(z).squeeze(-1)
 
-    def scores_fast(self, keys: torch.Tensor, query: torch.Tensor, query_shared=None) -> torch.Tensor:
-        """s (B, C, L) via the decomposition in the class docstring (exact, no 4d concat)."""
+    def _first_layer_blocks(self, d_s: int):
+        """(W_a + W_d, b, (W_q − W_d)_s, (W_q − W_d)_r, W_p,s, W_p,r) from the first linear layer."""
         d = self.dim
         first = self.mlp.linears[0]
-        W, bias = first.weight, first.bias  # (h, 4d), (h,)
+        W = first.weight  # (h, 4d)
         W_a, W_q, W_d, W_p = W[:, :d], W[:, d : 2 * d], W[:, 2 * d : 3 * d], W[:, 3 * d :]
+        W_qd = W_q - W_d
+        return W_a + W_d, first.bias, W_qd[:, :d_s], W_qd[:, d_s:], W_p[:, :d_s], W_p[:, d_s:]
+
+    def scores_fast(self, keys: torch.Tensor, query: torch.Tensor, query_shared=None) -> torch.Tensor:
+        """s (B, C, L) via the decomposition in the class docstring (exact, no 4d concat)."""
         r = query if query.dim() == 3 else query.unsqueeze(1)  # (B, C, d_r)
         d_s = 0 if query_shared is None else query_shared.shape[-1]
-        if d_s + r.shape[-1] != d:
-            raise ValueError(f"DinAttention: query width {d_s}+{r.shape[-1]} != key width {d}")
-
+        if d_s + r.shape[-1] != self.dim:
+            raise ValueError(f"DinAttention: query width {d_s}+{r.shape[-1]} != key width {self.dim}")
+        W_k, bias, W_qs, W_qr, W_ps, W_pr = self._first_layer_blocks(d_s)
         # per history position: (W_a + W_d) a_t + b  [+ W_p,s (a_s,t ⊙ s)]
-        K = F.linear(keys, W_a + W_d, bias)  # (B, L, h)
+        K = F.linear(keys, W_k, bias)  # (B, L, h)
         # per query: (W_q − W_d) q = (W_q − W_d)_s s + (W_q − W_d)_r r
-        W_qd = W_q - W_d
-        Q = F.linear(r, W_qd[:, d_s:])  # (B, C, h)
+        Q = F.linear(r, W_qr)  # (B, C, h)
         if d_s:
             s = query_shared
-            K = K + F.linear(keys[..., :d_s] * s.unsqueeze(1), W_p[:, :d_s])
-            Q = Q + F.linear(s, W_qd[:, :d_s]).unsqueeze(1)
+            K = K + F.linear(keys[..., :d_s] * s.unsqueeze(1), W_ps)
+            Q = Q + F.linear(s, W_qs).unsqueeze(1)
         # per (query, position): W_p,r (a_r,t ⊙ r_c)
-        a_r = keys[..., d_s:]  # (B, L, d_r)
-        prod = a_r.unsqueeze(1) * r.unsqueeze(2)  # (B, C, L, d_r)
+        prod = keys[..., d_s:].unsqueeze(1) * r.unsqueeze(2)  # (B, C, L, d_r)
         base = K.unsqueeze(1) + Q.unsqueeze(2)  # (B, C, L, h)
         h = base.shape[-1]
         # one GEMM over all B·C·L rows, accumulating onto K + Q; kept 2-D (no in-place op on a view)
-        z = torch.addmm(base.view(-1, h), prod.view(-1, prod.shape[-1]), W_p[:, d_s:].t())
+        z = torch.addmm(base.view(-1, h), prod.view(-1, prod.shape[-1]), W_pr.t())
         return self.mlp.tail(z).view(base.shape[:-1])
+
+    def positions_independent(self) -> bool:
+        """True when a position's score does not depend on the other positions: BN off, or BN in
+        eval mode (running statistics). Then padded positions need not be scored at all."""
+        return self.mlp.norms is None or not self.mlp.training
+
+    def scores_valid_only(
+        self, keys: torch.Tensor, mask: torch.Tensor, query: torch.Tensor, query_shared=None, chunk_rows: int = 1 << 15
+    ) -> torch.Tensor:
+        """s (B, C, L) scoring only the valid positions, padded ones set to -(2**32)+1.
+
+        Exact only when `positions_independent()` (in train mode with BN, padded positions enter the
+        batch statistics). Their masked score never reaches the softmax otherwise; a row with no valid
+        position gets uniform weights either way. The (position, query) rows are processed in chunks of
+        ``chunk_rows`` so that the 4-D temporaries stay cache-sized (C = 100 at evaluation).
+        """
+        r = query if query.dim() == 3 else query.unsqueeze(1)  # (B, C, d_r)
+        B, C, L = keys.shape[0], r.shape[1], keys.shape[1]
+        d_s = 0 if query_shared is None else query_shared.shape[-1]
+        if d_s + r.shape[-1] != self.dim:
+            raise ValueError(f"DinAttention: query width {d_s}+{r.shape[-1]} != key width {self.dim}")
+        W_k, bias, W_qs, W_qr, W_ps, W_pr = self._first_layer_blocks(d_s)
+        b_idx, t_idx = (mask != 0).nonzero(as_tuple=True)  # the P valid positions
+        a = keys[b_idx, t_idx]  # (P, d)
+        K = F.linear(a, W_k, bias)  # (P, h)
+        Q = F.linear(r, W_qr)  # (B, C, h)
+        if d_s:
+            s = query_shared
+            K = K + F.linear(a[:, :d_s] * s[b_idx], W_ps)
+            Q = Q + F.linear(s, W_qs).unsqueeze(1)
+        a_r = a[:, d_s:]
+        scores = keys.new_full((B, C, L), PAD_SCORE)
+        P = a.shape[0]
+        step = max(1, chunk_rows // C)
+        out = []
+        for lo in range(0, P, step):
+            hi = min(P, lo + step)
+            bi = b_idx[lo:hi]
+            prod = a_r[lo:hi].unsqueeze(1) * r[bi]  # (p, C, d_r)
+            base = K[lo:hi].unsqueeze(1) + Q[bi]  # (p, C, h)
+            z = torch.addmm(base.view(-1, base.shape[-1]), prod.view(-1, prod.shape[-1]), W_pr.t())
+            out.append(self.mlp.tail(z).view(hi - lo, C))
+        if out:
+            scores = scores.index_put((b_idx, torch.arange(C, device=keys.device)[:, None], t_idx), torch.cat(out).t())
+        return scores
 
     def forward(
         self,
@@ -277,8 +325,18 @@ class DinAttention(nn.Module):
         query_shared: torch.Tensor | None = None,
         naive: bool = False,
     ) -> torch.Tensor:
-        """Attention weights: (B, L) for a (B, d_r) query, (B, C, L) for a (B, C, d_r) query."""
-        s = (self.scores_naive if naive else self.scores_fast)(keys, query, query_shared)  # (B, C, L)
+        """Attention weights: (B, L) for a (B, d_r) query, (B, C, L) for a (B, C, d_r) query.
+
+        ``naive`` builds the 4d concatenation over every position (the reference). Otherwise the fast
+        decomposition runs over every position in training (BN statistics include padding, as
+        released) and over the valid positions only when `positions_independent()` (evaluation).
+        """
+        if naive:
+            s = self.scores_naive(keys, query, query_shared)
+        elif self.positions_independent():
+            s = self.scores_valid_only(keys, mask, query, query_shared)
+        else:
+            s = self.scores_fast(keys, query, query_shared)  # (B, C, L)
         w = masked_softmax(s, mask.unsqueeze(1))
         return w.squeeze(1) if query.dim() == 2 else w
 
@@ -326,16 +384,16 @@ class TFGRUCell(nn.Module):
         W_x = torch.cat([self.gate_kernel[:D], self.cand_kernel[:D]], dim=1)  # (D, 3H)
         b = torch.cat([self.gate_bias, self.cand_bias])
         proj = torch.addmm(b, x.transpose(0, 1).reshape(-1, D), W_x).view(x.shape[1], x.shape[0], 3 * H)
-        # time-major and contiguous: each step's slices are cheap views
-        return [(p[:, : 2 * H], p[:, 2 * H :]) for p in proj.unbind(0)]
+        # time-major; split and unbound outside the loop, so the loop holds no slicing nodes (a slice's
+        # backward is a zero fill + copy + accumulate; split/unbind backpropagate as one cat/stack)
+        gx, cx = proj.split([2 * H, H], dim=-1)
+        return list(zip(gx.unbind(0), cx.unbind(0)))
 
     def step(self, pre, state, weights):
         """h' from the precomputed input part; weights = (W_g,h, W_c,h) sliced once per sequence."""
         gx, cx = pre
         Wg_h, Wc_h = weights
-        H = self.hidden_size
-        rz = torch.sigmoid(torch.addmm(gx, state, Wg_h))
-        r, z = rz[:, :H], rz[:, H:]
+        r, z = torch.sigmoid(torch.addmm(gx, state, Wg_h)).chunk(2, dim=-1)
         c = torch.tanh(torch.addmm(cx, r * state, Wc_h))
         h = torch.lerp(c, state, z)  # c + z (h − c) = z h + (1 − z) c
         return h, h
@@ -398,13 +456,13 @@ class TFLSTMCell(nn.Module):
         """gates = pre + h W_h; with scale (Time4LSTM), σ(i), σ(f) are multiplied by σ(g1), σ(g2)."""
         gx, scale = pre
         h, c = state
-        H = self.hidden_size
         g = torch.addmm(gx, h, W_h)
-        s = torch.sigmoid(g)
+        s = torch.sigmoid(g)  # σ of all four blocks in one op; the j block is not used
         if scale is not None:
             s = s * scale  # [σ(g1), 1, σ(g2), 1] in the (i, j, f, o) slots
-        c = torch.addcmul(s[:, 2 * H : 3 * H] * c, s[:, :H], torch.tanh(g[:, H : 2 * H]))
-        h = s[:, 3 * H :] * torch.tanh(c)
+        si, _, sf, so = s.chunk(4, dim=1)
+        c = torch.addcmul(sf * c, si, torch.tanh(g.chunk(4, dim=1)[1]))
+        h = so * torch.tanh(c)
         return h, (h, c)
 
 
@@ -547,13 +605,13 @@ def run_gru_group(
     Wc_h = torch.stack([c.cand_kernel[D:] for c in cells])  # (G, H, H)
     x_tm = x[:, :n_steps].transpose(0, 1).reshape(1, n_steps * B, D)
     proj = torch.baddbmm(b, x_tm.expand(G, -1, -1), W_x)  # (G, n·B, 3H): all input projections
-    proj = proj.view(G, n_steps, B, 3 * H).transpose(0, 1).contiguous()  # (n, G, B, 3H) time-major
+    proj = proj.view(G, n_steps, B, 3 * H).transpose(0, 1)  # (n, G, B, 3H) time-major
+    gx, cx = (t.contiguous().unbind(0) for t in proj.split([2 * H, H], dim=-1))
     h = starts
     outs = []
-    for p in proj.unbind(0):
-        rz = torch.sigmoid(torch.baddbmm(p[..., : 2 * H], h, Wg_h))
-        r, z = rz[..., :H], rz[..., H:]
-        c = torch.tanh(torch.baddbmm(p[..., 2 * H :], r * h, Wc_h))
+    for gx_t, cx_t in zip(gx, cx):
+        r, z = torch.sigmoid(torch.baddbmm(gx_t, h, Wg_h)).chunk(2, dim=-1)
+        c = torch.tanh(torch.baddbmm(cx_t, r * h, Wc_h))
         h = torch.lerp(c, h, z)
         outs.append(h)
     states = torch.stack(outs, dim=2)  # (G, B, n, H)

@@ -105,9 +105,10 @@ def train_graph_edges(data: PreparedData) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def normalized_adjacency(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> torch.Tensor:
     """Â = D^{-1/2} A D^{-1/2} of the bipartite graph, nodes [users ; items], as a sparse CSR tensor.
-    Node degrees count distinct edges; degree-0 nodes get 0 rows and columns."""
-    users = torch.as_tensor(np.asarray(users), dtype=torch.long)
-    items = torch.as_tensor(np.asarray(items), dtype=torch.long) + n_users
+    A is binary: duplicate (user, item) pairs count once. Degree-0 nodes get 0 rows and columns."""
+    pairs = np.unique(np.asarray(users, dtype=np.int64) * n_items + np.asarray(items, dtype=np.int64))
+    users = torch.from_numpy(pairs // n_items)
+    items = torch.from_numpy(pairs % n_items) + n_users
     N = n_users + n_items
     row = torch.cat([users, items])
     col = torch.cat([items, users])
