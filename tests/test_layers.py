@@ -72,6 +72,25 @@ def test_mlp_bn_settings_init_and_statistics_over_all_positions():
     torch.testing.assert_close(mlp.norms[0].running_mean, 0.05 * first.mean(0))
 
 
+def test_mlp_eval_bn_folding_equals_bn():
+    torch.manual_seed(0)
+    mlp = MLP(6, [5, 4], out_dim=2).double()
+    with torch.no_grad():
+        for bn in mlp.norms:
+            bn.weight.uniform_(0.5, 2.0)
+            bn.bias.normal_()
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+    mlp.eval()
+    x = torch.randn(11, 6, dtype=torch.float64)
+    z0 = mlp.linears[0](x)
+    g, t = mlp.bn_affine(0)
+    torch.testing.assert_close(mlp.tail_folded(z0 * g + t), mlp(x), rtol=1e-12, atol=1e-12)
+    mlp.train()
+    with pytest.raises(RuntimeError, match="eval"):
+        mlp.tail_folded(z0)
+
+
 # ------------------------------------------------------------------------------------------------
 # DIN attention
 # ------------------------------------------------------------------------------------------------
@@ -125,11 +144,13 @@ def test_din_fast_path_equals_naive_path(din_case):
     fast = att(keys, mask, per, query_shared=shared)
     torch.testing.assert_close(fast, att(keys, mask, per, query_shared=shared, naive=True), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fast, att(keys, mask, full, naive=True), rtol=1e-10, atol=1e-12)
-    # gradients agree too
-    keys.requires_grad_(True)
-    g_fast = torch.autograd.grad((att(keys, mask, per, shared) ** 2).sum(), keys)[0]
-    g_naive = torch.autograd.grad((att(keys, mask, per, shared, naive=True) ** 2).sum(), keys)[0]
-    torch.testing.assert_close(g_fast, g_naive, rtol=1e-8, atol=1e-12)
+    # gradients agree too (keys, both query parts and the first layer's weight)
+    inputs = [keys.requires_grad_(True), per.requires_grad_(True), shared.requires_grad_(True),
+              att.mlp.linears[0].weight]
+    g_fast = torch.autograd.grad((att(keys, mask, per, shared) ** 2).sum(), inputs)
+    g_naive = torch.autograd.grad((att(keys, mask, per, shared, naive=True) ** 2).sum(), inputs)
+    for a, b in zip(g_fast, g_naive):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
 
 
 def test_din_eval_scores_only_valid_positions_exactly(din_case):

@@ -12,6 +12,7 @@ reused without touching the network: pipelines can call `download` on every run.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import tempfile
@@ -87,6 +88,7 @@ def download(
             try:
                 response = urllib.request.urlopen(url, timeout=timeout)
             except urllib.error.HTTPError as e:
+                e.close()
                 raise DownloadError(f"could not download {url}: HTTP {e.code} {e.reason}. {_by_hand(url, dest, sha256)}") from None
             except (urllib.error.URLError, OSError) as e:
                 reason = getattr(e, "reason", e)
@@ -101,7 +103,7 @@ def download(
                     while True:
                         try:
                             block = response.read(chunk)
-                        except OSError as e:  # timeout or reset in the middle of the transfer
+                        except (OSError, http.client.HTTPException) as e:  # timeout, reset, short read
                             raise DownloadError(
                                 f"download of {url} broke off after {got} bytes: {e}. {_by_hand(url, dest, sha256)}"
                             ) from None

@@ -201,7 +201,7 @@ def sample_negatives(
     result is exactly "the first N distinct of the stream" (no restart bias).
     """
     m = len(positives)
-    n_distinct = len(np.unique(pool))
+    n_distinct = int(np.count_nonzero(np.bincount(pool)))  # codes are small non-negative ints
     if n_distinct - int(exclude_positive) < n_neg:
         raise DataError(
             f"cannot sample {n_neg} distinct negatives from {n_distinct} distinct items; "
@@ -325,7 +325,7 @@ def stats(data: PreparedData) -> dict:
         n = inst.pos.astype(np.int64)
         s = {
             "instances": len(inst),
-            "users": int(len(np.unique(inst.user))),
+            "users": int(np.count_nonzero(np.bincount(inst.user))) if len(inst) else 0,
             "unseen_user_share": float(np.mean(data.user_index[inst.user] == 0)) if len(inst) else 0.0,
             "unseen_item_share": float(np.mean(data.item_index[data.event_item[tgt]] == 0)) if len(inst) else 0.0,
             "history_length_quantiles": (

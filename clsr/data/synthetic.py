@@ -138,36 +138,30 @@ class Catalogue:
 
     g: np.ndarray  # (C,) global category popularity
     item_cat: np.ndarray  # (I,) category index of each item index
-    item_of: np.ndarray  # (I,) item indices sorted by category
+    item_of: np.ndarray  # (I,) item indices grouped by category, most popular first within each category
     cat_ptr: np.ndarray  # (C+1,) CSR offsets into item_of
     cum_q: np.ndarray  # (I,) within-category CDF, aligned with item_of; ends at 1 in each category
+    shifted: np.ndarray  # (I,) cum_q + category index (see _shift_cdf), kept for sampling
 
     @classmethod
     def build(cls, n_items: int, n_categories: int, item_zipf: float, category_zipf: float, rng) -> "Catalogue":
         g = zipf_weights(n_categories, category_zipf, rng)
         item_cat = np.concatenate([np.arange(n_categories), rng.choice(n_categories, n_items - n_categories, p=g)])
         item_cat = rng.permutation(item_cat)
-        item_of = np.argsort(item_cat, kind="stable")
+        # group by category in a random order inside each category: that order is the popularity rank
+        shuffled = rng.permutation(n_items)
+        item_of = shuffled[np.argsort(item_cat[shuffled], kind="stable")]
         sizes = np.bincount(item_cat, minlength=n_categories)
         cat_ptr = np.zeros(n_categories + 1, np.int64)
         np.cumsum(sizes, out=cat_ptr[1:])
-        # Zipf weights inside each category: rank of an item = its (random) position in its category
         rank = np.arange(n_items) - np.repeat(cat_ptr[:-1], sizes) + 1
-        rank = _shuffle_within(rank, cat_ptr, rng)
-        q = rank.astype(np.float64) ** -item_zipf
-        cum_q = _segment_cdf(q, cat_ptr)
-        return cls(g=g, item_cat=item_cat, item_of=item_of, cat_ptr=cat_ptr, cum_q=cum_q)
+        cum_q = _segment_cdf(rank.astype(np.float64) ** -item_zipf, cat_ptr)
+        shifted = _shift_cdf(cum_q, cat_ptr)
+        return cls(g=g, item_cat=item_cat, item_of=item_of, cat_ptr=cat_ptr, cum_q=cum_q, shifted=shifted)
 
     def sample_items(self, cats: np.ndarray, rng) -> np.ndarray:
         """One item index per entry of `cats` (category indices), by within-category popularity."""
-        return self.item_of[_segment_sample(self.cum_q, self.cat_ptr, cats, rng)]
-
-
-def _shuffle_within(values: np.ndarray, ptr: np.ndarray, rng) -> np.ndarray:
-    """Permute `values` randomly inside each CSR segment."""
-    seg = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
-    order = np.lexsort((rng.random(len(values)), seg))
-    return values[order]
+        return self.item_of[_segment_sample(self.shifted, self.cat_ptr, cats, rng)]
 
 
 def _segment_cdf(w: np.ndarray, ptr: np.ndarray) -> np.ndarray:
@@ -183,14 +177,20 @@ def _segment_cdf(w: np.ndarray, ptr: np.ndarray) -> np.ndarray:
     return cdf
 
 
-def _segment_sample(cdf: np.ndarray, ptr: np.ndarray, seg: np.ndarray, rng) -> np.ndarray:
+def _shift_cdf(cdf: np.ndarray, ptr: np.ndarray) -> np.ndarray:
+    """Segment s's CDF plus s: one increasing array, so one searchsorted serves draws from every segment."""
+    return cdf + np.repeat(np.arange(len(ptr) - 1, dtype=np.float64), np.diff(ptr))
+
+
+def _segment_sample(shifted: np.ndarray, ptr: np.ndarray, seg: np.ndarray, rng) -> np.ndarray:
     """For each entry of `seg`, a position in ptr[seg]..ptr[seg+1]-1 drawn by that segment's CDF.
 
-    Shifting segment s's CDF by s makes the whole array increasing, so one searchsorted does all draws.
+    `shifted` is `_shift_cdf` of the per-segment CDFs.
     """
-    shifted = cdf + np.repeat(np.arange(len(ptr) - 1, dtype=np.float64), np.diff(ptr))
     x = seg + rng.random(len(seg))
-    pos = np.searchsorted(shifted, x, side="right")
+    order = np.argsort(x)  # sorted queries walk `shifted` in order: ~4x faster than random probes
+    pos = np.empty(len(x), np.int64)
+    pos[order] = np.searchsorted(shifted, x[order], side="right")
     return np.clip(pos, ptr[seg], ptr[seg + 1] - 1)
 
 
@@ -244,7 +244,8 @@ def simulate(
     """Events of users 0..len(lengths)-1 (grouped by user, in time order) by the module's story.
 
     Profiles are CSR: user u's long-term categories are prof_cat[prof_ptr[u]:prof_ptr[u+1]] with
-    weights prof_w (summing to 1). Returns index arrays: user, item, category, topic, driver, ts.
+    positive weights prof_w (normalised per user here). `lo`/`hi` bound the timestamps (inclusive).
+    Returns 0-based index arrays: user, item, category, topic, driver (int8), and ts (Unix seconds).
     """
     n_users = len(lengths)
     n = int(lengths.sum())
@@ -258,7 +259,7 @@ def simulate(
     driver = (rng.random(n) < p_short[user]).astype(np.int8)
     category = topic.copy()
     long_rows = np.flatnonzero(driver == 0)
-    prof_cdf = _segment_cdf(prof_w, prof_ptr)
+    prof_cdf = _shift_cdf(_segment_cdf(prof_w, prof_ptr), prof_ptr)
     category[long_rows] = prof_cat[_segment_sample(prof_cdf, prof_ptr, user[long_rows], rng)]
     item = cat.sample_items(category, rng)
 

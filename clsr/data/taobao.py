@@ -1,6 +1,6 @@
 """Source ``taobao``: the raw Taobao user-behaviour log (``UserBehavior.csv``) filtered as the released code does.
 
-The file (Tianchi data set 649, ~100M rows, 3.4 GB) has no header and five columns::
+The file (Tianchi data set 649: about 100M rows, 988k users, 4.2M items) has no header and five columns::
 
     user, item, category, behavior, ts        e.g.  1,2268318,2520377,pv,1511544070
 

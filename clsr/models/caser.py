@@ -38,7 +38,7 @@ Deviations from the released code:
   ``max_seq_length`` from its hparams).
 - The CNN runs once per instance and the per-instance block of the prediction MLP's first layer is
   multiplied once per instance (`din.mlp_over_parts`), exact. Each horizontal convolution is one
-  matmul over the unfolded windows, with ReLU and bias applied after the max (exact, see
+  matmul over the stacked windows, with ReLU and bias applied after the max (exact, see
   `_SeqCNN._horizontal`).
 - PyTorch's BN running variance uses the unbiased batch variance (TF: biased). Dropout (0) not built.
 """
@@ -107,15 +107,18 @@ class _SeqCNN(nn.Module):
 
     def _horizontal(self, H: torch.Tensor) -> torch.Tensor:
         """For each height h: c_t = ReLU(Σ_{j<h} H_{t+j} K_h[j] + b_h), t = 0..L−h (TF 'valid'), then the
-        max over t (padding included, as released). Each height is one matmul of the (B, L−h+1, h·d)
-        windows with K_h flattened to (h·d, n_h); ReLU and the bias commute with the max over t
-        (monotone, constant in t), so they are applied after it."""
-        B, L, d = H.shape
+        max over t (padding included, as released). Each height is one matmul of the windows
+        [H_t ‖ … ‖ H_{t+h−1}] (B, L−h+1, h·d) with K_h flattened to (h·d, n_h). ReLU and the bias commute
+        with the max over t (monotone, constant in t), so they are applied after it. (`max` gives a
+        tied maximum's gradient to one position, TF splits it; ties come from identical padded windows,
+        whose inputs are equal, so every parameter and embedding gradient is the same.)"""
+        L = H.shape[1]
         outs = []
         for K, b in zip(self.horizontal_kernels, self.horizontal_biases):
             h = K.shape[0]
-            windows = H.unfold(1, h, 1).transpose(2, 3).reshape(B, L - h + 1, h * d)  # [H_t ‖ … ‖ H_{t+h−1}]
-            outs.append((windows @ K.reshape(h * d, self.n_h)).amax(dim=1) + b)
+            T = L - h + 1
+            windows = torch.cat([H[:, j : j + T] for j in range(h)], dim=-1) if h > 1 else H
+            outs.append((windows @ K.reshape(h * self.dim, self.n_h)).max(dim=1).values + b)
         return torch.relu(torch.cat(outs, dim=-1))
 
     def forward(self, H: torch.Tensor) -> torch.Tensor:

@@ -153,18 +153,20 @@ def make_mlp(in_dim: int, sizes: Sequence[int], activation: str, batch_norm: boo
 
 
 def din_scores(mlp: nn.Module, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    """s[b, c, t] = mlp([k_t, q_c, k_t − q_c, k_t ⊙ q_c]) for keys (B, L, d) shared by the queries
-    (B, C, d) -> (B, C, L), without building the 4d concatenation (the exact decomposition of
-    `layers.DinAttention`: z = (W_a + W_d) k + (W_q − W_d) q + W_p (k ⊙ q) + b). `mlp` needs ``linears``
-    and ``tail`` (a `layers.MLP` or a `DiceMLP`)."""
+    """s = mlp([k, q, k − q, k ⊙ q]).squeeze(-1) for keys (..., L, d) and queries broadcastable to them
+    ((..., 1, d): one query for all positions; (..., L, d): one query per position), without building
+    the 4d concatenation. This is the exact decomposition of `layers.DinAttention`,
+
+        z = (W_a + W_d) k + (W_q − W_d) q + W_p (k ⊙ q) + b,
+
+    with each term computed on its own (un-broadcast) shape, so keys shared by C queries
+    (keys (B, 1, L, d), queries (B, C, 1, d)) are projected once. `mlp` needs ``linears`` and ``tail``
+    (a `layers.MLP` or a `DiceMLP`). Returns the broadcast shape without the last axis."""
     d = keys.shape[-1]
-    first = mlp.linears[0]
-    W, b = first.weight, first.bias
+    W, b = mlp.linears[0].weight, mlp.linears[0].bias
     W_a, W_q, W_d, W_p = W[:, :d], W[:, d : 2 * d], W[:, 2 * d : 3 * d], W[:, 3 * d :]
-    K = F.linear(keys, W_a + W_d, b)  # (B, L, h) once per history position
-    Q = F.linear(query, W_q - W_d)  # (B, C, h) once per query
-    z = F.linear(keys.unsqueeze(1) * query.unsqueeze(2), W_p)  # (B, C, L, h)
-    z = z.add_(K.unsqueeze(1)).add_(Q.unsqueeze(2))
+    z = F.linear(keys * query, W_p)  # the only product on the broadcast shape
+    z = z.add_(F.linear(keys, W_a + W_d, b)).add_(F.linear(query, W_q - W_d))  # in place: add's backward needs no inputs
     return mlp.tail(z).squeeze(-1)
 
 
@@ -283,7 +285,7 @@ class DIEN(Recommender):
         n_steps = int(lengths.max()) if lengths.numel() else 0  # one host sync per forward
 
         O, _ = run_gru(self.gru, X, lengths, n_steps=n_steps)  # (B, L, H), zero beyond n
-        scores = din_scores(self.att_mlp, O @ self.att_proj, e_v)  # (B, C, L)
+        scores = din_scores(self.att_mlp, (O @ self.att_proj).unsqueeze(1), e_v.unsqueeze(2))  # (B, C, L)
         att = masked_softmax(scores, mask.unsqueeze(1))
         h = run_augru(self.augru, O, att, lengths, n_steps)  # (B, C, H)
 

@@ -159,6 +159,34 @@ class MLP(nn.Module):
             x = self.out(x)
         return x.view(*lead, x.shape[-1])
 
+    # ---- evaluation with batch norm folded into the linear layers --------------------------------
+    def bn_affine(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """BN_k on running statistics as an affine map: BN_k(z) = z ⊙ g + t with
+        g = γ / sqrt(σ²_run + ε), t = β − μ_run ⊙ g (g = 1, t = 0 without BN). Eval mode only."""
+        h = self.sizes[k]
+        if self.norms is None:
+            w = self.linears[k].weight
+            return w.new_ones(h), w.new_zeros(h)
+        bn = self.norms[k]
+        g = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        return g, bn.bias - bn.running_mean * g
+
+    def tail_folded(self, z: torch.Tensor) -> torch.Tensor:
+        """`tail` in eval mode for a 2-D z that already is BN_0(first layer) (the caller folded BN_0
+        into its first-layer weights): act_0, then the later layers with BN folded into W and b,
+        W'_k = diag(g_k) W_k, b'_k = g_k ⊙ b_k + t_k. Saves a pass and an allocation per layer."""
+        if self.norms is not None and self.training:
+            raise RuntimeError("MLP.tail_folded needs running statistics (eval mode)")
+        x = self._act_inplace(0, z)
+        for k in range(1, len(self.linears)):
+            g, t = self.bn_affine(k)
+            lin = self.linears[k]
+            x = self._act_inplace(k, torch.addmm(lin.bias * g + t, x, (lin.weight * g[:, None]).t()))
+        return self.out(x) if self.out is not None else x
+
+    def _act_inplace(self, k: int, z: torch.Tensor) -> torch.Tensor:
+        return torch.relu_(z) if self._act_names[k] == "relu" else self.activations[k](z)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.linears:
             return self.out(x) if self.out is not None else x
@@ -169,6 +197,69 @@ class MLP(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # DIN attention (released `_attention_fcn`, without the projection matrix, which the caller owns)
 # --------------------------------------------------------------------------------------------------
+class _AddPositionAndQueryTerms(torch.autograd.Function):
+    """z[b, c, t] += K[b, t] + Q[b, c] in place on the fresh 2-D GEMM output z (B·C·L, h).
+
+    Exists only to avoid materialising K + Q as a (B, C, L, h) tensor (one allocation and one pass
+    over the largest tensor of a training step). Backward: ∂z passes through; ∂K = Σ_c ∂z, ∂Q = Σ_t ∂z.
+    """
+
+    @staticmethod
+    def forward(ctx, z, K, Q):
+        B, L, h = K.shape
+        C = Q.shape[1]
+        ctx.shape = (B, C, L, h)
+        z.view(B, C, L, h).add_(K.unsqueeze(1)).add_(Q.unsqueeze(2))
+        ctx.mark_dirty(z)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad.view(ctx.shape)
+        return grad, g.sum(1), g.sum(2)
+
+
+def din_weight_blocks(first: nn.Linear, d: int, d_s: int = 0):
+    """Column blocks of a DIN first layer W = [W_a, W_q, W_d, W_p] (h × 4d), regrouped for the split
+    z = (W_a + W_d) a + (W_q − W_d) q + W_p (a ⊙ q) + b with q = [s (d_s) ‖ r (d − d_s)]:
+    returns (W_a + W_d, b, (W_q − W_d)_s, (W_q − W_d)_r, W_p,s, W_p,r)."""
+    W = first.weight
+    W_a, W_q, W_d, W_p = W[:, :d], W[:, d : 2 * d], W[:, 2 * d : 3 * d], W[:, 3 * d :]
+    W_qd = W_q - W_d
+    return W_a + W_d, first.bias, W_qd[:, :d_s], W_qd[:, d_s:], W_p[:, :d_s], W_p[:, d_s:]
+
+
+def din_first_layer(
+    first: nn.Linear, keys: torch.Tensor, query: torch.Tensor, query_shared: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Pre-activation of a DIN scorer's first layer on [k, q, k − q, k ⊙ q] without the concatenation.
+
+    keys (B, L, d); query (B, d_r) or (B, C, d_r); optional query_shared (B, d_s) with the full query
+    [query_shared ‖ query] of width d. ``first`` is the (4d -> h) linear layer. Returns z as a fresh
+    2-D tensor (B·C·L, h), rows ordered (b, c, t), ready for `MLP.tail` (see `DinAttention` for the
+    algebra). Exact.
+    """
+    d = keys.shape[-1]
+    r = query if query.dim() == 3 else query.unsqueeze(1)  # (B, C, d_r)
+    d_s = 0 if query_shared is None else query_shared.shape[-1]
+    if d_s + r.shape[-1] != d or first.in_features != 4 * d:
+        raise ValueError(
+            f"din_first_layer: query width {d_s}+{r.shape[-1]} and layer input {first.in_features} "
+            f"do not match key width {d} (expected 4·{d})"
+        )
+    W_k, bias, W_qs, W_qr, W_ps, W_pr = din_weight_blocks(first, d, d_s)
+    K = F.linear(keys, W_k, bias)  # (B, L, h): (W_a + W_d) a_t + b, once per history position
+    Q = F.linear(r, W_qr)  # (B, C, h): (W_q − W_d)_r r, once per query
+    if d_s:  # the shared query part s: its product term is per position, its linear term per instance
+        s = query_shared
+        K = K + F.linear(keys[..., :d_s] * s.unsqueeze(1), W_ps)
+        Q = Q + F.linear(s, W_qs).unsqueeze(1)
+    # per (query, position): W_p,r (a_r,t ⊙ r_c), one GEMM over all B·C·L rows, then + K + Q in place
+    prod = keys[..., d_s:].unsqueeze(1) * r.unsqueeze(2)  # (B, C, L, d_r)
+    z = torch.mm(prod.view(-1, prod.shape[-1]), W_pr.t())
+    return _AddPositionAndQueryTerms.apply(z, K, Q)
+
+
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """softmax_t(s_t if m_t else -(2**32)+1), as released (a fully padded row gets uniform weights)."""
     return torch.softmax(scores.masked_fill(mask == 0, PAD_SCORE), dim=-1)
@@ -240,37 +331,12 @@ class DinAttention(nn.Module):
         z = torch.cat([a, qq, a - qq, a * qq], dim=-1)
         return self.mlp(z).squeeze(-1)
 
-    def _first_layer_blocks(self, d_s: int):
-        """(W_a + W_d, b, (W_q − W_d)_s, (W_q − W_d)_r, W_p,s, W_p,r) from the first linear layer."""
-        d = self.dim
-        first = self.mlp.linears[0]
-        W = first.weight  # (h, 4d)
-        W_a, W_q, W_d, W_p = W[:, :d], W[:, d : 2 * d], W[:, 2 * d : 3 * d], W[:, 3 * d :]
-        W_qd = W_q - W_d
-        return W_a + W_d, first.bias, W_qd[:, :d_s], W_qd[:, d_s:], W_p[:, :d_s], W_p[:, d_s:]
-
     def scores_fast(self, keys: torch.Tensor, query: torch.Tensor, query_shared=None) -> torch.Tensor:
         """s (B, C, L) via the decomposition in the class docstring (exact, no 4d concat)."""
-        r = query if query.dim() == 3 else query.unsqueeze(1)  # (B, C, d_r)
-        d_s = 0 if query_shared is None else query_shared.shape[-1]
-        if d_s + r.shape[-1] != self.dim:
-            raise ValueError(f"DinAttention: query width {d_s}+{r.shape[-1]} != key width {self.dim}")
-        W_k, bias, W_qs, W_qr, W_ps, W_pr = self._first_layer_blocks(d_s)
-        # per history position: (W_a + W_d) a_t + b  [+ W_p,s (a_s,t ⊙ s)]
-        K = F.linear(keys, W_k, bias)  # (B, L, h)
-        # per query: (W_q − W_d) q = (W_q − W_d)_s s + (W_q − W_d)_r r
-        Q = F.linear(r, W_qr)  # (B, C, h)
-        if d_s:
-            s = query_shared
-            K = K + F.linear(keys[..., :d_s] * s.unsqueeze(1), W_ps)
-            Q = Q + F.linear(s, W_qs).unsqueeze(1)
-        # per (query, position): W_p,r (a_r,t ⊙ r_c)
-        prod = keys[..., d_s:].unsqueeze(1) * r.unsqueeze(2)  # (B, C, L, d_r)
-        base = K.unsqueeze(1) + Q.unsqueeze(2)  # (B, C, L, h)
-        h = base.shape[-1]
-        # one GEMM over all B·C·L rows, accumulating onto K + Q; kept 2-D (no in-place op on a view)
-        z = torch.addmm(base.view(-1, h), prod.view(-1, prod.shape[-1]), W_pr.t())
-        return self.mlp.tail(z).view(base.shape[:-1])
+        B, L = keys.shape[0], keys.shape[1]
+        C = query.shape[1] if query.dim() == 3 else 1
+        z = din_first_layer(self.mlp.linears[0], keys, query, query_shared)  # (B·C·L, h)
+        return self.mlp.tail(z).view(B, C, L)
 
     def positions_independent(self) -> bool:
         """True when a position's score does not depend on the other positions: BN off, or BN in
@@ -278,21 +344,26 @@ class DinAttention(nn.Module):
         return self.mlp.norms is None or not self.mlp.training
 
     def scores_valid_only(
-        self, keys: torch.Tensor, mask: torch.Tensor, query: torch.Tensor, query_shared=None, chunk_rows: int = 1 << 15
+        self, keys: torch.Tensor, mask: torch.Tensor, query: torch.Tensor, query_shared=None, chunk_rows: int = 1 << 14
     ) -> torch.Tensor:
         """s (B, C, L) scoring only the valid positions, padded ones set to -(2**32)+1.
 
         Exact only when `positions_independent()` (in train mode with BN, padded positions enter the
         batch statistics). Their masked score never reaches the softmax otherwise; a row with no valid
         position gets uniform weights either way. The (position, query) rows are processed in chunks of
-        ``chunk_rows`` so that the 4-D temporaries stay cache-sized (C = 100 at evaluation).
+        ``chunk_rows`` so that the temporaries stay cache-sized (C = 100 at evaluation), and BN is folded
+        into the linear layers (`MLP.bn_affine`, `MLP.tail_folded`).
         """
         r = query if query.dim() == 3 else query.unsqueeze(1)  # (B, C, d_r)
         B, C, L = keys.shape[0], r.shape[1], keys.shape[1]
         d_s = 0 if query_shared is None else query_shared.shape[-1]
         if d_s + r.shape[-1] != self.dim:
             raise ValueError(f"DinAttention: query width {d_s}+{r.shape[-1]} != key width {self.dim}")
-        W_k, bias, W_qs, W_qr, W_ps, W_pr = self._first_layer_blocks(d_s)
+        # BN_0 (running statistics) folded into the first layer: every block's rows scale by g, b -> g b + t
+        g, t = self.mlp.bn_affine(0)
+        W_k, bias, W_qs, W_qr, W_ps, W_pr = din_weight_blocks(self.mlp.linears[0], self.dim, d_s)
+        W_k, W_qs, W_qr, W_ps, W_pr = (W * g[:, None] for W in (W_k, W_qs, W_qr, W_ps, W_pr))
+        bias = bias * g + t
         b_idx, t_idx = (mask != 0).nonzero(as_tuple=True)  # the P valid positions
         a = keys[b_idx, t_idx]  # (P, d)
         K = F.linear(a, W_k, bias)  # (P, h)
@@ -312,7 +383,7 @@ class DinAttention(nn.Module):
             prod = a_r[lo:hi].unsqueeze(1) * r[bi]  # (p, C, d_r)
             base = K[lo:hi].unsqueeze(1) + Q[bi]  # (p, C, h)
             z = torch.addmm(base.view(-1, base.shape[-1]), prod.view(-1, prod.shape[-1]), W_pr.t())
-            out.append(self.mlp.tail(z).view(hi - lo, C))
+            out.append(self.mlp.tail_folded(z).view(hi - lo, C))
         if out:
             scores = scores.index_put((b_idx, torch.arange(C, device=keys.device)[:, None], t_idx), torch.cat(out).t())
         return scores

@@ -22,6 +22,7 @@ MODELS: dict[str, str] = {
     "dien": "clsr.models.dien:DIENConfig:DIEN",
     "sasrec": "clsr.models.sasrec:SASRecConfig:SASRec",
     "slirec": "clsr.models.slirec:SLiRecConfig:SLiRec",
+    "surge": "clsr.models.surge:SURGEConfig:SURGE",
 }
 
 
