@@ -20,7 +20,7 @@ from clsr.data.protocol import ProtocolConfig, build
 from clsr.models.base import ModelSizes
 from clsr.models.din import mlp_over_parts
 from clsr.models.layers import MLP
-from clsr.models.lightgcn import LightGCN, LightGCNConfig, normalized_adjacency, train_graph_edges
+from clsr.models.lightgcn import LightGCN, LightGCNConfig, train_graph_edges
 from clsr.models.registry import build_model, model_names
 from clsr.train import fit
 
@@ -161,7 +161,8 @@ def test_caser_convolutions_match_conv1d():
     conv1d of heights 1..3, ReLU, max over time; both with the padding unmasked."""
     model = make_model("caser")
     batch = random_batch(6, 2)
-    for cnn, emb in ((model.item_cnn, model.item_emb(batch.hist_item)), (model.cate_cnn, model.cate_emb(batch.hist_cate))):
+    pairs = ((model.item_cnn, model.item_emb(batch.hist_item)), (model.cate_cnn, model.cate_emb(batch.hist_cate)))
+    for cnn, emb in pairs:
         n_v, d = cnn.n_v, cnn.dim
         # TF: input (B, d, L) NWC, kernel (d, L, n_v) == PyTorch conv1d on (B, L, d) NCW, weight (n_v, L, d)
         vert = torch.relu(F.conv1d(emb, cnn.vertical_kernel.view(n_v, L, d), cnn.vertical_bias)).squeeze(-1)
@@ -206,9 +207,8 @@ def test_lightgcn_propagation_equals_dense():
     torch.testing.assert_close(model.adj.to_dense(), A_hat)
     assert torch.equal(A_hat, A_hat.T) and (A_hat.diagonal() == 0).all()
 
-    E0 = torch.cat(
-        [model.user_emb.weight, torch.cat([model.item_emb.weight, model.cate_emb.weight[torch.as_tensor(item2cate)]], -1)]
-    )
+    item_nodes = torch.cat([model.item_emb.weight, model.cate_emb.weight[torch.as_tensor(item2cate)]], -1)
+    E0 = torch.cat([model.user_emb.weight, item_nodes])
     expected = sum(torch.linalg.matrix_power(A_hat, k) @ E0 for k in range(K + 1)) / (K + 1)
     torch.testing.assert_close(model.propagate(), expected, rtol=1e-5, atol=1e-7)
     # isolated nodes keep E0 / (K + 1); score = <u, i>

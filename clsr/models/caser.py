@@ -98,10 +98,11 @@ class _SeqCNN(nn.Module):
         )
         self.horizontal_biases = nn.ParameterList(nn.Parameter(torch.zeros(n_h)) for _ in range(conv_len))
 
-    def resize(self, max_len: int) -> None:
-        """(Re)create the vertical kernel for histories of max_len positions. TF kernel (d, L, n_v) on
-        Hᵀ (B, d, L): out_k = Σ_{j,l} H[l, j] K[j, l, k], i.e. a dense layer on H flattened to L·d."""
-        K = glorot_uniform_(torch.empty(self.dim, max_len, self.n_v))
+    def resize(self, max_len: int, device=None) -> None:
+        """(Re)create the vertical kernel (glorot-uniform) for histories of max_len positions. TF kernel
+        (d, L, n_v) on Hᵀ (B, d, L): out_k = Σ_{j,l} H[l, j] K[j, l, k], a dense layer on H flattened
+        to L·d; stored as (n_v, L·d) for `F.linear`."""
+        K = glorot_uniform_(torch.empty(self.dim, max_len, self.n_v, device=device))
         self.max_len = max_len
         self.vertical_kernel = nn.Parameter(K.permute(2, 1, 0).reshape(self.n_v, max_len * self.dim).contiguous())
 
@@ -155,16 +156,15 @@ class Caser(Recommender):
         return self.item_cnn.max_len
 
     def attach_data(self, data: PreparedData) -> None:
-        """Resize the vertical filters to the data's history length L (called by the trainer after
-        build and before the optimiser is created; a no-op when L already matches)."""
+        """Resize the vertical filters to the data's history length L (the trainer calls this after
+        building the model and before creating the optimiser). When L differs from ``cfg.max_len`` the
+        two vertical kernels are re-drawn (glorot-uniform); otherwise nothing changes."""
         L = int(data.meta.get("max_len", self.cfg.max_len))
         if L < self.cfg.conv_len:
             raise ConfigError(f"model.caser: the data's max_len {L} is shorter than conv_len {self.cfg.conv_len}")
         if L != self.max_len:
-            device = self.item_cnn.vertical_bias.device
             for cnn in (self.item_cnn, self.cate_cnn):
-                cnn.resize(L)
-                cnn.vertical_kernel.data = cnn.vertical_kernel.data.to(device)
+                cnn.resize(L, device=cnn.vertical_bias.device)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         cnn = torch.cat(

@@ -194,7 +194,8 @@ class LightGCN(Recommender):
         if torch.is_grad_enabled() or self.training:
             self._cache = None
             return self.propagate()
-        key = (id(self.adj),) + tuple((id(p), p._version) for p in (self.user_emb.weight, self.item_emb.weight, self.cate_emb.weight))
+        tables = (self.user_emb.weight, self.item_emb.weight, self.cate_emb.weight)
+        key = (id(self.adj),) + tuple((id(p), p._version) for p in tables)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self.propagate())
         return self._cache[1]
