@@ -145,7 +145,9 @@ def interactions_stage(ctx: Context, dataset: str):
         atomic_write_json(tmp / "source.json", {"source": source, "released_files": True})
     else:
         df = load_source(source, ctx.raw_dir)
-        df.to_parquet(tmp / "interactions.parquet", index=False)
+        table = df.copy(deep=False)
+        table.attrs = {}  # pandas would try to store attrs (DataFrames inside) as parquet JSON metadata
+        table.to_parquet(tmp / "interactions.parquet", index=False)
         profiles = df.attrs.get("user_profiles")
         if isinstance(profiles, pd.DataFrame):
             profiles.to_parquet(tmp / "user_profiles.parquet", index=False)

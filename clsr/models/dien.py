@@ -43,6 +43,8 @@ Deviations from the released code:
   evaluation logit depends on the other rows of its batch (and on 1+4 vs 1+99 candidates). Kept as the
   default (``dice_eval_batch_stats=True``); ``False`` tracks running averages during training (BN-style,
   momentum 0.05) and uses them at evaluation, which makes every logit a function of its own row only.
+- Dice divides by sqrt(σ² + ε) (the fused ``F.batch_norm``) instead of sqrt(σ² + ε) + ε, ε = 1e-9:
+  a relative change of ε/σ, below float32 resolution for σ > 1e-2 (its input is BN output, σ ≈ 1).
 - The GRU and the attention keys run once per instance and are broadcast to the C candidates; the
   AUGRU input projections (O W_x + b) are computed once per instance too, and only the recurrent
   products run per candidate (B·C rows). The recurrences stop at the batch's longest history.

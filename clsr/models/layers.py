@@ -413,8 +413,150 @@ class DinAttention(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# recurrent cells (TF1 semantics) and the dynamic_rnn-like runner
+# recurrent cells (TF1 semantics), fused sequence kernels and the dynamic_rnn-like runner
 # --------------------------------------------------------------------------------------------------
+class _GRUSequence(torch.autograd.Function):
+    """All states of G independent TF GRUs (separate weights) from precomputed input projections.
+
+    Inputs (time-major): gx (L, G, B, 2H) = x_t W_g,x + b_g, cx (L, G, B, H) = x_t W_c,x + b_c,
+    Wg (G, H, 2H), Wc (G, H, H) the recurrent blocks, h0 (G, B, H). Output hs (L, G, B, H).
+
+    Forward, per step (TFGRUCell): [r, z] = σ(gx_t + h W_g), c = tanh(cx_t + (r ⊙ h) W_c),
+    h' = z ⊙ h + (1 − z) ⊙ c, run without autograd into preallocated buffers. Backward by hand, from
+    ∂h' (the output gradient plus the gradient carried back from step t+1):
+
+        ∂c_pre = ∂h' ⊙ (1 − z) ⊙ (1 − c²)              -> ∂cx_t
+        ∂(r⊙h) = ∂c_pre W_cᵀ
+        ∂[r, z]_pre = [∂(r⊙h) ⊙ h, ∂h' ⊙ (h − c)] ⊙ σ'   -> ∂gx_t
+        ∂h     = ∂h' ⊙ z + ∂(r⊙h) ⊙ r + ∂[r, z]_pre W_gᵀ
+
+    and the weight gradients once after the loop, ∂W_g = Σ_t h_{t−1}ᵀ ∂[r,z]_pre,t and
+    ∂W_c = Σ_t (r⊙h)_tᵀ ∂c_pre,t, each as one batched GEMM over all L·B rows. About 8 ops per
+    step each way instead of ~25 autograd nodes; tests compare it with the per-step autograd loop.
+    """
+
+    @staticmethod
+    def forward(ctx, gx, cx, Wg, Wc, h0):
+        L, G, B, H = cx.shape
+        rz = gx.new_empty(L, G, B, 2 * H)
+        rh = gx.new_empty(L, G, B, H)
+        c = gx.new_empty(L, G, B, H)
+        hs = gx.new_empty(L, G, B, H)
+        h = h0
+        for t in range(L):
+            torch.sigmoid(torch.baddbmm(gx[t], h, Wg), out=rz[t])
+            torch.mul(rz[t, ..., :H], h, out=rh[t])
+            torch.tanh(torch.baddbmm(cx[t], rh[t], Wc), out=c[t])
+            torch.lerp(c[t], h, rz[t, ..., H:], out=hs[t])  # c + z (h − c)
+            h = hs[t]
+        ctx.save_for_backward(Wg, Wc, h0, rz, rh, c, hs)
+        return hs
+
+    @staticmethod
+    def backward(ctx, dhs):
+        Wg, Wc, h0, rz, rh, c, hs = ctx.saved_tensors
+        L, G, B, H = hs.shape
+        h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]])  # (L, G, B, H)
+        r, z = rz[..., :H], rz[..., H:]
+        # step-independent factors, computed for all steps at once
+        dc_fac = (1 - z) * (1 - c * c)  # ∂h'/∂c · tanh'
+        h_minus_c = h_prev - c  # ∂h'/∂z
+        sig_fac = rz * (1 - rz)  # σ'
+        WgT, WcT = Wg.transpose(1, 2), Wc.transpose(1, 2)
+        d_rz = torch.empty_like(rz)
+        d_c = torch.empty_like(c)
+        dh = torch.zeros_like(h0)
+        for t in range(L - 1, -1, -1):
+            dh = dh + dhs[t]
+            torch.mul(dh, dc_fac[t], out=d_c[t])
+            d_rh = torch.bmm(d_c[t], WcT)
+            torch.mul(d_rh, h_prev[t], out=d_rz[t, ..., :H])
+            torch.mul(dh, h_minus_c[t], out=d_rz[t, ..., H:])
+            d_rz[t].mul_(sig_fac[t])
+            dh = torch.baddbmm(torch.addcmul(dh * z[t], d_rh, r[t]), d_rz[t], WgT)
+
+        def wgrad(a, d):  # Σ_t a_tᵀ d_t per group: (G, H, L·B) @ (G, L·B, k)
+            return torch.bmm(a.permute(1, 3, 0, 2).reshape(G, H, L * B), d.transpose(0, 1).reshape(G, L * B, -1))
+
+        return d_rz, d_c, wgrad(h_prev, d_rz), wgrad(rh, d_c), dh
+
+
+class _LSTMSequence(torch.autograd.Function):
+    """All hidden states of a TF LSTM (optionally with Time4LSTM's time gates) from precomputed inputs.
+
+    Inputs (time-major): gx (L, B, 4H) = x_t W_x + b (+1 on the f block, + T1 W_o1 + T2 W_o2 on the o
+    block), scale (L, B, 4H) = [σ(g1), 1, σ(g2), 1] or None, W (H, 4H) the recurrent block. Zero
+    initial state. Output hs (L, B, H).
+
+    Forward, per step: g = gx_t + h W, s = σ(g) ⊙ scale, c' = s_f ⊙ c + s_i ⊙ tanh(g_j),
+    h' = s_o ⊙ tanh(c'). Backward by hand, with ∂h' = output gradient + the one from step t+1:
+
+        ∂c  = ∂c_next + ∂h' ⊙ s_o ⊙ (1 − tanh²c')
+        ∂s  = [∂c ⊙ tanh(g_j) | · | ∂c ⊙ c | ∂h' ⊙ tanh c']  and  ∂tanh(g_j) = ∂c ⊙ s_i   (i, j, f, o)
+        ∂g  = ∂s ⊙ scale ⊙ σ'(g)  (i, f, o),   ∂tanh(g_j) ⊙ (1 − tanh² g_j)  (j)       -> ∂gx_t
+        ∂scale = ∂s ⊙ σ(g),  ∂c_next = ∂c ⊙ s_f,  ∂h = ∂g Wᵀ
+
+    and ∂W = Σ_t h_{t−1}ᵀ ∂g_t as one GEMM after the loop.
+    """
+
+    @staticmethod
+    def forward(ctx, gx, scale, W):
+        L, B, H4 = gx.shape
+        H = H4 // 4
+        sig = gx.new_empty(L, B, 4 * H)
+        tj = gx.new_empty(L, B, H)
+        cs = gx.new_empty(L, B, H)
+        tc = gx.new_empty(L, B, H)
+        hs = gx.new_empty(L, B, H)
+        h = c = gx.new_zeros(B, H)
+        for t in range(L):
+            g = torch.addmm(gx[t], h, W)
+            s = torch.sigmoid(g, out=sig[t])
+            if scale is not None:
+                s = s * scale[t]
+            torch.tanh(g[:, H : 2 * H], out=tj[t])
+            torch.addcmul(s[:, 2 * H : 3 * H] * c, s[:, :H], tj[t], out=cs[t])
+            torch.tanh(cs[t], out=tc[t])
+            torch.mul(s[:, 3 * H :], tc[t], out=hs[t])
+            h, c = hs[t], cs[t]
+        ctx.has_scale = scale is not None
+        ctx.save_for_backward(W, scale if scale is not None else gx.new_empty(0), sig, tj, cs, tc, hs)
+        return hs
+
+    @staticmethod
+    def backward(ctx, dhs):
+        W, scale, sig, tj, cs, tc, hs = ctx.saved_tensors
+        L, B, H = hs.shape
+        s = sig * scale if ctx.has_scale else sig
+        zero = hs.new_zeros(1, B, H)
+        c_prev = torch.cat([zero, cs[:-1]])
+        # step-independent factors, computed for all steps at once
+        D = s * (1 - sig)  # scale ⊙ σ' in the i, f, o blocks (scale is 1 on o)
+        D[..., H : 2 * H] = 1 - tj * tj  # tanh' in the j block
+        M = torch.cat([tj, s[..., :H], c_prev], dim=-1).view(L, B, 3, H)  # ∂c multipliers for i, j, f
+        so_dtc = s[..., 3 * H :] * (1 - tc * tc)
+        s_f = s[..., 2 * H : 3 * H]
+        need_scale = ctx.has_scale and ctx.needs_input_grad[1]
+        dG = torch.empty_like(sig)
+        dS = torch.empty_like(sig) if need_scale else None
+        WT = W.t()
+        dh = torch.zeros_like(zero[0])
+        dc = torch.zeros_like(dh)
+        for t in range(L - 1, -1, -1):
+            dh = dh + dhs[t]
+            dc = torch.addcmul(dc, dh, so_dtc[t])
+            torch.mul(dc.unsqueeze(1), M[t], out=dG[t, :, : 3 * H].view(B, 3, H))
+            torch.mul(dh, tc[t], out=dG[t, :, 3 * H :])
+            if need_scale:
+                torch.mul(dG[t], sig[t], out=dS[t])
+            dG[t].mul_(D[t])
+            dc = dc * s_f[t]
+            dh = torch.mm(dG[t], WT)
+        h_prev = torch.cat([zero, hs[:-1]])
+        dW = torch.mm(h_prev.reshape(L * B, H).t(), dG.reshape(L * B, 4 * H))
+        return dG, dS, dW
+
+
 class TFGRUCell(nn.Module):
     """TF1 ``tf.nn.rnn_cell.GRUCell``:
 
@@ -425,8 +567,9 @@ class TFGRUCell(nn.Module):
     Kernels W_g ((d+H) × 2H) and W_c ((d+H) × H) are glorot-uniform over their full TF shapes.
     PyTorch's ``nn.GRUCell`` applies r after the recurrent matmul, so it is not the same function.
 
-    `forward(x, h)` is the textbook one-step form; `precompute` + `step` is the runner's form, with
-    the input projections of all steps done in one matmul outside the time loop.
+    Three equivalent forms: `forward(x, h)`, the textbook one step; `precompute` + `step`, a step
+    with the input projection of all steps done in one matmul outside the time loop (autograd per
+    step; the reference of the fused form); `sequence`, the fused kernel `_GRUSequence`.
     """
 
     def __init__(self, input_dim: int, hidden_size: int):
@@ -449,16 +592,23 @@ class TFGRUCell(nn.Module):
     def init_state(self, h0: torch.Tensor | None, batch: int, like: torch.Tensor):
         return like.new_zeros(batch, self.hidden_size) if h0 is None else h0
 
-    def precompute(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """x (B, L, d) -> per step t: (x_t W_g,x + b_g, x_t W_c,x + b_c), one matmul for all steps."""
+    def input_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, L, d) -> time-major (x_t W_g,x + b_g (L, B, 2H), x_t W_c,x + b_c (L, B, H)), one matmul."""
         D, H = self.input_dim, self.hidden_size
         W_x = torch.cat([self.gate_kernel[:D], self.cand_kernel[:D]], dim=1)  # (D, 3H)
         b = torch.cat([self.gate_bias, self.cand_bias])
         proj = torch.addmm(b, x.transpose(0, 1).reshape(-1, D), W_x).view(x.shape[1], x.shape[0], 3 * H)
-        # time-major; split and unbound outside the loop, so the loop holds no slicing nodes (a slice's
-        # backward is a zero fill + copy + accumulate; split/unbind backpropagate as one cat/stack)
-        gx, cx = proj.split([2 * H, H], dim=-1)
+        return proj.split([2 * H, H], dim=-1)
+
+    def precompute(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per step t: (x_t W_g,x + b_g, x_t W_c,x + b_c). Split and unbound outside the loop: a slice's
+        backward is a zero fill + copy + accumulate, split/unbind backpropagate as one cat/stack."""
+        gx, cx = self.input_projection(x)
         return list(zip(gx.unbind(0), cx.unbind(0)))
+
+    def step_weights(self):
+        D = self.input_dim
+        return self.gate_kernel[D:], self.cand_kernel[D:]
 
     def step(self, pre, state, weights):
         """h' from the precomputed input part; weights = (W_g,h, W_c,h) sliced once per sequence."""
@@ -469,9 +619,13 @@ class TFGRUCell(nn.Module):
         h = torch.lerp(c, state, z)  # c + z (h − c) = z h + (1 − z) c
         return h, h
 
-    def step_weights(self):
-        D = self.input_dim
-        return self.gate_kernel[D:], self.cand_kernel[D:]
+    def sequence(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+        """All states (L, B, H), time-major, of the GRU over x (B, L, d) from h0 (zeros if None)."""
+        gx, cx = self.input_projection(x)
+        h0 = x.new_zeros(x.shape[0], self.hidden_size) if h0 is None else h0
+        Wg_h, Wc_h = self.step_weights()
+        hs = _GRUSequence.apply(gx.unsqueeze(1), cx.unsqueeze(1), Wg_h.unsqueeze(0), Wc_h.unsqueeze(0), h0.unsqueeze(0))
+        return hs.squeeze(1)
 
 
 class TFLSTMCell(nn.Module):
@@ -481,8 +635,8 @@ class TFLSTMCell(nn.Module):
         c' = σ(f + 1) ⊙ c + σ(i) ⊙ tanh(j)
         h' = σ(o) ⊙ tanh(c')
 
-    W ((d+H) × 4H) is glorot-uniform. The state is (h, c); the output is h.
-    `Time4LSTMCell` reuses `step` with two extra multiplicative time gates.
+    W ((d+H) × 4H) is glorot-uniform. The state is (h, c); the output is h. `Time4LSTMCell` reuses
+    `step` and `sequence` with two extra multiplicative time gates. Forms as in `TFGRUCell`.
     """
 
     forget_bias = 1.0
@@ -517,8 +671,13 @@ class TFLSTMCell(nn.Module):
             x.shape[1], x.shape[0], 4 * H
         )
 
+    def input_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(gates' input part (L, B, 4H), scale of σ(i, j, f, o) or None), time-major."""
+        return self._x_projection(x), None
+
     def precompute(self, x: torch.Tensor):
-        return [(g, None) for g in self._x_projection(x).unbind(0)]
+        gx, scale = self.input_projection(x)
+        return list(zip(gx.unbind(0), scale.unbind(0) if scale is not None else [None] * gx.shape[0]))
 
     def step_weights(self):
         return self.kernel[self.input_dim :]
@@ -536,6 +695,13 @@ class TFLSTMCell(nn.Module):
         h = so * torch.tanh(c)
         return h, (h, c)
 
+    def sequence(self, inputs: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+        """All hidden states (L, B, H), time-major, from a zero state (the fused `_LSTMSequence`)."""
+        if h0 is not None:
+            raise ValueError("TFLSTMCell.sequence: CLSR's LSTMs start from zeros; h0 is not supported")
+        gx, scale = self.input_projection(inputs)
+        return _LSTMSequence.apply(gx, scale, self.step_weights())
+
 
 class Time4LSTMCell(TFLSTMCell):
     """SLi-Rec ``Time4LSTMCell`` (official-clsr.md §2.3). Input per step: [x_t ‖ τ^first_t ‖ τ^now_t]
@@ -550,7 +716,7 @@ class Time4LSTMCell(TFLSTMCell):
 
     All variables are glorot-uniform (the 1-D ones with l = sqrt(6/(2H))), except the ``_Linear`` bias
     b = 0. Nothing in T1, T2, g1, g2 depends on h, so they are all computed for every step at once in
-    `precompute`; the time loop only does the LSTM recurrence, scaled by [σ(g1), 1, σ(g2), 1].
+    `input_projection`; the time loop only does the LSTM recurrence, scaled by [σ(g1), 1, σ(g2), 1].
     """
 
     def __init__(self, input_dim: int, hidden_size: int):
@@ -584,21 +750,29 @@ class Time4LSTMCell(TFLSTMCell):
         c = torch.sigmoid(f + self.forget_bias) * s2 * c + torch.sigmoid(i) * s1 * torch.tanh(j)
         return torch.sigmoid(o) * torch.tanh(c), c
 
-    def precompute(self, inputs: torch.Tensor):
-        """inputs (B, L, d+2) -> per step (gates' input part (B, 4H), scale (B, 4H))."""
+    def input_projection(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs (B, L, d+2) -> time-major (gates' input part (L, B, 4H), scale (L, B, 4H))."""
         H = self.hidden_size
         x, T1, T2, s1, s2 = self.time_gates(inputs.transpose(0, 1))  # time-major (L, B, ·)
         gx = self._x_projection(x.transpose(0, 1))  # (L, B, 4H)
         o_time = T1 @ self.o_kernel_t1 + T2 @ self.o_kernel_t2  # (L, B, H)
         gx = torch.cat([gx[..., : 3 * H], gx[..., 3 * H :] + o_time], dim=-1)
         ones = torch.ones_like(s1)
-        scale = torch.cat([s1, ones, s2, ones], dim=-1)  # multiplies σ(i, j, f, o)
-        return list(zip(gx.unbind(0), scale.unbind(0)))
+        return gx, torch.cat([s1, ones, s2, ones], dim=-1)  # scale multiplies σ(i, j, f, o)
 
 
 def length_mask(lengths: torch.Tensor, L: int, dtype=torch.float32) -> torch.Tensor:
     """m[b, t] = 1 if t < n_b else 0, shape (B, L)."""
     return (torch.arange(L, device=lengths.device)[None, :] < lengths[:, None]).to(dtype)
+
+
+def _final_states(states: torch.Tensor, lengths: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """states (..., B, n, H) -> the state at step n_b − 1 (..., B, H); ``start`` where n_b = 0."""
+    n, H = states.shape[-2], states.shape[-1]
+    B = lengths.shape[0]
+    idx = (lengths.clamp(min=1, max=n) - 1).view(B, 1, 1).expand(*states.shape[:-3], B, 1, H)
+    final = states.gather(-2, idx).squeeze(-2)
+    return torch.where((lengths > 0).view(B, 1), final, start)
 
 
 def run_rnn(
@@ -607,6 +781,7 @@ def run_rnn(
     lengths: torch.Tensor,
     h0: torch.Tensor | None = None,
     n_steps: int | None = None,
+    fused: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``tf.nn.dynamic_rnn(cell, inputs, sequence_length=lengths, initial_state=h0)`` for left-aligned
     sequences (valid steps 0..n_b−1, padding after).
@@ -619,26 +794,27 @@ def run_rnn(
     recurrence agrees with TF's frozen one on every valid step; whatever it computes past n_b is
     discarded (outputs zeroed, final state read at n_b − 1), so those steps get no gradient either.
     ``n_steps`` (default L) lets the caller stop at the batch's longest history; steps beyond it are
-    all padding and return zeros.
+    all padding and return zeros. ``fused`` uses the cell's fused `sequence` kernel; ``fused=False``
+    runs `step` under autograd (the reference the tests compare with).
     """
     B, L = inputs.shape[0], inputs.shape[1]
     n_steps = L if n_steps is None else min(int(n_steps), L)
     H = cell.hidden_size
-    if n_steps == 0:
-        final = inputs.new_zeros(B, H) if h0 is None else h0
-        return inputs.new_zeros(B, L, H), final
-    pre = cell.precompute(inputs[:, :n_steps])
-    weights = cell.step_weights()
-    state = cell.init_state(h0, B, inputs)
-    outs = []
-    for t in range(n_steps):
-        out, state = cell.step(pre[t], state, weights)
-        outs.append(out)
-    outputs = torch.stack(outs, dim=1)  # (B, n_steps, H)
-    idx = (lengths.clamp(min=1, max=n_steps) - 1).view(B, 1, 1).expand(B, 1, H)
-    final = outputs.gather(1, idx).squeeze(1)
     start = inputs.new_zeros(B, H) if h0 is None else h0
-    final = torch.where((lengths > 0).unsqueeze(1), final, start)
+    if n_steps == 0:
+        return inputs.new_zeros(B, L, H), start
+    if fused:
+        outputs = cell.sequence(inputs[:, :n_steps], h0).transpose(0, 1)  # (B, n_steps, H)
+    else:
+        pre = cell.precompute(inputs[:, :n_steps])
+        weights = cell.step_weights()
+        state = cell.init_state(h0, B, inputs)
+        outs = []
+        for t in range(n_steps):
+            out, state = cell.step(pre[t], state, weights)
+            outs.append(out)
+        outputs = torch.stack(outs, dim=1)  # (B, n_steps, H)
+    final = _final_states(outputs, lengths, start)
     outputs = outputs * length_mask(lengths, n_steps, outputs.dtype).unsqueeze(-1)
     if n_steps < L:
         outputs = F.pad(outputs, (0, 0, 0, L - n_steps))
@@ -658,7 +834,7 @@ def run_gru_group(
     n_steps: int | None = None,
 ) -> list[torch.Tensor]:
     """Final states of G independent GRUs (separate parameters) over the *same* input and lengths,
-    run in lockstep: state (G, B, H), recurrent products as one batched matmul per gate. Exactly
+    run in lockstep by one fused kernel (state (G, B, H), batched matmuls). Exactly
     ``[run_rnn(c, x, lengths, h0)[1] for c, h0 in zip(cells, h0s)]`` with G times fewer small ops in the
     time loop (CLSR's intention GRU and fusion GRU "causal2" both read X).
     """
@@ -672,21 +848,11 @@ def run_gru_group(
         raise ValueError("run_gru_group: cells must share input and hidden sizes")
     W_x = torch.stack([torch.cat([c.gate_kernel[:D], c.cand_kernel[:D]], 1) for c in cells])  # (G, D, 3H)
     b = torch.stack([torch.cat([c.gate_bias, c.cand_bias]) for c in cells]).unsqueeze(1)  # (G, 1, 3H)
-    Wg_h = torch.stack([c.gate_kernel[D:] for c in cells])  # (G, H, 2H)
-    Wc_h = torch.stack([c.cand_kernel[D:] for c in cells])  # (G, H, H)
     x_tm = x[:, :n_steps].transpose(0, 1).reshape(1, n_steps * B, D)
     proj = torch.baddbmm(b, x_tm.expand(G, -1, -1), W_x)  # (G, n·B, 3H): all input projections
-    proj = proj.view(G, n_steps, B, 3 * H).transpose(0, 1)  # (n, G, B, 3H) time-major
-    gx, cx = (t.contiguous().unbind(0) for t in proj.split([2 * H, H], dim=-1))
-    h = starts
-    outs = []
-    for gx_t, cx_t in zip(gx, cx):
-        r, z = torch.sigmoid(torch.baddbmm(gx_t, h, Wg_h)).chunk(2, dim=-1)
-        c = torch.tanh(torch.baddbmm(cx_t, r * h, Wc_h))
-        h = torch.lerp(c, h, z)
-        outs.append(h)
-    states = torch.stack(outs, dim=2)  # (G, B, n, H)
-    idx = (lengths.clamp(min=1, max=n_steps) - 1).view(1, B, 1, 1).expand(G, B, 1, H)
-    final = states.gather(2, idx).squeeze(2)
-    final = torch.where((lengths > 0).view(1, B, 1), final, starts)
+    gx, cx = proj.view(G, n_steps, B, 3 * H).transpose(0, 1).split([2 * H, H], dim=-1)  # (n, G, B, ·)
+    Wg_h = torch.stack([c.gate_kernel[D:] for c in cells])  # (G, H, 2H)
+    Wc_h = torch.stack([c.cand_kernel[D:] for c in cells])  # (G, H, H)
+    hs = _GRUSequence.apply(gx.contiguous(), cx.contiguous(), Wg_h, Wc_h, starts)  # (n, G, B, H)
+    final = _final_states(hs.permute(1, 2, 0, 3), lengths, starts)
     return list(final.unbind(0))

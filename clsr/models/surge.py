@@ -47,6 +47,8 @@ Deviations from the authors' code (none changes the function on ordinary inputs)
   over C copies of a row equal those over the rows, exact; tests compare with the per-row layout). In
   eval mode the per-candidate part runs in chunks of candidates to bound memory (exact: BN then uses
   its running averages).
+- Â Â is formed once per instance and applied once (the code applies Â twice to every X^c): the
+  same product up to float rounding order.
 - The tail of the reduced sequences is cut at the batch's longest reduced length (as released).
 - PyTorch's BN running variance uses the unbiased batch variance (TF: biased). Dropout (0) not built.
 
@@ -193,7 +195,7 @@ class SURGE(Recommender):
         return A_bar, Af * dinv.unsqueeze(-1) * dinv.unsqueeze(-2)
 
     # ---- 2-4. per-candidate part ---------------------------------------------------------------------
-    def _candidates(self, X, mask, A_bar, A_hat, X_q, f1, e_v):
+    def _candidates(self, X, mask, A_bar, A_hat2, f1, e_v):
         """Steps 2 (after f1) to 4 for the candidates e_v (B, C, d). Returns a dict of (B, C, ...)."""
         cfg = self.cfg
         B, L, d = X.shape
@@ -213,7 +215,7 @@ class SURGE(Recommender):
         Xc = Xc_heads[0] if len(Xc_heads) == 1 else torch.stack(Xc_heads).mean(0)  # (B, C, L, d)
 
         # 3. interest extraction: cluster score σ and graph pooling
-        X_q2 = torch.einsum("bij,bcjd->bcid", A_hat, torch.einsum("bij,bcjd->bcid", A_hat, Xc))
+        X_q2 = torch.matmul(A_hat2.unsqueeze(1), Xc)  # Â Â X^c, (B, C, L, d)
         score = 0.0
         for h in range(cfg.attention_heads):
             score = score + self.att_cluster[h].weights(Xc, X_q2, m_c) + self.att_query[h].weights(Xc, q, m_c)
@@ -258,15 +260,15 @@ class SURGE(Recommender):
 
         A = self.interest_graph(X.detach(), mask)  # (B, L, L) bool, no gradient (hard threshold)
         A_bar, A_hat = self.normalised_adjacency(A)
-        A_hat = A_hat.to(X.dtype)
-        X_q = A_hat @ (A_hat @ X)  # (B, L, d)
+        A_hat2 = (A_hat @ A_hat).to(X.dtype)  # Â Â, once per instance (no gradient: A is a hard threshold)
+        X_q = A_hat2 @ X  # (B, L, d), the 2-hop cluster centres
         f1 = [att.weights(X, X_q, mask) for att in self.att_cluster]  # per instance, (B, L) each
 
         chunk = C
         if not self.training:
             chunk = max(1, min(C, self.cfg.eval_chunk_elements // max(1, B * L * L)))
         parts = [
-            self._candidates(X, mask, A_bar, A_hat, X_q, f1, e_v[:, s : s + chunk]) for s in range(0, C, chunk)
+            self._candidates(X, mask, A_bar, A_hat2, f1, e_v[:, s : s + chunk]) for s in range(0, C, chunk)
         ]
         out = parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts], dim=1) for k in parts[0]}
         out["adjacency"] = A
