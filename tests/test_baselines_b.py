@@ -317,8 +317,8 @@ def test_sasrec_dot_score_and_max_len():
         short(batch)
 
 
-def test_sasrec_user_vector_is_causal():
-    """h depends on the history only through positions < n (the newest item is the last valid one)."""
+def test_sasrec_user_vector_reads_the_newest_item():
+    """h is read at position n − 1: dropping the newest item changes every user vector."""
     model = make("sasrec").eval()
     batch = random_batch(8, 5, 8, seed=11, min_len=3, max_len=8)
     cut = Batch(**{**batch.__dict__})

@@ -485,25 +485,28 @@ class _LSTMSequence(torch.autograd.Function):
     """All hidden states of a TF LSTM (optionally with Time4LSTM's time gates) from precomputed inputs.
 
     Inputs (time-major): gx (L, B, 4H) = x_t W_x + b (+1 on the f block, + T1 W_o1 + T2 W_o2 on the o
-    block), scale (L, B, 4H) = [σ(g1), 1, σ(g2), 1] or None, W (H, 4H) the recurrent block. Zero
-    initial state. Output hs (L, B, H).
+    block), gates (L, B, 2H) = [σ(g1) ‖ σ(g2)] or None, W (H, 4H) the recurrent block. Zero initial
+    state. Output hs (L, B, H).
 
-    Forward, per step: g = gx_t + h W, s = σ(g) ⊙ scale, c' = s_f ⊙ c + s_i ⊙ tanh(g_j),
-    h' = s_o ⊙ tanh(c'). Backward by hand, with ∂h' = output gradient + the one from step t+1:
+    Forward, per step: g = gx_t + h W, s_i = σ(g_i) ⊙ σ(g1), s_f = σ(g_f) ⊙ σ(g2), s_o = σ(g_o),
+    c' = s_f ⊙ c + s_i ⊙ tanh(g_j), h' = s_o ⊙ tanh(c'). Backward by hand, with ∂h' = output gradient +
+    the one from step t+1:
 
         ∂c  = ∂c_next + ∂h' ⊙ s_o ⊙ (1 − tanh²c')
-        ∂s  = [∂c ⊙ tanh(g_j) | · | ∂c ⊙ c | ∂h' ⊙ tanh c']  and  ∂tanh(g_j) = ∂c ⊙ s_i   (i, j, f, o)
-        ∂g  = ∂s ⊙ scale ⊙ σ'(g)  (i, f, o),   ∂tanh(g_j) ⊙ (1 − tanh² g_j)  (j)       -> ∂gx_t
-        ∂scale = ∂s ⊙ σ(g),  ∂c_next = ∂c ⊙ s_f,  ∂h = ∂g Wᵀ
+        ∂s_i = ∂c ⊙ tanh(g_j),  ∂tanh(g_j) = ∂c ⊙ s_i,  ∂s_f = ∂c ⊙ c,  ∂s_o = ∂h' ⊙ tanh c'
+        ∂g  = [∂s_i σ(g1) σ'(g_i) | ∂tanh(g_j) (1 − tanh² g_j) | ∂s_f σ(g2) σ'(g_f) | ∂s_o σ'(g_o)] -> ∂gx_t
+        ∂[σ(g1) ‖ σ(g2)] = [∂s_i σ(g_i) ‖ ∂s_f σ(g_f)],  ∂c_next = ∂c ⊙ s_f,  ∂h = ∂g Wᵀ
 
-    and ∂W = Σ_t h_{t−1}ᵀ ∂g_t as one GEMM after the loop.
+    and ∂W = Σ_t h_{t−1}ᵀ ∂g_t as one GEMM after the loop. Every step-independent factor is computed
+    for all steps at once, so each step is ~8 small ops forward and backward, with no autograd nodes.
     """
 
     @staticmethod
-    def forward(ctx, gx, scale, W):
+    def forward(ctx, gx, gates, W):
         L, B, H4 = gx.shape
         H = H4 // 4
         sig = gx.new_empty(L, B, 4 * H)
+        s_if = gx.new_empty(L, B, 2, H) if gates is not None else None
         tj = gx.new_empty(L, B, H)
         cs = gx.new_empty(L, B, H)
         tc = gx.new_empty(L, B, H)
@@ -511,50 +514,62 @@ class _LSTMSequence(torch.autograd.Function):
         h = c = gx.new_zeros(B, H)
         for t in range(L):
             g = torch.addmm(gx[t], h, W)
-            s = torch.sigmoid(g, out=sig[t])
-            if scale is not None:
-                s = s * scale[t]
+            sg = torch.sigmoid(g, out=sig[t]).view(B, 4, H)
+            if gates is None:
+                si, sf = sg[:, 0], sg[:, 2]
+            else:  # σ(i) ⊙ σ(g1), σ(f) ⊙ σ(g2) in one op
+                torch.mul(sg[:, 0::2], gates[t].view(B, 2, H), out=s_if[t])
+                si, sf = s_if[t, :, 0], s_if[t, :, 1]
             torch.tanh(g[:, H : 2 * H], out=tj[t])
-            torch.addcmul(s[:, 2 * H : 3 * H] * c, s[:, :H], tj[t], out=cs[t])
+            torch.addcmul(sf * c, si, tj[t], out=cs[t])
             torch.tanh(cs[t], out=tc[t])
-            torch.mul(s[:, 3 * H :], tc[t], out=hs[t])
+            torch.mul(sg[:, 3], tc[t], out=hs[t])
             h, c = hs[t], cs[t]
-        ctx.has_scale = scale is not None
-        ctx.save_for_backward(W, scale if scale is not None else gx.new_empty(0), sig, tj, cs, tc, hs)
+        ctx.has_gates = gates is not None
+        empty = gx.new_empty(0)
+        ctx.save_for_backward(W, gates if gates is not None else empty, s_if if gates is not None else empty,
+                              sig, tj, cs, tc, hs)
         return hs
 
     @staticmethod
     def backward(ctx, dhs):
-        W, scale, sig, tj, cs, tc, hs = ctx.saved_tensors
+        W, gates, s_if, sig, tj, cs, tc, hs = ctx.saved_tensors
         L, B, H = hs.shape
-        s = sig * scale if ctx.has_scale else sig
+        sig4 = sig.view(L, B, 4, H)
+        if ctx.has_gates:
+            s_i, s_f = s_if[:, :, 0], s_if[:, :, 1]
+        else:
+            s_i, s_f = sig4[:, :, 0], sig4[:, :, 2]
         zero = hs.new_zeros(1, B, H)
         c_prev = torch.cat([zero, cs[:-1]])
         # step-independent factors, computed for all steps at once
-        D = s * (1 - sig)  # scale ⊙ σ' in the i, f, o blocks (scale is 1 on o)
-        D[..., H : 2 * H] = 1 - tj * tj  # tanh' in the j block
-        M = torch.cat([tj, s[..., :H], c_prev], dim=-1).view(L, B, 3, H)  # ∂c multipliers for i, j, f
-        so_dtc = s[..., 3 * H :] * (1 - tc * tc)
-        s_f = s[..., 2 * H : 3 * H]
-        need_scale = ctx.has_scale and ctx.needs_input_grad[1]
+        D = sig * (1 - sig)  # σ' in the i, f, o blocks ...
+        D4 = D.view(L, B, 4, H)
+        if ctx.has_gates:
+            D4[:, :, 0::2].mul_(gates.view(L, B, 2, H))  # ... times σ(g1), σ(g2) on i, f
+        D4[:, :, 1] = 1 - tj * tj  # tanh' in the j block
+        M = torch.stack([tj, s_i, c_prev], dim=2)  # (L, B, 3, H): ∂c multipliers for i, j, f
+        so_dtc = sig4[:, :, 3] * (1 - tc * tc)
+        need_gates = ctx.has_gates and ctx.needs_input_grad[1]
         dG = torch.empty_like(sig)
-        dS = torch.empty_like(sig) if need_scale else None
+        dG4 = dG.view(L, B, 4, H)
+        dgates = hs.new_empty(L, B, 2, H) if need_gates else None
         WT = W.t()
         dh = torch.zeros_like(zero[0])
         dc = torch.zeros_like(dh)
         for t in range(L - 1, -1, -1):
             dh = dh + dhs[t]
             dc = torch.addcmul(dc, dh, so_dtc[t])
-            torch.mul(dc.unsqueeze(1), M[t], out=dG[t, :, : 3 * H].view(B, 3, H))
-            torch.mul(dh, tc[t], out=dG[t, :, 3 * H :])
-            if need_scale:
-                torch.mul(dG[t], sig[t], out=dS[t])
+            torch.mul(dc.unsqueeze(1), M[t], out=dG4[t, :, :3])
+            torch.mul(dh, tc[t], out=dG4[t, :, 3])
+            if need_gates:  # ∂σ(g1) = ∂s_i σ(g_i), ∂σ(g2) = ∂s_f σ(g_f)
+                torch.mul(dG4[t, :, 0::2], sig4[t, :, 0::2], out=dgates[t])
             dG[t].mul_(D[t])
             dc = dc * s_f[t]
             dh = torch.mm(dG[t], WT)
         h_prev = torch.cat([zero, hs[:-1]])
         dW = torch.mm(h_prev.reshape(L * B, H).t(), dG.reshape(L * B, 4 * H))
-        return dG, dS, dW
+        return dG, (dgates.view(L, B, 2 * H) if need_gates else None), dW
 
 
 class TFGRUCell(nn.Module):
@@ -751,14 +766,41 @@ class Time4LSTMCell(TFLSTMCell):
         return torch.sigmoid(o) * torch.tanh(c), c
 
     def input_projection(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """inputs (B, L, d+2) -> time-major (gates' input part (L, B, 4H), scale (L, B, 4H))."""
-        H = self.hidden_size
-        x, T1, T2, s1, s2 = self.time_gates(inputs.transpose(0, 1))  # time-major (L, B, ·)
-        gx = self._x_projection(x.transpose(0, 1))  # (L, B, 4H)
-        o_time = T1 @ self.o_kernel_t1 + T2 @ self.o_kernel_t2  # (L, B, H)
-        gx = torch.cat([gx[..., : 3 * H], gx[..., 3 * H :] + o_time], dim=-1)
+        """inputs (B, L, d+2) -> time-major (gates' input part (L, B, 4H), [σ(g1) ‖ σ(g2)] (L, B, 2H)).
+
+        Everything that does not depend on h, for all steps, in a few wide ops:
+            [T1 ‖ T2] = tanh([τ^first, τ^now] [[0, w2], [w1, 0]] + [b1 ‖ b2])      one (L·B × 2 × 2H) GEMM
+            A = x [W_lstm,x | W_x1 | W_x2] + [b (+1 on f) | c1 | c2]                one GEMM, 6H columns
+            [o | g1 | g2] = A[:, 3H:] + [T1 ‖ T2] [[W_o1, W_t1, 0], [W_o2, 0, W_t2]]    one GEMM
+        """
+        D, H = self.input_dim, self.hidden_size
+        B, L = inputs.shape[0], inputs.shape[1]
+        u = inputs.transpose(0, 1).reshape(L * B, D + 2)  # time-major rows
+        x, tau = u[:, :D], u[:, D:]  # tau = [τ^first, τ^now]
+        zH = self.time_input_w1.new_zeros(H)
+        W_tau = torch.stack([torch.cat([zH, self.time_input_w2]), torch.cat([self.time_input_w1, zH])])
+        T = torch.tanh(torch.addmm(torch.cat([self.time_input_b1, self.time_input_b2]), tau, W_tau))
+        shift = torch.zeros_like(self.bias)
+        shift[2 * H : 3 * H] = self.forget_bias
+        W_x = torch.cat([self.kernel[:D], self.time_kernel_w1, self.time_kernel_w2], dim=1)  # (D, 6H)
+        b_x = torch.cat([self.bias + shift, self.time_bias1, self.time_bias2])
+        A = torch.addmm(b_x, x, W_x)  # (L·B, 6H): [i, j, f, o, g1, g2] without the T terms
+        zHH = self.o_kernel_t1.new_zeros(H, H)
+        W_T = torch.cat(
+            [torch.cat([self.o_kernel_t1, self.time_kernel_t1, zHH], 1),
+             torch.cat([self.o_kernel_t2, zHH, self.time_kernel_t2], 1)], 0
+        )  # (2H, 3H)
+        og = torch.addmm(A[:, 3 * H :], T, W_T)  # (L·B, 3H): [o, g1, g2]
+        gx = torch.cat([A[:, : 3 * H], og[:, :H]], dim=1).view(L, B, 4 * H)
+        return gx, torch.sigmoid(og[:, H:]).view(L, B, 2 * H)
+
+    def precompute(self, inputs: torch.Tensor):
+        """Per step (gates' input part (B, 4H), scale [σ(g1), 1, σ(g2), 1] (B, 4H)) for `step`."""
+        gx, s12 = self.input_projection(inputs)
+        s1, s2 = s12.chunk(2, dim=-1)
         ones = torch.ones_like(s1)
-        return gx, torch.cat([s1, ones, s2, ones], dim=-1)  # scale multiplies σ(i, j, f, o)
+        scale = torch.cat([s1, ones, s2, ones], dim=-1)
+        return list(zip(gx.unbind(0), scale.unbind(0)))
 
 
 def length_mask(lengths: torch.Tensor, L: int, dtype=torch.float32) -> torch.Tensor:
