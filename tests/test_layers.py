@@ -19,7 +19,6 @@ from clsr.models.layers import (
     attention_pool,
     glorot_uniform_,
     masked_softmax,
-    run_gru_group,
     run_rnn,
     trunc_normal_,
 )
@@ -318,23 +317,6 @@ def test_runner_zero_outputs_and_frozen_state_past_length(kind):
     torch.testing.assert_close(f3, f4)
 
 
-def test_gru_group_equals_separate_runs():
-    torch.manual_seed(0)
-    B, L, D, H = 4, 6, 3, 3
-    cells = [TFGRUCell(D, H).double(), TFGRUCell(D, H).double()]
-    x = torch.randn(B, L, D, dtype=torch.float64, requires_grad=True)
-    lengths = torch.tensor([6, 1, 0, 4])
-    h0 = torch.randn(B, H, dtype=torch.float64)
-    group = run_gru_group(cells, x, lengths, [h0, None], n_steps=6)
-    separate = [run_rnn(cells[0], x, lengths, h0)[1], run_rnn(cells[1], x, lengths)[1]]
-    for g, s in zip(group, separate):
-        torch.testing.assert_close(g, s, rtol=1e-12, atol=1e-14)
-    gx_g = torch.autograd.grad(sum((g**2).sum() for g in group), x)[0]
-    gx_s = torch.autograd.grad(sum((s**2).sum() for s in separate), x)[0]
-    torch.testing.assert_close(gx_g, gx_s, rtol=1e-10, atol=1e-14)
-    torch.testing.assert_close(group[0][2], h0[2])  # empty history keeps the initial state
-
-
 @pytest.mark.parametrize("kind", ["gru", "lstm", "time4lstm"])
 def test_fused_recurrence_gradients_equal_autograd_steps(kind):
     """The hand-written backward of the fused kernels equals autograd through the per-step form, for
@@ -364,9 +346,9 @@ def test_fused_kernels_gradcheck():
     from clsr.models.layers import _GRUSequence, _LSTMSequence
 
     torch.manual_seed(0)
-    L, G, B, H = 3, 2, 2, 2
+    L, B, H = 3, 2, 2
     r = lambda *s: torch.randn(*s, dtype=torch.float64, requires_grad=True)  # noqa: E731
-    assert torch.autograd.gradcheck(_GRUSequence.apply, (r(L, G, B, 2 * H), r(L, G, B, H), r(G, H, 2 * H), r(G, H, H), r(G, B, H)))
+    assert torch.autograd.gradcheck(_GRUSequence.apply, (r(L, B, 2 * H), r(L, B, H), r(H, 2 * H), r(H, H), r(B, H)))
     gates = torch.rand(L, B, 2 * H, dtype=torch.float64, requires_grad=True)  # [σ(g1) ‖ σ(g2)]
     assert torch.autograd.gradcheck(_LSTMSequence.apply, (r(L, B, 4 * H), gates, r(H, 4 * H)))
     assert torch.autograd.gradcheck(_LSTMSequence.apply, (r(L, B, 4 * H), None, r(H, 4 * H)))

@@ -176,7 +176,7 @@ NOTEBOOKS = {
                  "    ks = sorted(df['k'].unique())\n"
                  "    for metric in ('gauc', 'ndcg@2'):\n"
                  "        series = {f: [df[(df.form == f) & (df.k == k)][f'test_{metric}'].mean() for k in ks] for f in df.form.unique()}\n"
-                 "        report.line_plot(ks, series, 'recent k of the short-term proxy', f'test {metric}', f'{metric} vs k', figs / f'contrastive_k_{metric}.png')"),
+                 "        report.line_plot(ks, series, 'recent k of the short-term proxy', f'test {metric}', f'{metric} vs k', figs / f'contrastive_k_{metric.replace(\"@\", \"\")}.png')"),
         ("md", "## Threshold and β curves"),
         ("code", "for axis, prefix, label, logx in (('threshold', 'lt', 'length threshold l_t', False), ('weight', 'beta', 'contrastive weight β', True)):\n"
                  "    if axis in frames:\n"

@@ -32,7 +32,9 @@ Deviations from the released code (all numerically negligible or confined to deg
   (``shared_encoders=True``); this is exact because BN statistics over C identical copies of each row
   equal those over the unique rows (DESIGN.md "Compute candidate-independent parts once").
 - The recurrent nets stop at the batch's longest history (TF's ``dynamic_rnn`` does the same) and
-  read the final state at step n−1 instead of masking each step (exact, see layers.run_rnn).
+  read the final state at step n−1 instead of masking each step (exact, see layers.run_rnn); the fast
+  path runs them as fused kernels with a hand-written backward (layers._GRUSequence, _LSTMSequence),
+  the naive path step by step under autograd.
 - Attention scorers never build the 4-fold concatenation (exact algebraic split of the first layer,
   layers.DinAttention); in evaluation (BN on running statistics) they score only the valid positions,
   since a padded position's score is masked anyway (exact).
@@ -58,7 +60,6 @@ from clsr.models.layers import (
     Time4LSTMCell,
     activation_fn,
     attention_pool,
-    run_gru_group,
     run_rnn,
     trunc_normal_,
 )
@@ -222,26 +223,25 @@ class CLSR(Recommender):
     # ---- 4 (and the GRU of 8). intention and fusion GRUs ----------------------------------------------------
     def intention_and_fusion_states(self, X, lengths, e_short, n_steps=None, naive: bool = False):
         """h^s = GRU(X; h0 = e^s) final state at step n−1 (interest_evolve, else h^s = e^s), and
-        h^c = GRU_causal2(X; h0 = 0) final state (None when not used). Separate parameters; the fast
-        path runs the two in lockstep (layers.run_gru_group), the naive path one after the other."""
-        cells = [c for c in (self.intention_gru, self.fuse_gru) if c is not None]
-        h0s = ([e_short] if self.intention_gru is not None else []) + ([None] if self.fuse_gru is not None else [])
-        if len(cells) == 2 and not naive:
-            finals = run_gru_group(cells, X, lengths, h0s, n_steps)
-        else:
-            finals = [run_rnn(c, X, lengths, h0=h0, n_steps=n_steps)[1] for c, h0 in zip(cells, h0s)]
-        h_short = finals.pop(0) if self.intention_gru is not None else e_short
-        h_c = finals.pop(0) if self.fuse_gru is not None else None
+        h^c = GRU_causal2(X; h0 = 0) final state (None when not used). Separate parameters. The naive
+        path runs them step by step under autograd, the fast path with the fused kernel."""
+        fused = not naive
+        h_short = e_short
+        if self.intention_gru is not None:
+            h_short = run_rnn(self.intention_gru, X, lengths, h0=e_short, n_steps=n_steps, fused=fused)[1]
+        h_c = None
+        if self.fuse_gru is not None:
+            h_c = run_rnn(self.fuse_gru, X, lengths, n_steps=n_steps, fused=fused)[1]
         return h_short, h_c
 
     # ---- 6. sequence encoder -------------------------------------------------------------------------------
-    def sequence(self, X, lengths, time_first, time_now, n_steps=None):
+    def sequence(self, X, lengths, time_first, time_now, n_steps=None, fused: bool = True):
         """O = Time4LSTM([X ‖ τ^first ‖ τ^now]) (or GRU / LSTM on X), zero beyond n. (B, L, H)."""
         if isinstance(self.seq_cell, Time4LSTMCell):
             inputs = torch.cat([X, time_first.unsqueeze(-1), time_now.unsqueeze(-1)], dim=-1)
         else:
             inputs = X
-        return run_rnn(self.seq_cell, inputs, lengths, n_steps=n_steps)[0]
+        return run_rnn(self.seq_cell, inputs, lengths, n_steps=n_steps, fused=fused)[0]
 
     # ---- 7. short-term encoder ---------------------------------------------------------------------------------
     def short_term(self, O, mask, h_short, e_v, naive: bool = False):
@@ -273,7 +273,9 @@ class CLSR(Recommender):
         return self.pred_mlp(torch.cat([u, e_v], dim=-1)).squeeze(-1)
 
     # ---- forward ----------------------------------------------------------------------------------------------
-    def _forward_instances(self, batch: Batch, naive: bool) -> dict[str, torch.Tensor]:
+    def _forward_instances(
+        self, batch: Batch, naive: bool, alpha_override: float | None = None
+    ) -> dict[str, torch.Tensor]:
         """Steps 1-9 with the history parts computed once per row of `batch` and broadcast to its C
         candidates. ``naive`` selects the explicit-concatenation attention."""
         X, e_v, e_long, e_short = self.embed(batch)
@@ -286,12 +288,17 @@ class CLSR(Recommender):
         p_long, p_short = self.proxies(X, mask)
         h_short, h_c = self.intention_and_fusion_states(X, lengths, e_short, n_steps, naive)
         O = self.sequence(
-            X, lengths, batch.time_from_first.to(X.dtype), batch.time_to_now.to(X.dtype), n_steps
+            X, lengths, batch.time_from_first.to(X.dtype), batch.time_to_now.to(X.dtype), n_steps, fused=not naive
         )
         u_short, att_short = self.short_term(O, mask, h_short, e_v, naive)
         # τ^now at the last *padded* column L−1 (zero unless n = L), as released
         tau_last = batch.time_to_now[:, -1].to(X.dtype)
-        alpha = self.fusion_weight(e_v, u_long, u_short, tau_last, h_c)
+        if alpha_override is None:
+            alpha = self.fusion_weight(e_v, u_long, u_short, tau_last, h_c)
+        else:  # evaluation-time probe (disentanglement study): α fixed for every row
+            if not 0.0 <= float(alpha_override) <= 1.0:
+                raise ValueError(f"clsr: alpha_override must be in [0, 1], got {alpha_override}")
+            alpha = u_short.new_full(u_short.shape[:2], float(alpha_override))
         user = torch.lerp(u_short, u_long.unsqueeze(1).expand_as(u_short), alpha.unsqueeze(-1))
         logits = self.predict(user, e_v)
         return {
@@ -307,12 +314,14 @@ class CLSR(Recommender):
             "att_short": att_short,
         }
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, alpha_override: float | None = None) -> dict[str, torch.Tensor]:
+        """`alpha_override=a` (in [0, 1]) fixes α = a for every row, nothing else changes: a = 1 reads
+        out the long-term interest only, a = 0 the short-term one (evaluation-time probe)."""
         if self.cfg.shared_encoders:
-            return self._forward_instances(batch, naive=False)
+            return self._forward_instances(batch, naive=False, alpha_override=alpha_override)
         # naive reference: the released row layout, one candidate per row, everything per row
         B, C = batch.size, batch.n_candidates
-        out = self._forward_instances(batch.expand_rows(), naive=True)
+        out = self._forward_instances(batch.expand_rows(), naive=True, alpha_override=alpha_override)
         per_candidate = ("logits", "alpha", "u_short", "user", "att_short")  # (B·C, 1, ...) -> (B, C, ...)
         return {
             k: v.reshape(B, C, *(v.shape[2:] if k in per_candidate else v.shape[1:])) for k, v in out.items()
