@@ -32,9 +32,7 @@ Deviations from the released code (all numerically negligible or confined to deg
   (``shared_encoders=True``); this is exact because BN statistics over C identical copies of each row
   equal those over the unique rows (DESIGN.md "Compute candidate-independent parts once").
 - The recurrent nets stop at the batch's longest history (TF's ``dynamic_rnn`` does the same) and
-  read the final state at step n−1 instead of masking each step (exact, see layers.run_rnn); the fast
-  path runs them as fused kernels with a hand-written backward (layers._GRUSequence, _LSTMSequence),
-  the naive path step by step under autograd.
+  read the final state at step n−1 instead of masking each step (exact, see layers.run_rnn).
 - Attention scorers never build the 4-fold concatenation (exact algebraic split of the first layer,
   layers.DinAttention); in evaluation (BN on running statistics) they score only the valid positions,
   since a padded position's score is masked anyway (exact).
@@ -221,27 +219,25 @@ class CLSR(Recommender):
         return p_long, p_short
 
     # ---- 4 (and the GRU of 8). intention and fusion GRUs ----------------------------------------------------
-    def intention_and_fusion_states(self, X, lengths, e_short, n_steps=None, naive: bool = False):
+    def intention_and_fusion_states(self, X, lengths, e_short, n_steps=None):
         """h^s = GRU(X; h0 = e^s) final state at step n−1 (interest_evolve, else h^s = e^s), and
-        h^c = GRU_causal2(X; h0 = 0) final state (None when not used). Separate parameters. The naive
-        path runs them step by step under autograd, the fast path with the fused kernel."""
-        fused = not naive
+        h^c = GRU_causal2(X; h0 = 0) final state (None when not used). Separate parameters."""
         h_short = e_short
         if self.intention_gru is not None:
-            h_short = run_rnn(self.intention_gru, X, lengths, h0=e_short, n_steps=n_steps, fused=fused)[1]
+            h_short = run_rnn(self.intention_gru, X, lengths, h0=e_short, n_steps=n_steps)[1]
         h_c = None
         if self.fuse_gru is not None:
-            h_c = run_rnn(self.fuse_gru, X, lengths, n_steps=n_steps, fused=fused)[1]
+            h_c = run_rnn(self.fuse_gru, X, lengths, n_steps=n_steps)[1]
         return h_short, h_c
 
     # ---- 6. sequence encoder -------------------------------------------------------------------------------
-    def sequence(self, X, lengths, time_first, time_now, n_steps=None, fused: bool = True):
+    def sequence(self, X, lengths, time_first, time_now, n_steps=None):
         """O = Time4LSTM([X ‖ τ^first ‖ τ^now]) (or GRU / LSTM on X), zero beyond n. (B, L, H)."""
         if isinstance(self.seq_cell, Time4LSTMCell):
             inputs = torch.cat([X, time_first.unsqueeze(-1), time_now.unsqueeze(-1)], dim=-1)
         else:
             inputs = X
-        return run_rnn(self.seq_cell, inputs, lengths, n_steps=n_steps, fused=fused)[0]
+        return run_rnn(self.seq_cell, inputs, lengths, n_steps=n_steps)[0]
 
     # ---- 7. short-term encoder ---------------------------------------------------------------------------------
     def short_term(self, O, mask, h_short, e_v, naive: bool = False):
@@ -286,9 +282,9 @@ class CLSR(Recommender):
 
         u_long, att_long = self.long_term(X, mask, e_long, naive)
         p_long, p_short = self.proxies(X, mask)
-        h_short, h_c = self.intention_and_fusion_states(X, lengths, e_short, n_steps, naive)
+        h_short, h_c = self.intention_and_fusion_states(X, lengths, e_short, n_steps)
         O = self.sequence(
-            X, lengths, batch.time_from_first.to(X.dtype), batch.time_to_now.to(X.dtype), n_steps, fused=not naive
+            X, lengths, batch.time_from_first.to(X.dtype), batch.time_to_now.to(X.dtype), n_steps
         )
         u_short, att_short = self.short_term(O, mask, h_short, e_v, naive)
         # τ^now at the last *padded* column L−1 (zero unless n = L), as released

@@ -413,163 +413,8 @@ class DinAttention(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# recurrent cells (TF1 semantics), fused sequence kernels and the dynamic_rnn-like runner
+# recurrent cells (TF1 semantics) and the dynamic_rnn-like runner
 # --------------------------------------------------------------------------------------------------
-class _GRUSequence(torch.autograd.Function):
-    """All states of a TF GRU from precomputed input projections (fused forward and backward).
-
-    Inputs (time-major): gx (L, B, 2H) = x_t W_g,x + b_g, cx (L, B, H) = x_t W_c,x + b_c, the recurrent
-    blocks Wg (H, 2H), Wc (H, H), and h0 (B, H). Output hs (L, B, H).
-
-    Forward, per step (TFGRUCell): [r, z] = σ(gx_t + h W_g), c = tanh(cx_t + (r ⊙ h) W_c),
-    h' = z ⊙ h + (1 − z) ⊙ c, run without autograd into preallocated buffers. Backward by hand, from
-    ∂h' (the output gradient plus the gradient carried back from step t+1):
-
-        ∂c_pre = ∂h' ⊙ (1 − z) ⊙ (1 − c²)              -> ∂cx_t
-        ∂(r⊙h) = ∂c_pre W_cᵀ
-        ∂[r, z]_pre = [∂(r⊙h) ⊙ h, ∂h' ⊙ (h − c)] ⊙ σ'   -> ∂gx_t
-        ∂h     = ∂h' ⊙ z + ∂(r⊙h) ⊙ r + ∂[r, z]_pre W_gᵀ
-
-    and the weight gradients once after the loop, ∂W_g = Σ_t h_{t−1}ᵀ ∂[r,z]_pre,t and
-    ∂W_c = Σ_t (r⊙h)_tᵀ ∂c_pre,t, each one GEMM over all L·B rows. Every step-independent factor is
-    computed for all steps at once; each step is ~7 small ops either way, with no autograd nodes.
-    """
-
-    @staticmethod
-    def forward(ctx, gx, cx, Wg, Wc, h0):
-        L, B, H = cx.shape
-        rz = gx.new_empty(L, B, 2 * H)
-        rh = gx.new_empty(L, B, H)
-        c = gx.new_empty(L, B, H)
-        hs = gx.new_empty(L, B, H)
-        h = h0
-        for t in range(L):
-            torch.sigmoid(torch.addmm(gx[t], h, Wg), out=rz[t])
-            torch.mul(rz[t, :, :H], h, out=rh[t])
-            torch.tanh(torch.addmm(cx[t], rh[t], Wc), out=c[t])
-            torch.lerp(c[t], h, rz[t, :, H:], out=hs[t])  # c + z (h − c)
-            h = hs[t]
-        ctx.save_for_backward(Wg, Wc, h0, rz, rh, c, hs)
-        return hs
-
-    @staticmethod
-    def backward(ctx, dhs):
-        Wg, Wc, h0, rz, rh, c, hs = ctx.saved_tensors
-        L, B, H = hs.shape
-        h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]])  # (L, B, H)
-        r, z = rz[..., :H], rz[..., H:]
-        # step-independent factors, computed for all steps at once
-        dc_fac = (1 - z) * (1 - c * c)  # ∂h'/∂c · tanh'
-        h_minus_c = h_prev - c  # ∂h'/∂z
-        sig_fac = rz * (1 - rz)  # σ'
-        WgT, WcT = Wg.t(), Wc.t()
-        d_rz = torch.empty_like(rz)
-        d_c = torch.empty_like(c)
-        dh = torch.zeros_like(h0)
-        for t in range(L - 1, -1, -1):
-            dh = dh + dhs[t]
-            torch.mul(dh, dc_fac[t], out=d_c[t])
-            d_rh = torch.mm(d_c[t], WcT)
-            torch.mul(d_rh, h_prev[t], out=d_rz[t, :, :H])
-            torch.mul(dh, h_minus_c[t], out=d_rz[t, :, H:])
-            d_rz[t].mul_(sig_fac[t])
-            dh = torch.addmm(torch.addcmul(dh * z[t], d_rh, r[t]), d_rz[t], WgT)
-        dWg = torch.mm(h_prev.reshape(L * B, H).t(), d_rz.reshape(L * B, 2 * H))
-        dWc = torch.mm(rh.reshape(L * B, H).t(), d_c.reshape(L * B, H))
-        return d_rz, d_c, dWg, dWc, dh
-
-
-class _LSTMSequence(torch.autograd.Function):
-    """All hidden states of a TF LSTM (optionally with Time4LSTM's time gates) from precomputed inputs.
-
-    Inputs (time-major): gx (L, B, 4H) = x_t W_x + b (+1 on the f block, + T1 W_o1 + T2 W_o2 on the o
-    block), gates (L, B, 2H) = [σ(g1) ‖ σ(g2)] or None, W (H, 4H) the recurrent block. Zero initial
-    state. Output hs (L, B, H).
-
-    Forward, per step: g = gx_t + h W, s_i = σ(g_i) ⊙ σ(g1), s_f = σ(g_f) ⊙ σ(g2), s_o = σ(g_o),
-    c' = s_f ⊙ c + s_i ⊙ tanh(g_j), h' = s_o ⊙ tanh(c'). Backward by hand, with ∂h' = output gradient +
-    the one from step t+1:
-
-        ∂c  = ∂c_next + ∂h' ⊙ s_o ⊙ (1 − tanh²c')
-        ∂s_i = ∂c ⊙ tanh(g_j),  ∂tanh(g_j) = ∂c ⊙ s_i,  ∂s_f = ∂c ⊙ c,  ∂s_o = ∂h' ⊙ tanh c'
-        ∂g  = [∂s_i σ(g1) σ'(g_i) | ∂tanh(g_j) (1 − tanh² g_j) | ∂s_f σ(g2) σ'(g_f) | ∂s_o σ'(g_o)] -> ∂gx_t
-        ∂[σ(g1) ‖ σ(g2)] = [∂s_i σ(g_i) ‖ ∂s_f σ(g_f)],  ∂c_next = ∂c ⊙ s_f,  ∂h = ∂g Wᵀ
-
-    and ∂W = Σ_t h_{t−1}ᵀ ∂g_t as one GEMM after the loop. Every step-independent factor is computed
-    for all steps at once, so each step is ~8 small ops forward and backward, with no autograd nodes.
-    """
-
-    @staticmethod
-    def forward(ctx, gx, gates, W):
-        L, B, H4 = gx.shape
-        H = H4 // 4
-        sig = gx.new_empty(L, B, 4 * H)
-        s_if = gx.new_empty(L, B, 2, H) if gates is not None else None
-        tj = gx.new_empty(L, B, H)
-        cs = gx.new_empty(L, B, H)
-        tc = gx.new_empty(L, B, H)
-        hs = gx.new_empty(L, B, H)
-        h = c = gx.new_zeros(B, H)
-        for t in range(L):
-            g = torch.addmm(gx[t], h, W)
-            sg = torch.sigmoid(g, out=sig[t]).view(B, 4, H)
-            if gates is None:
-                si, sf = sg[:, 0], sg[:, 2]
-            else:  # σ(i) ⊙ σ(g1), σ(f) ⊙ σ(g2) in one op
-                torch.mul(sg[:, 0::2], gates[t].view(B, 2, H), out=s_if[t])
-                si, sf = s_if[t, :, 0], s_if[t, :, 1]
-            torch.tanh(g[:, H : 2 * H], out=tj[t])
-            torch.addcmul(sf * c, si, tj[t], out=cs[t])
-            torch.tanh(cs[t], out=tc[t])
-            torch.mul(sg[:, 3], tc[t], out=hs[t])
-            h, c = hs[t], cs[t]
-        ctx.has_gates = gates is not None
-        empty = gx.new_empty(0)
-        ctx.save_for_backward(W, gates if gates is not None else empty, s_if if gates is not None else empty,
-                              sig, tj, cs, tc, hs)
-        return hs
-
-    @staticmethod
-    def backward(ctx, dhs):
-        W, gates, s_if, sig, tj, cs, tc, hs = ctx.saved_tensors
-        L, B, H = hs.shape
-        sig4 = sig.view(L, B, 4, H)
-        if ctx.has_gates:
-            s_i, s_f = s_if[:, :, 0], s_if[:, :, 1]
-        else:
-            s_i, s_f = sig4[:, :, 0], sig4[:, :, 2]
-        zero = hs.new_zeros(1, B, H)
-        c_prev = torch.cat([zero, cs[:-1]])
-        # step-independent factors, computed for all steps at once
-        D = sig * (1 - sig)  # σ' in the i, f, o blocks ...
-        D4 = D.view(L, B, 4, H)
-        if ctx.has_gates:
-            D4[:, :, 0::2].mul_(gates.view(L, B, 2, H))  # ... times σ(g1), σ(g2) on i, f
-        D4[:, :, 1] = 1 - tj * tj  # tanh' in the j block
-        M = torch.stack([tj, s_i, c_prev], dim=2)  # (L, B, 3, H): ∂c multipliers for i, j, f
-        so_dtc = sig4[:, :, 3] * (1 - tc * tc)
-        need_gates = ctx.has_gates and ctx.needs_input_grad[1]
-        dG = torch.empty_like(sig)
-        dG4 = dG.view(L, B, 4, H)
-        dgates = hs.new_empty(L, B, 2, H) if need_gates else None
-        WT = W.t()
-        dh = torch.zeros_like(zero[0])
-        dc = torch.zeros_like(dh)
-        for t in range(L - 1, -1, -1):
-            dh = dh + dhs[t]
-            dc = torch.addcmul(dc, dh, so_dtc[t])
-            torch.mul(dc.unsqueeze(1), M[t], out=dG4[t, :, :3])
-            torch.mul(dh, tc[t], out=dG4[t, :, 3])
-            if need_gates:  # ∂σ(g1) = ∂s_i σ(g_i), ∂σ(g2) = ∂s_f σ(g_f)
-                torch.mul(dG4[t, :, 0::2], sig4[t, :, 0::2], out=dgates[t])
-            dG[t].mul_(D[t])
-            dc = dc * s_f[t]
-            dh = torch.mm(dG[t], WT)
-        h_prev = torch.cat([zero, hs[:-1]])
-        dW = torch.mm(h_prev.reshape(L * B, H).t(), dG.reshape(L * B, 4 * H))
-        return dG, (dgates.view(L, B, 2 * H) if need_gates else None), dW
-
-
 class TFGRUCell(nn.Module):
     """TF1 ``tf.nn.rnn_cell.GRUCell``:
 
@@ -580,9 +425,8 @@ class TFGRUCell(nn.Module):
     Kernels W_g ((d+H) × 2H) and W_c ((d+H) × H) are glorot-uniform over their full TF shapes.
     PyTorch's ``nn.GRUCell`` applies r after the recurrent matmul, so it is not the same function.
 
-    Three equivalent forms: `forward(x, h)`, the textbook one step; `precompute` + `step`, a step
-    with the input projection of all steps done in one matmul outside the time loop (autograd per
-    step; the reference of the fused form); `sequence`, the fused kernel `_GRUSequence`.
+    `forward(x, h)` is the textbook one-step form; `precompute` + `step` is the runner's form, with
+    the input projection of all steps done in one matmul outside the time loop.
     """
 
     def __init__(self, input_dim: int, hidden_size: int):
@@ -632,13 +476,6 @@ class TFGRUCell(nn.Module):
         h = torch.lerp(c, state, z)  # c + z (h − c) = z h + (1 − z) c
         return h, h
 
-    def sequence(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-        """All states (L, B, H), time-major, of the GRU over x (B, L, d) from h0 (zeros if None)."""
-        gx, cx = self.input_projection(x)
-        h0 = x.new_zeros(x.shape[0], self.hidden_size) if h0 is None else h0
-        Wg_h, Wc_h = self.step_weights()
-        return _GRUSequence.apply(gx, cx, Wg_h, Wc_h, h0)
-
 
 class TFLSTMCell(nn.Module):
     """TF1 ``tf.nn.rnn_cell.LSTMCell`` (no peepholes, no projection), forget bias +1:
@@ -648,7 +485,7 @@ class TFLSTMCell(nn.Module):
         h' = σ(o) ⊙ tanh(c')
 
     W ((d+H) × 4H) is glorot-uniform. The state is (h, c); the output is h. `Time4LSTMCell` reuses
-    `step` and `sequence` with two extra multiplicative time gates. Forms as in `TFGRUCell`.
+    `step` with two extra multiplicative time gates. Forms as in `TFGRUCell`.
     """
 
     forget_bias = 1.0
@@ -684,12 +521,13 @@ class TFLSTMCell(nn.Module):
         )
 
     def input_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(gates' input part (L, B, 4H), scale of σ(i, j, f, o) or None), time-major."""
+        """Time-major (gates' input part (L, B, 4H), time gates [σ(g1) ‖ σ(g2)] (L, B, 2H)); the plain
+        LSTM has no time gates (None)."""
         return self._x_projection(x), None
 
     def precompute(self, x: torch.Tensor):
-        gx, scale = self.input_projection(x)
-        return list(zip(gx.unbind(0), scale.unbind(0) if scale is not None else [None] * gx.shape[0]))
+        """Per step (gates' input part (B, 4H), None): no scaling of the gates."""
+        return [(g, None) for g in self._x_projection(x).unbind(0)]
 
     def step_weights(self):
         return self.kernel[self.input_dim :]
@@ -706,13 +544,6 @@ class TFLSTMCell(nn.Module):
         c = torch.addcmul(sf * c, si, torch.tanh(g.chunk(4, dim=1)[1]))
         h = so * torch.tanh(c)
         return h, (h, c)
-
-    def sequence(self, inputs: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-        """All hidden states (L, B, H), time-major, from a zero state (the fused `_LSTMSequence`)."""
-        if h0 is not None:
-            raise ValueError("TFLSTMCell.sequence: CLSR's LSTMs start from zeros; h0 is not supported")
-        gx, scale = self.input_projection(inputs)
-        return _LSTMSequence.apply(gx, scale, self.step_weights())
 
 
 class Time4LSTMCell(TFLSTMCell):
@@ -820,7 +651,6 @@ def run_rnn(
     lengths: torch.Tensor,
     h0: torch.Tensor | None = None,
     n_steps: int | None = None,
-    fused: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``tf.nn.dynamic_rnn(cell, inputs, sequence_length=lengths, initial_state=h0)`` for left-aligned
     sequences (valid steps 0..n_b−1, padding after).
@@ -833,8 +663,10 @@ def run_rnn(
     recurrence agrees with TF's frozen one on every valid step; whatever it computes past n_b is
     discarded (outputs zeroed, final state read at n_b − 1), so those steps get no gradient either.
     ``n_steps`` (default L) lets the caller stop at the batch's longest history; steps beyond it are
-    all padding and return zeros. ``fused`` uses the cell's fused `sequence` kernel; ``fused=False``
-    runs `step` under autograd (the reference the tests compare with).
+    all padding and return zeros.
+
+    (A fused kernel — forward loop without autograd, hand-written backward, weight gradients in one
+    GEMM — was tried and measured *slower* than this loop on 2 CPU cores, so the loop stays plain.)
     """
     B, L = inputs.shape[0], inputs.shape[1]
     n_steps = L if n_steps is None else min(int(n_steps), L)
@@ -842,17 +674,14 @@ def run_rnn(
     start = inputs.new_zeros(B, H) if h0 is None else h0
     if n_steps == 0:
         return inputs.new_zeros(B, L, H), start
-    if fused:
-        outputs = cell.sequence(inputs[:, :n_steps], h0).transpose(0, 1)  # (B, n_steps, H)
-    else:
-        pre = cell.precompute(inputs[:, :n_steps])
-        weights = cell.step_weights()
-        state = cell.init_state(h0, B, inputs)
-        outs = []
-        for t in range(n_steps):
-            out, state = cell.step(pre[t], state, weights)
-            outs.append(out)
-        outputs = torch.stack(outs, dim=1)  # (B, n_steps, H)
+    pre = cell.precompute(inputs[:, :n_steps])
+    weights = cell.step_weights()
+    state = cell.init_state(h0, B, inputs)
+    outs = []
+    for t in range(n_steps):
+        out, state = cell.step(pre[t], state, weights)
+        outs.append(out)
+    outputs = torch.stack(outs, dim=1)  # (B, n_steps, H)
     final = _final_states(outputs, lengths, start)
     outputs = outputs * length_mask(lengths, n_steps, outputs.dtype).unsqueeze(-1)
     if n_steps < L:
