@@ -1,7 +1,7 @@
 """CLSR: Contrastive learning framework for disentangling Long and Short-term interests.
 
-Zheng, Gao, Li, Qiu, Wang, Sun, Fan, Li, Jin. "Disentangling Long and Short-Term Interests for
-Recommendation." The Web Conference (WWW) 2022. https://doi.org/10.1145/3485447.3512098
+Zheng, Gao, Chang, Niu, Song, Jin, Li. "Disentangling Long and Short-Term Interests for
+Recommendation." The Web Conference (WWW) 2022. arXiv:2202.13090.
 Released code: github.com/tsinghua-fib-lab/CLSR (TF 1.15), ``reco_utils/.../sequential/clsr.py``.
 
 This file follows the *released code* step by step (official-clsr.md §2.2, numbered 1-9 below and in
