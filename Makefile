@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # pip prints a warning per missing local index folder on some machines; keep the log readable
-PIPFILTER := grep -v "^WARNING: Location" || true
+PIPFILTER := { grep -v "^WARNING: Location" || true; }
 
 .PHONY: help setup test test-fast repro bench lab clean-venv
 
