@@ -30,6 +30,7 @@ from clsr.data import batches as B  # noqa: E402
 from clsr.data.prepare import load_prepared, prepare  # noqa: E402
 from clsr.data.store import atomic_write_json, atomic_write_text  # noqa: E402
 from clsr.models.registry import build_model, model_names  # noqa: E402
+from clsr.runtime import tune_cpu_allocator  # noqa: E402
 from clsr.train import clip_per_tensor_, data_settings, model_sizes  # noqa: E402
 
 
@@ -78,6 +79,34 @@ def train_steps(model, batches, measure_flops=False):
     return time.perf_counter() - t0, n, flops
 
 
+def recurrence_timing(model, batch, repeats: int = 5) -> dict:
+    """Milliseconds for forward + backward of CLSR's three recurrent nets on one training batch."""
+    from clsr.models.layers import run_rnn
+
+    X, _, _, e_short = model.embed(batch)
+    X, e_short = X.detach().requires_grad_(), e_short.detach().requires_grad_()
+    tau = torch.cat([X, batch.time_from_first.unsqueeze(-1).float(), batch.time_to_now.unsqueeze(-1).float()], -1)
+    n = int(batch.length.max())
+
+    def once(fused):
+        if fused:
+            h_s, h_c = model.intention_and_fusion_states(X, batch.length, e_short, n)
+        else:
+            h_s = run_rnn(model.intention_gru, X, batch.length, h0=e_short, n_steps=n, fused=False)[1]
+            h_c = run_rnn(model.fuse_gru, X, batch.length, n_steps=n, fused=False)[1]
+        O = run_rnn(model.seq_cell, tau, batch.length, n_steps=n, fused=fused)[0]
+        (h_s.sum() + h_c.sum() + O.sum()).backward()
+
+    out = {}
+    for fused in (True, False):
+        once(fused)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            once(fused)
+        out["fused_ms" if fused else "autograd_ms"] = (time.perf_counter() - t0) / repeats * 1000
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
@@ -87,10 +116,11 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    allocator_tuned = tune_cpu_allocator()  # as clsr.train.fit does
     data = get_data()
     L, r = data_settings(data)
     res = {
-        "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+        "machine": {"cpu_threads": torch.get_num_threads(), "glibc_large_blocks_kept": allocator_tuned, "torch": torch.__version__, "python": platform.python_version(),
                     "processor": platform.processor() or platform.machine()},
         "dataset": {"train_instances": len(data.instances["train"]), "test_instances": len(data.instances["test"]),
                     "max_len": L},
@@ -138,6 +168,12 @@ def main(argv=None):
                         "achieved_gflops": test_flops * len(data.instances["test"]) / dt / 1e9}
     print(f"CLSR test set: {dt:.2f}s, {cands / dt:.0f} candidates/s, {test_flops / 1e6:.1f} MFLOP/instance", flush=True)
 
+    # CLSR's recurrences alone (intention + fusion GRU, Time4LSTM), forward + backward on a real batch:
+    # the packed hand-written-backward path (default) vs stepping the cells under autograd
+    res["clsr_recurrences"] = recurrence_timing(model, first[1])
+    rr = res["clsr_recurrences"]
+    print(f"CLSR recurrences fwd+bwd: fused {rr['fused_ms']:.1f} ms, autograd loop {rr['autograd_ms']:.1f} ms", flush=True)
+
     # CLSR naive per-row path
     naive = make_model("clsr", data, shared_encoders=False)
     sec, n, nflops = train_steps(naive, first[: min(6, len(first))], measure_flops=True)
@@ -166,17 +202,22 @@ def main(argv=None):
     atomic_write_json(out / "train.json", res)
     lines = [
         "# Training and evaluation speed (ml100k, default configuration)", "",
-        f"Machine: {res['machine']['cpu_threads']} torch threads, torch {res['machine']['torch']}. "
+        f"Machine: {res['machine']['cpu_threads']} torch threads, torch {res['machine']['torch']}, glibc large blocks "
+        f"kept (clsr.runtime): {res['machine']['glibc_large_blocks_kept']}. "
         f"Command: `python benchmarks/bench_train.py{' --skip-epoch' if a.skip_epoch else ''}`.", "",
         "| measurement | value |", "|---|---|",
         f"| batch building | {res['batches']['batches_per_s']:.0f} batches/s |",
         f"| CLSR training, shared encoders | {res['clsr_shared']['instances_per_s']:.0f} instances/s; epoch "
-        f"{res['clsr_shared']['epoch_seconds']:.1f} s{' (extrapolated)' if a.skip_epoch else ''} |",
+        f"{res['clsr_shared']['epoch_seconds']:.1f} s{' (extrapolated)' if a.skip_epoch else ''} "
+        f"({res['dataset']['train_instances']} instances; 78,000 instances, the issue's estimate of an epoch, "
+        f"take {78000 / res['clsr_shared']['instances_per_s']:.1f} s; target ≤ 30 s) |",
         f"| CLSR training, naive per-row | {res['clsr_naive']['instances_per_s']:.0f} instances/s; epoch ≈ "
         f"{res['clsr_naive']['epoch_seconds_extrapolated']:.0f} s (extrapolated) |",
         f"| CLSR FLOPs per training instance (fwd+bwd, 1+4) | {res['clsr_shared']['train_flops_per_instance'] / 1e6:.1f} M "
         f"(naive {res['clsr_naive']['train_flops_per_instance'] / 1e6:.1f} M) |",
         f"| CLSR achieved training throughput | {res['clsr_shared']['achieved_gflops']:.1f} GFLOP/s |",
+        f"| CLSR's three recurrent nets, forward + backward, one batch | packed, hand-written backward "
+        f"{res['clsr_recurrences']['fused_ms']:.1f} ms; cells stepped under autograd {res['clsr_recurrences']['autograd_ms']:.1f} ms |",
         f"| CLSR scoring the 1+99 test set | {res['clsr_test']['seconds']:.2f} s ({res['clsr_test']['candidates_per_s']:.0f} candidates/s; "
         f"naive ≈ {res['clsr_naive']['test_seconds_extrapolated']:.1f} s) |",
         f"| CLSR FLOPs per test instance (1+99) | {res['clsr_test']['flops_per_instance'] / 1e6:.1f} M |",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,8 +137,6 @@ def interactions_stage(ctx: Context, dataset: str):
     out = ctx.interim_dir / dataset
     tmp = out.with_name(f".{dataset}.tmp")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     if source.get("name") == RELEASED:  # the released files are read as they are by the protocol stage
@@ -152,8 +151,6 @@ def interactions_stage(ctx: Context, dataset: str):
         if isinstance(profiles, pd.DataFrame):
             profiles.to_parquet(tmp / "user_profiles.parquet", index=False)
         atomic_write_json(tmp / "source.json", {"source": source, "source_files": df.attrs.get("source_files", {})})
-    import shutil
-
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -176,8 +173,6 @@ def read_interactions(ctx: Context, dataset: str):
 
 def protocol_stage(ctx: Context, dataset: str):
     """protocol@dataset: interim interactions -> data/prepared/<dataset> + reports/data/<dataset>/stats.json."""
-    import shutil
-
     from clsr.data.prepare import prepare
 
     df = read_interactions(ctx, dataset)

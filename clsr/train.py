@@ -29,6 +29,7 @@ from clsr.data import batches as B
 from clsr.data.store import PreparedData, atomic_write_json
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
 from clsr.models.registry import build_config, build_model
+from clsr.runtime import tune_cpu_allocator
 
 
 @dataclass
@@ -162,6 +163,8 @@ def fit(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # reuse freed large blocks instead of page-faulting fresh ones (clsr.runtime)
     max_len, time_unit = data_settings(data)
     resolved = {
         "model": model_name,

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import re
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,6 +24,7 @@ from tqdm.auto import tqdm
 
 from clsr.config import ConfigError
 from clsr.data.sources import DataError, require_file, sha256_of
+from clsr.data.store import atomic_path
 
 SCHEMES = ("http", "https", "file")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -78,13 +77,10 @@ def download(
         raise ConfigError(f"download: URL {url!r} has scheme {scheme!r}; supported schemes are {list(SCHEMES)}")
     if dest.is_file() and sha256_of(dest, chunk) == sha256:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(dest, suffix=".part") as tmp:
         h = hashlib.sha256()
         got = 0  # bytes received (a disabled tqdm bar does not count)
-        with os.fdopen(fd, "wb") as out:
+        with open(tmp, "wb") as out:
             try:
                 response = urllib.request.urlopen(url, timeout=timeout)
             except urllib.error.HTTPError as e:
@@ -124,10 +120,6 @@ def download(
                 "kept. If the file changed on purpose, update the expected sha256; otherwise "
                 + _by_hand(url, dest, sha256)
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest
 
 

@@ -160,12 +160,6 @@ def train_counts(
     return np.bincount(event_codes, weights=weight, minlength=n_codes).astype(np.int64)
 
 
-def first_index(codes: np.ndarray, n_codes: int) -> np.ndarray:
-    first = np.full(n_codes, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(first, codes, np.arange(len(codes), dtype=np.int64))
-    return first
-
-
 def first_insert(
     event_codes: np.ndarray, offsets: np.ndarray, is_train_target: np.ndarray, n_codes: int
 ) -> np.ndarray:

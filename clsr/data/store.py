@@ -22,9 +22,10 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -182,20 +183,35 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file via a temporary sibling and rename, so readers never see half a file."""
+@contextmanager
+def atomic_path(path: str | Path, mode: int = 0o644, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on normal exit it gets `mode` and is renamed onto `path`.
+
+    The temporary file is hidden (``.<name>.XXXX<suffix>``) and in the same folder, so the rename is
+    atomic and readers never see half a file. If the block raises, the temporary file is removed and the
+    exception propagates: `path` is left as it was (absent, or its previous content). `mode` is applied
+    explicitly because ``mkstemp`` creates files readable by the owner only.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        yield tmp
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file via a temporary sibling and rename, so readers never see half a file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def atomic_write_json(path: str | Path, obj) -> None:
+    """`atomic_write_text` of `obj` as indented, key-sorted JSON (numpy values and paths allowed)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")

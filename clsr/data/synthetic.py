@@ -64,6 +64,7 @@ from tqdm.auto import tqdm
 
 from clsr.config import ConfigError, from_dict
 from clsr.data.sources import check_interactions
+from clsr.data.store import atomic_path
 from clsr.data.taobao import window_bounds
 
 
@@ -408,11 +409,9 @@ def write_taobao_csv(
          ("behavior", pa.dictionary(pa.int8(), pa.string())), ("ts", pa.int64())]
     )
     behaviors = pa.array(BEHAVIORS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
     next_user = 1
     written = 0
-    try:
+    with atomic_path(path, suffix=".part") as tmp:
         with pacsv.CSVWriter(str(tmp), schema, write_options=pacsv.WriteOptions(include_header=False, quoting_style="none")) as w, \
                 tqdm(total=n_rows, unit="row", unit_scale=True, mininterval=1, desc=path.name, disable=not progress) as bar:
             while written < n_rows:
@@ -464,10 +463,6 @@ def write_taobao_csv(
                 next_user += u
                 written += m
                 bar.update(m)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

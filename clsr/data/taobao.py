@@ -46,6 +46,7 @@ import pyarrow.csv as pacsv
 from clsr.config import ConfigError, from_dict
 from clsr.data.download import fetch_to
 from clsr.data.sources import DataError, check_interactions, sha256_of
+from clsr.data.store import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -211,16 +212,9 @@ def _unzip(path: Path, raw_dir: Path) -> Path:
         out = raw_dir / Path(m.filename).name
         if out.exists() and out.stat().st_size == m.file_size:
             return out
-        raw_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.part")
-        try:
-            with z.open(m) as src, open(tmp, "wb") as dst:
-                while block := src.read(1 << 22):
-                    dst.write(block)
-            tmp.replace(out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_path(out, suffix=".part") as tmp, z.open(m) as src, open(tmp, "wb") as dst:
+            while block := src.read(1 << 22):
+                dst.write(block)
         return out
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from clsr import losses
+from clsr.config import ConfigError
 from clsr.data.batches import Batch
 
 
@@ -30,6 +31,45 @@ class ModelConfig:
     def validate(self, where: str = "model") -> None:
         if self.rec_loss not in ("softmax", "bce"):
             raise ValueError(f"{where}.rec_loss: {self.rec_loss!r} is not one of ['softmax', 'bce']")
+
+    # --- checks shared by the subclasses' `validate` (all raise `ConfigError` naming `where.key`) ---
+    def _require_positive(self, where: str, *keys: str) -> None:
+        """Each integer setting in `keys` must be ≥ 1."""
+        for key in keys:
+            value = getattr(self, key)
+            if value < 1:
+                raise ConfigError(f"{where}.{key}: must be ≥ 1, got {value}")
+
+    def _require_layer_sizes(self, where: str, key: str, allow_empty: bool) -> None:
+        """The list of layer sizes `key` must hold positive sizes; non-empty unless `allow_empty`."""
+        sizes = getattr(self, key)
+        if allow_empty:
+            if any(h < 1 for h in sizes):
+                raise ConfigError(f"{where}.{key}: sizes must be positive, got {sizes}")
+        elif not sizes or any(h < 1 for h in sizes):
+            raise ConfigError(f"{where}.{key}: need ≥ 1 positive hidden size, got {sizes}")
+
+    def _require_activation(self, where: str, key: str = "activation", also: tuple[str, ...] = ()) -> None:
+        """Setting `key` must name an activation of `layers.activation_fn`, or one of the extra names `also`."""
+        from clsr.models.layers import activation_fn  # here, so base stays importable without layers
+
+        name = getattr(self, key)
+        if name in also:
+            return
+        try:
+            activation_fn(name)
+        except ValueError as e:
+            extra = f" (or {', '.join(repr(a) for a in also)})" if also else ""
+            raise ConfigError(f"{where}.{key}: {e}{extra}") from None
+
+    def _require_hidden_is_token(self, where: str) -> None:
+        """hidden_size must equal the token width item_dim + cate_dim (models mixing u = α u^l + (1−α) u^s)."""
+        token = self.item_dim + self.cate_dim
+        if self.hidden_size != token:
+            raise ConfigError(
+                f"{where}.hidden_size: must equal item_dim + cate_dim = {token} (u = α u^l + (1−α) u^s "
+                f"mixes the LSTM space with the embedding space), got {self.hidden_size}"
+            )
 
 
 @dataclass

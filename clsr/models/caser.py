@@ -54,7 +54,7 @@ from clsr.config import ConfigError
 from clsr.data.batches import Batch
 from clsr.data.store import PreparedData
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
-from clsr.models.din import mlp_over_parts, validate_layers
+from clsr.models.din import mlp_over_parts
 from clsr.models.layers import MLP, glorot_uniform_, trunc_normal_
 
 
@@ -72,10 +72,10 @@ class CaserConfig(ModelConfig):
 
     def validate(self, where: str = "model") -> None:
         super().validate(where)
-        validate_layers(self, where, pred_layers=self.pred_layers)
-        for key in ("n_v", "n_h", "conv_len", "max_len"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: must be ≥ 1, got {getattr(self, key)}")
+        self._require_layer_sizes(where, "pred_layers", allow_empty=True)
+        self._require_positive(where, "item_dim", "cate_dim")
+        self._require_activation(where)
+        self._require_positive(where, "n_v", "n_h", "conv_len", "max_len")
         if self.max_len < self.conv_len:
             raise ConfigError(f"{where}.max_len: must be ≥ conv_len = {self.conv_len}, got {self.max_len}")
 

@@ -31,8 +31,10 @@ Deviations from the released code (all numerically negligible or confined to deg
 - History-only parts are computed once per instance and broadcast to the C candidates
   (``shared_encoders=True``); this is exact because BN statistics over C identical copies of each row
   equal those over the unique rows (DESIGN.md "Compute candidate-independent parts once").
-- The recurrent nets stop at the batch's longest history (TF's ``dynamic_rnn`` does the same) and
-  read the final state at step n−1 instead of masking each step (exact, see layers.run_rnn).
+- The recurrent nets step only the valid positions of each history (packed, longest first; TF's
+  ``dynamic_rnn`` also stops each row at its length) and read the final state at step n−1; their
+  backward is hand-written (clsr.models.recurrence, tested against autograd). The intention GRU and the
+  fusion GRU run as one block-diagonal GRU (layers.run_gru_pair). All exact up to float summation order.
 - Attention scorers never build the 4-fold concatenation (exact algebraic split of the first layer,
   layers.DinAttention); in evaluation (BN on running statistics) they score only the valid positions,
   since a padded position's score is masked anyway (exact).
@@ -56,8 +58,8 @@ from clsr.models.layers import (
     TFGRUCell,
     TFLSTMCell,
     Time4LSTMCell,
-    activation_fn,
     attention_pool,
+    run_gru_pair,
     run_rnn,
     trunc_normal_,
 )
@@ -88,26 +90,15 @@ class CLSRConfig(ModelConfig):
     manual_alpha_value: float = 0.5  # α when manual_alpha
     clip_norm: float | None = 2.0  # per-tensor gradient clipping norm (max_grad_norm); None = off
     shared_encoders: bool = True  # history parts once per instance (fast); False = naive per-row reference
+    fused_recurrences: bool = True  # packed RNNs with hand-written backward (fast); False = cells stepped under autograd
 
     def validate(self, where: str = "model") -> None:
         super().validate(where)
-        token = self.item_dim + self.cate_dim
-        for key in ("item_dim", "cate_dim", "user_dim", "hidden_size", "recent_k"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: must be ≥ 1, got {getattr(self, key)}")
-        if self.hidden_size != token:
-            raise ConfigError(
-                f"{where}.hidden_size: must equal item_dim + cate_dim = {token} (u = α u^l + (1−α) u^s "
-                f"mixes the LSTM space with the embedding space), got {self.hidden_size}"
-            )
-        if not self.att_layers or any(h < 1 for h in self.att_layers):
-            raise ConfigError(f"{where}.att_layers: need ≥ 1 positive hidden size, got {self.att_layers}")
-        if any(h < 1 for h in self.pred_layers):
-            raise ConfigError(f"{where}.pred_layers: sizes must be positive, got {self.pred_layers}")
-        try:
-            activation_fn(self.activation)
-        except ValueError as e:
-            raise ConfigError(f"{where}.activation: {e}") from None
+        self._require_positive(where, "item_dim", "cate_dim", "user_dim", "hidden_size", "recent_k")
+        self._require_hidden_is_token(where)
+        self._require_layer_sizes(where, "att_layers", allow_empty=False)
+        self._require_layer_sizes(where, "pred_layers", allow_empty=True)
+        self._require_activation(where)
         if self.contrastive not in losses.CONTRASTIVE_KINDS:
             raise ConfigError(
                 f"{where}.contrastive: {self.contrastive!r} is not one of {list(losses.CONTRASTIVE_KINDS)}"
@@ -222,12 +213,15 @@ class CLSR(Recommender):
     def intention_and_fusion_states(self, X, lengths, e_short, n_steps=None):
         """h^s = GRU(X; h0 = e^s) final state at step n−1 (interest_evolve, else h^s = e^s), and
         h^c = GRU_causal2(X; h0 = 0) final state (None when not used). Separate parameters."""
+        fused = self.cfg.fused_recurrences
+        if fused and self.intention_gru is not None and self.fuse_gru is not None:  # one loop (exact)
+            return run_gru_pair(self.intention_gru, self.fuse_gru, X, lengths, h0_a=e_short, n_steps=n_steps)
         h_short = e_short
         if self.intention_gru is not None:
-            h_short = run_rnn(self.intention_gru, X, lengths, h0=e_short, n_steps=n_steps)[1]
+            h_short = run_rnn(self.intention_gru, X, lengths, h0=e_short, n_steps=n_steps, fused=fused)[1]
         h_c = None
         if self.fuse_gru is not None:
-            h_c = run_rnn(self.fuse_gru, X, lengths, n_steps=n_steps)[1]
+            h_c = run_rnn(self.fuse_gru, X, lengths, n_steps=n_steps, fused=fused)[1]
         return h_short, h_c
 
     # ---- 6. sequence encoder -------------------------------------------------------------------------------
@@ -237,7 +231,7 @@ class CLSR(Recommender):
             inputs = torch.cat([X, time_first.unsqueeze(-1), time_now.unsqueeze(-1)], dim=-1)
         else:
             inputs = X
-        return run_rnn(self.seq_cell, inputs, lengths, n_steps=n_steps)[0]
+        return run_rnn(self.seq_cell, inputs, lengths, n_steps=n_steps, fused=self.cfg.fused_recurrences)[0]
 
     # ---- 7. short-term encoder ---------------------------------------------------------------------------------
     def short_term(self, O, mask, h_short, e_v, naive: bool = False):

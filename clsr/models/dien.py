@@ -69,7 +69,6 @@ from clsr.models.layers import (
     BN_MOMENTUM,
     MLP,
     TFGRUCell,
-    activation_fn,
     masked_softmax,
     run_gru,
     trunc_normal_,
@@ -233,18 +232,10 @@ class DIENConfig(ModelConfig):
 
     def validate(self, where: str = "model") -> None:
         super().validate(where)
-        for key in ("item_dim", "cate_dim", "hidden_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: must be ≥ 1, got {getattr(self, key)}")
-        for key in ("att_layers", "pred_layers"):
-            sizes = getattr(self, key)
-            if not sizes or any(h < 1 for h in sizes):
-                raise ConfigError(f"{where}.{key}: need ≥ 1 positive hidden size, got {sizes}")
-        if self.activation != "dice":
-            try:
-                activation_fn(self.activation)
-            except ValueError as e:
-                raise ConfigError(f"{where}.activation: {e} (or 'dice')") from None
+        self._require_positive(where, "item_dim", "cate_dim", "hidden_size")
+        self._require_layer_sizes(where, "att_layers", allow_empty=False)
+        self._require_layer_sizes(where, "pred_layers", allow_empty=False)
+        self._require_activation(where, also=("dice",))
         if self.aux_loss_weight < 0:
             raise ConfigError(f"{where}.aux_loss_weight: must be ≥ 0, got {self.aux_loss_weight}")
         if self.aux_loss_weight > 0 and self.hidden_size != self.item_dim + self.cate_dim:

@@ -42,7 +42,7 @@ from torch import nn
 from clsr.config import ConfigError
 from clsr.data.batches import Batch
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
-from clsr.models.layers import MLP, DinAttention, activation_fn, attention_pool, trunc_normal_
+from clsr.models.layers import MLP, DinAttention, attention_pool, trunc_normal_
 
 
 def mlp_over_parts(mlp: MLP, parts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -75,20 +75,6 @@ def mlp_over_parts(mlp: MLP, parts: Sequence[torch.Tensor]) -> torch.Tensor:
     return mlp.tail(z)
 
 
-def validate_layers(cfg, where: str, **lists: list[int]) -> None:
-    """Shared checks of the baselines' configs: positive sizes and a known activation."""
-    for name, sizes in lists.items():
-        if any(h < 1 for h in sizes):
-            raise ConfigError(f"{where}.{name}: sizes must be positive, got {sizes}")
-    for key in ("item_dim", "cate_dim"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{where}.{key}: must be ≥ 1, got {getattr(cfg, key)}")
-    try:
-        activation_fn(cfg.activation)
-    except ValueError as e:
-        raise ConfigError(f"{where}.activation: {e}") from None
-
-
 @dataclass
 class DINConfig(ModelConfig):
     """DIN settings; defaults are the released CLI / yaml values (official-clsr.md §3)."""
@@ -100,7 +86,10 @@ class DINConfig(ModelConfig):
 
     def validate(self, where: str = "model") -> None:
         super().validate(where)
-        validate_layers(self, where, att_layers=self.att_layers, pred_layers=self.pred_layers)
+        self._require_layer_sizes(where, "att_layers", allow_empty=True)
+        self._require_layer_sizes(where, "pred_layers", allow_empty=True)
+        self._require_positive(where, "item_dim", "cate_dim")
+        self._require_activation(where)
         if not self.att_layers:
             raise ConfigError(f"{where}.att_layers: the attention scorer needs ≥ 1 hidden layer")
 

@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from clsr.config import ConfigError
 from clsr.data.batches import Batch
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
-from clsr.models.din import mlp_over_parts, validate_layers
+from clsr.models.din import mlp_over_parts
 from clsr.models.layers import MLP, TFGRUCell, run_gru, trunc_normal_
 
 
@@ -48,9 +47,10 @@ class GRU4RecConfig(ModelConfig):
 
     def validate(self, where: str = "model") -> None:
         super().validate(where)
-        validate_layers(self, where, pred_layers=self.pred_layers)
-        if self.hidden_size < 1:
-            raise ConfigError(f"{where}.hidden_size: must be ≥ 1, got {self.hidden_size}")
+        self._require_layer_sizes(where, "pred_layers", allow_empty=True)
+        self._require_positive(where, "item_dim", "cate_dim")
+        self._require_activation(where)
+        self._require_positive(where, "hidden_size")
 
 
 class GRU4Rec(Recommender):

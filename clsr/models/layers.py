@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clsr.models.recurrence import GRUSequence, LSTMSequence
+
 #: score given to padded positions before the softmax, as released: ``-(2**32) + 1``
 PAD_SCORE = float(-(2**32) + 1)
 
@@ -256,7 +258,8 @@ def din_first_layer(
         Q = Q + F.linear(s, W_qs).unsqueeze(1)
     # per (query, position): W_p,r (a_r,t ⊙ r_c), one GEMM over all B·C·L rows, then + K + Q in place
     prod = keys[..., d_s:].unsqueeze(1) * r.unsqueeze(2)  # (B, C, L, d_r)
-    z = torch.mm(prod.view(-1, prod.shape[-1]), W_pr.t())
+    # W_prᵀ made contiguous: a transposed column block sends this GEMM to a path twice as slow on CPU
+    z = torch.mm(prod.view(-1, prod.shape[-1]), W_pr.t().contiguous())
     return _AddPositionAndQueryTerms.apply(z, K, Q)
 
 
@@ -449,13 +452,17 @@ class TFGRUCell(nn.Module):
     def init_state(self, h0: torch.Tensor | None, batch: int, like: torch.Tensor):
         return like.new_zeros(batch, self.hidden_size) if h0 is None else h0
 
-    def input_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, L, d) -> time-major (x_t W_g,x + b_g (L, B, 2H), x_t W_c,x + b_c (L, B, H)), one matmul."""
-        D, H = self.input_dim, self.hidden_size
+    def project_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x (R, d) -> [x W_g,x + b_g ‖ x W_c,x + b_c] (R, 3H), one matmul."""
+        D = self.input_dim
         W_x = torch.cat([self.gate_kernel[:D], self.cand_kernel[:D]], dim=1)  # (D, 3H)
-        b = torch.cat([self.gate_bias, self.cand_bias])
-        proj = torch.addmm(b, x.transpose(0, 1).reshape(-1, D), W_x).view(x.shape[1], x.shape[0], 3 * H)
-        return proj.split([2 * H, H], dim=-1)
+        return torch.addmm(torch.cat([self.gate_bias, self.cand_bias]), x, W_x)
+
+    def input_projection(self, x: torch.Tensor):
+        """x (B, L, d) -> time-major (x_t W_g,x + b_g (L, B, 2H), x_t W_c,x + b_c (L, B, H))."""
+        H = self.hidden_size
+        proj = self.project_rows(x.transpose(0, 1).reshape(-1, self.input_dim))
+        return proj.view(x.shape[1], x.shape[0], 3 * H).split([2 * H, H], dim=-1)
 
     def precompute(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per step t: (x_t W_g,x + b_g, x_t W_c,x + b_c). Split and unbound outside the loop: a slice's
@@ -511,23 +518,23 @@ class TFLSTMCell(nn.Module):
         z = like.new_zeros(batch, self.hidden_size)
         return (z if h0 is None else h0), z
 
-    def _x_projection(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, L, d) -> (L, B, 4H) time-major: x_t W_x + b, forget bias folded into the f block."""
+    def project_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (R, d) -> (gates' input part x W_x + b (R, 4H), forget bias folded into the f block;
+        time gates: None for the plain LSTM)."""
         D, H = self.input_dim, self.hidden_size
         shift = torch.zeros_like(self.bias)
         shift[2 * H : 3 * H] = self.forget_bias
-        return torch.addmm(self.bias + shift, x.transpose(0, 1).reshape(-1, D), self.kernel[:D]).view(
-            x.shape[1], x.shape[0], 4 * H
-        )
+        return torch.addmm(self.bias + shift, x, self.kernel[:D]), None
 
     def input_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Time-major (gates' input part (L, B, 4H), time gates [σ(g1) ‖ σ(g2)] (L, B, 2H)); the plain
-        LSTM has no time gates (None)."""
-        return self._x_projection(x), None
+        """Time-major (gates' input part (L, B, 4H), time gates [σ(g1) ‖ σ(g2)] (L, B, 2H) or None)."""
+        B, L = x.shape[0], x.shape[1]
+        gx, s12 = self.project_rows(x.transpose(0, 1).reshape(L * B, x.shape[2]))
+        return gx.view(L, B, -1), (None if s12 is None else s12.view(L, B, -1))
 
     def precompute(self, x: torch.Tensor):
         """Per step (gates' input part (B, 4H), None): no scaling of the gates."""
-        return [(g, None) for g in self._x_projection(x).unbind(0)]
+        return [(g, None) for g in self.input_projection(x)[0].unbind(0)]
 
     def step_weights(self):
         return self.kernel[self.input_dim :]
@@ -593,18 +600,17 @@ class Time4LSTMCell(TFLSTMCell):
         c = torch.sigmoid(f + self.forget_bias) * s2 * c + torch.sigmoid(i) * s1 * torch.tanh(j)
         return torch.sigmoid(o) * torch.tanh(c), c
 
-    def input_projection(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """inputs (B, L, d+2) -> time-major (gates' input part (L, B, 4H), [σ(g1) ‖ σ(g2)] (L, B, 2H)).
+    def project_rows(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs (R, d+2) -> (gates' input part (R, 4H), [σ(g1) ‖ σ(g2)] (R, 2H)).
 
-        Everything that does not depend on h, for all steps, in a few wide ops:
-            [T1 ‖ T2] = tanh([τ^first, τ^now] [[0, w2], [w1, 0]] + [b1 ‖ b2])      one (L·B × 2 × 2H) GEMM
+        Everything that does not depend on h, for all rows (steps) at once, in a few wide ops:
+            [T1 ‖ T2] = tanh([τ^first, τ^now] [[0, w2], [w1, 0]] + [b1 ‖ b2])      one (R × 2 × 2H) GEMM
             A = x [W_lstm,x | W_x1 | W_x2] + [b (+1 on f) | c1 | c2]                one GEMM, 6H columns
             [o | g1 | g2] = A[:, 3H:] + [T1 ‖ T2] [[W_o1, W_t1, 0], [W_o2, 0, W_t2]]    one GEMM
         """
         D, H = self.input_dim, self.hidden_size
-        B, L = inputs.shape[0], inputs.shape[1]
         # split, not slices: a slice backpropagates as a zero fill of the whole tensor plus a copy
-        x, tau = inputs.transpose(0, 1).reshape(L * B, D + 2).split([D, 2], dim=1)  # tau = [τ^first, τ^now]
+        x, tau = inputs.split([D, 2], dim=1)  # tau = [τ^first, τ^now]
         zH = self.time_input_w1.new_zeros(H)
         W_tau = torch.stack([torch.cat([zH, self.time_input_w2]), torch.cat([self.time_input_w1, zH])])
         T = torch.tanh(torch.addmm(torch.cat([self.time_input_b1, self.time_input_b2]), tau, W_tau))
@@ -618,9 +624,8 @@ class Time4LSTMCell(TFLSTMCell):
             [torch.cat([self.o_kernel_t1, self.time_kernel_t1, zHH], 1),
              torch.cat([self.o_kernel_t2, zHH, self.time_kernel_t2], 1)], 0
         )  # (2H, 3H)
-        o, g12 = torch.addmm(A_og, T, W_T).split([H, 2 * H], dim=1)  # (L·B, 3H): [o, g1, g2]
-        gx = torch.cat([A_ijf, o], dim=1).view(L, B, 4 * H)
-        return gx, torch.sigmoid(g12).view(L, B, 2 * H)
+        o, g12 = torch.addmm(A_og, T, W_T).split([H, 2 * H], dim=1)  # (R, 3H): [o, g1, g2]
+        return torch.cat([A_ijf, o], dim=1), torch.sigmoid(g12)
 
     def precompute(self, inputs: torch.Tensor):
         """Per step (gates' input part (B, 4H), scale [σ(g1), 1, σ(g2), 1] (B, 4H)) for `step`."""
@@ -645,12 +650,62 @@ def _final_states(states: torch.Tensor, lengths: torch.Tensor, start: torch.Tens
     return torch.where((lengths > 0).view(B, 1), final, start)
 
 
+class Packing:
+    """Rows sorted by length (longest first) and their valid positions stacked step after step, as
+    `clsr.models.recurrence` expects (the layout of ``torch.nn.utils.rnn.PackedSequence``).
+
+    perm[i] is the original row of sorted row i; batch_sizes[t] = k_t, the rows still running at step t;
+    packed row p holds position rows_t[p] of original row rows_b[p]; prev_idx as
+    `recurrence.previous_rows`; last[i] the packed row of sorted row i's final step.
+    """
+
+    def __init__(self, perm, inv, sorted_len, batch_sizes, rows_b, rows_t, prev_idx, last, width):
+        self.perm, self.inv, self.sorted_len = perm, inv, sorted_len
+        self.batch_sizes, self.rows_b, self.rows_t = batch_sizes, rows_b, rows_t
+        self.prev_idx, self.last, self.width = prev_idx, last, width
+        self.flat = rows_b * width + rows_t  # position in a (B·L, ...) view
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, d) -> (P, d). index_select, whose backward is an index_add (the positions are distinct)."""
+        return x.reshape(-1, x.shape[-1]).index_select(0, self.flat)
+
+    @classmethod
+    def plan(cls, lengths: torch.Tensor, n_steps: int, width: int) -> "Packing":
+        """Packing of rows with `lengths` over the first `n_steps` positions of a width-`width` layout."""
+        dev = lengths.device
+        n = lengths.clamp(min=0, max=n_steps)
+        sorted_len, perm = torch.sort(n, descending=True, stable=True)
+        steps = torch.arange(n_steps, device=dev)
+        live = steps.unsqueeze(1) < sorted_len.unsqueeze(0)  # (n_steps, B), time-major
+        batch_sizes = [k for k in live.sum(1).tolist() if k > 0]  # one host sync
+        t_idx, i_idx = live.nonzero(as_tuple=True)  # ordered by step, then sorted row
+        offsets = torch.tensor([0] + batch_sizes[:-1], device=dev, dtype=torch.long).cumsum(0)
+        last = (
+            offsets[(sorted_len - 1).clamp(min=0)] + torch.arange(len(n), device=dev)
+            if batch_sizes else sorted_len.new_zeros(len(n))
+        )
+        k0 = batch_sizes[0] if batch_sizes else 0
+        prev_idx = offsets[t_idx[k0:] - 1] + i_idx[k0:]  # = recurrence.previous_rows(batch_sizes)
+        return cls(perm, torch.argsort(perm), sorted_len, batch_sizes, perm[i_idx], t_idx, prev_idx, last, width)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """Packed (P, H) -> (B, L, H), zero at every position that was not packed."""
+        B, H = len(self.perm), packed.shape[1]
+        return packed.new_zeros(B * self.width, H).index_copy(0, self.flat, packed).view(B, self.width, H)
+
+    def final(self, packed: torch.Tensor, h0_sorted: torch.Tensor) -> torch.Tensor:
+        """State after each row's last step, in the original row order; h0 where the length is 0."""
+        fin = torch.where((self.sorted_len > 0).unsqueeze(1), packed[self.last], h0_sorted)
+        return fin[self.inv]
+
+
 def run_rnn(
     cell: nn.Module,
     inputs: torch.Tensor,
     lengths: torch.Tensor,
     h0: torch.Tensor | None = None,
     n_steps: int | None = None,
+    fused: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``tf.nn.dynamic_rnn(cell, inputs, sequence_length=lengths, initial_state=h0)`` for left-aligned
     sequences (valid steps 0..n_b−1, padding after).
@@ -665,8 +720,10 @@ def run_rnn(
     ``n_steps`` (default L) lets the caller stop at the batch's longest history; steps beyond it are
     all padding and return zeros.
 
-    (A fused kernel — forward loop without autograd, hand-written backward, weight gradients in one
-    GEMM — was tried and measured *slower* than this loop on 2 CPU cores, so the loop stays plain.)
+    ``fused`` (default) runs `TFGRUCell` / `TFLSTMCell` / `Time4LSTMCell` through the whole-sequence
+    recurrences of `clsr.models.recurrence` (packed valid positions, hand-written backward; same function,
+    faster on CPU: benchmarks/bench_train.py times both);
+    ``fused=False`` and any other cell step the cell's `step` under autograd (the reference).
     """
     B, L = inputs.shape[0], inputs.shape[1]
     n_steps = L if n_steps is None else min(int(n_steps), L)
@@ -674,6 +731,23 @@ def run_rnn(
     start = inputs.new_zeros(B, H) if h0 is None else h0
     if n_steps == 0:
         return inputs.new_zeros(B, L, H), start
+    if fused and isinstance(cell, (TFGRUCell, TFLSTMCell)):  # Time4LSTMCell is a TFLSTMCell
+        plan = Packing.plan(lengths, n_steps, L)
+        if not plan.batch_sizes:  # every history empty
+            return inputs.new_zeros(B, L, H), start
+        x = plan.pack(inputs)  # (P, d): the valid positions, packed step after step
+        h0_sorted = start[plan.perm]
+        if isinstance(cell, TFGRUCell):
+            out = GRUSequence.apply(
+                cell.project_rows(x), h0_sorted, *cell.step_weights(), plan.batch_sizes, plan.prev_idx,
+                torch.is_grad_enabled(),
+            )
+        else:
+            gx, s12 = cell.project_rows(x)
+            out = LSTMSequence.apply(
+                gx, s12, h0_sorted, cell.step_weights(), plan.batch_sizes, plan.prev_idx, torch.is_grad_enabled()
+            )
+        return plan.unpack(out), plan.final(out, h0_sorted)
     pre = cell.precompute(inputs[:, :n_steps])
     weights = cell.step_weights()
     state = cell.init_state(h0, B, inputs)
@@ -692,3 +766,60 @@ def run_rnn(
 def run_gru(cell: TFGRUCell, x: torch.Tensor, lengths: torch.Tensor, h0=None, n_steps=None):
     """`run_rnn` for a GRU (kept as a name for readability at call sites)."""
     return run_rnn(cell, x, lengths, h0, n_steps)
+
+
+def run_gru_pair(
+    cell_a: TFGRUCell,
+    cell_b: TFGRUCell,
+    x: torch.Tensor,
+    lengths: torch.Tensor,
+    h0_a: torch.Tensor | None = None,
+    h0_b: torch.Tensor | None = None,
+    n_steps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final states (B, H_a), (B, H_b) of two GRUs with separate parameters reading the same inputs,
+    as ``run_rnn(cell_a, ...)[1], run_rnn(cell_b, ...)[1]`` — computed as ONE GRU of width H_a + H_b.
+
+    Why: the time loop costs per op, not per element (see `clsr.models.recurrence`), so two GRUs in
+    one loop cost little more than one. The joint GRU's kernels are block-diagonal in the two state
+    halves, with gate columns ordered [r_a ‖ r_b ‖ z_a ‖ z_b] and candidate columns [c_a ‖ c_b]; the
+    zero blocks add exact zeros, so each half follows its own cell's equations (the result differs
+    from two separate runs only by the summation order inside the matmuls).
+    """
+    B, L = x.shape[0], x.shape[1]
+    n_steps = L if n_steps is None else min(int(n_steps), L)
+    Ha, Hb, D = cell_a.hidden_size, cell_b.hidden_size, cell_a.input_dim
+    if cell_b.input_dim != D:
+        raise ValueError(f"run_gru_pair: input widths differ ({D} vs {cell_b.input_dim})")
+    start_a = x.new_zeros(B, Ha) if h0_a is None else h0_a
+    start_b = x.new_zeros(B, Hb) if h0_b is None else h0_b
+    if n_steps == 0:
+        return start_a, start_b
+
+    def cols(cell, W):  # a (rows, 3H) block [r ‖ z ‖ c] -> r, z, c column blocks
+        H = cell.hidden_size
+        return W[..., :H], W[..., H : 2 * H], W[..., 2 * H :]
+
+    Wa = torch.cat([cell_a.gate_kernel, cell_a.cand_kernel], dim=1)  # (D + Ha, 3 Ha)
+    Wb = torch.cat([cell_b.gate_kernel, cell_b.cand_kernel], dim=1)
+    ra, za, ca = cols(cell_a, Wa[:D])
+    rb, zb, cb = cols(cell_b, Wb[:D])
+    W_x = torch.cat([ra, rb, za, zb, ca, cb], dim=1)  # (D, 3 (Ha + Hb))
+    ba, bb = torch.cat([cell_a.gate_bias, cell_a.cand_bias]), torch.cat([cell_b.gate_bias, cell_b.cand_bias])
+    (rba, zba, cba), (rbb, zbb, cbb) = cols(cell_a, ba), cols(cell_b, bb)
+    bias = torch.cat([rba, rbb, zba, zbb, cba, cbb])
+    plan = Packing.plan(lengths, n_steps, L)
+    if not plan.batch_sizes:
+        return start_a, start_b
+    proj = torch.addmm(bias, plan.pack(x), W_x)  # (P, 3 (Ha + Hb)), packed
+    Wg_a, Wg_b = cell_a.gate_kernel[D:], cell_b.gate_kernel[D:]
+    zab, zba_ = Wg_a.new_zeros(Ha, Hb), Wg_a.new_zeros(Hb, Ha)
+    W_g = torch.cat(
+        [torch.cat([Wg_a[:, :Ha], zab, Wg_a[:, Ha:], zab], dim=1),
+         torch.cat([zba_, Wg_b[:, :Hb], zba_, Wg_b[:, Hb:]], dim=1)], dim=0
+    )  # (Ha + Hb, 2 (Ha + Hb)), columns [r_a r_b z_a z_b]
+    W_c = torch.block_diag(cell_a.cand_kernel[D:], cell_b.cand_kernel[D:])
+    h0 = torch.cat([start_a, start_b], dim=1)[plan.perm]
+    out = GRUSequence.apply(proj, h0, W_g, W_c, plan.batch_sizes, plan.prev_idx, torch.is_grad_enabled())
+    final = plan.final(out, h0)
+    return final[:, :Ha], final[:, Ha:]

@@ -71,9 +71,7 @@ class LightGCNConfig(ModelConfig):
         super().validate(where)
         if self.n_layers < 0:
             raise ConfigError(f"{where}.n_layers: must be ≥ 0, got {self.n_layers}")
-        for key in ("item_dim", "cate_dim"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: must be ≥ 1, got {getattr(self, key)}")
+        self._require_positive(where, "item_dim", "cate_dim")
 
 
 def train_graph_edges(data: PreparedData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -52,8 +52,7 @@ class NCFConfig(ModelConfig):
 
     def validate(self, where: str = "model") -> None:
         super().validate(where)
-        if self.embed_dim < 1:
-            raise ConfigError(f"{where}.embed_dim: must be ≥ 1, got {self.embed_dim}")
+        self._require_positive(where, "embed_dim")
         if not self.mlp_layers or any(h < 1 for h in self.mlp_layers):
             raise ConfigError(f"{where}.mlp_layers: need ≥ 1 positive size, got {self.mlp_layers}")
 

@@ -49,7 +49,7 @@ from torch import nn
 from clsr.config import ConfigError
 from clsr.data.batches import Batch
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
-from clsr.models.layers import MLP, PAD_SCORE, activation_fn, trunc_normal_
+from clsr.models.layers import MLP, PAD_SCORE, trunc_normal_
 
 SCORES = ("mlp", "dot")
 
@@ -71,21 +71,15 @@ class SASRecConfig(ModelConfig):
     def validate(self, where: str = "model") -> None:
         super().validate(where)
         d = self.item_dim + self.cate_dim
-        for key in ("item_dim", "cate_dim", "n_blocks", "n_heads", "max_len"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: must be ≥ 1, got {getattr(self, key)}")
+        self._require_positive(where, "item_dim", "cate_dim", "n_blocks", "n_heads", "max_len")
         if d % self.n_heads:
             raise ConfigError(f"{where}.n_heads: {self.n_heads} does not divide the token width {d}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{where}.dropout: must be in [0, 1), got {self.dropout}")
         if self.score not in SCORES:
             raise ConfigError(f"{where}.score: {self.score!r} is not one of {list(SCORES)}")
-        if any(h < 1 for h in self.pred_layers):
-            raise ConfigError(f"{where}.pred_layers: sizes must be positive, got {self.pred_layers}")
-        try:
-            activation_fn(self.activation)
-        except ValueError as e:
-            raise ConfigError(f"{where}.activation: {e}") from None
+        self._require_layer_sizes(where, "pred_layers", allow_empty=True)
+        self._require_activation(where)
 
 
 class SelfAttentionBlock(nn.Module):

@@ -44,14 +44,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from clsr.config import ConfigError
 from clsr.data.batches import Batch
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
 from clsr.models.layers import (
     MLP,
     DinAttention,
     Time4LSTMCell,
-    activation_fn,
     attention_pool,
     masked_softmax,
     run_rnn,
@@ -72,23 +70,11 @@ class SLiRecConfig(ModelConfig):
 
     def validate(self, where: str = "model") -> None:
         super().validate(where)
-        d = self.item_dim + self.cate_dim
-        for key in ("item_dim", "cate_dim", "hidden_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: must be ≥ 1, got {getattr(self, key)}")
-        if self.hidden_size != d:
-            raise ConfigError(
-                f"{where}.hidden_size: must equal item_dim + cate_dim = {d} (u = α u^l + (1−α) u^s mixes "
-                f"the LSTM space with the embedding space), got {self.hidden_size}"
-            )
-        for key in ("att_layers", "pred_layers"):
-            sizes = getattr(self, key)
-            if not sizes or any(h < 1 for h in sizes):
-                raise ConfigError(f"{where}.{key}: need ≥ 1 positive hidden size, got {sizes}")
-        try:
-            activation_fn(self.activation)
-        except ValueError as e:
-            raise ConfigError(f"{where}.activation: {e}") from None
+        self._require_positive(where, "item_dim", "cate_dim", "hidden_size")
+        self._require_hidden_is_token(where)
+        self._require_layer_sizes(where, "att_layers", allow_empty=False)
+        self._require_layer_sizes(where, "pred_layers", allow_empty=False)
+        self._require_activation(where)
 
 
 class SLiRec(Recommender):

@@ -73,7 +73,6 @@ from clsr.models.layers import (
     MLP,
     PAD_SCORE,
     TFGRUCell,
-    activation_fn,
     glorot_uniform_,
     masked_softmax,
     trunc_normal_,
@@ -100,20 +99,15 @@ class SURGEConfig(ModelConfig):
 
     def validate(self, where: str = "model") -> None:
         super().validate(where)
-        for key in ("item_dim", "cate_dim", "hidden_size", "metric_heads", "attention_heads", "pool_length",
-                    "eval_chunk_elements"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: must be ≥ 1, got {getattr(self, key)}")
+        self._require_positive(
+            where, "item_dim", "cate_dim", "hidden_size", "metric_heads", "attention_heads", "pool_length",
+            "eval_chunk_elements",
+        )
         if not 0.0 < self.relative_threshold <= 1.0:
             raise ConfigError(f"{where}.relative_threshold: must be in (0, 1], got {self.relative_threshold}")
-        for key in ("att_layers", "pred_layers"):
-            sizes = getattr(self, key)
-            if not sizes or any(h < 1 for h in sizes):
-                raise ConfigError(f"{where}.{key}: need ≥ 1 positive hidden size, got {sizes}")
-        try:
-            activation_fn(self.activation)
-        except ValueError as e:
-            raise ConfigError(f"{where}.activation: {e}") from None
+        self._require_layer_sizes(where, "att_layers", allow_empty=False)
+        self._require_layer_sizes(where, "pred_layers", allow_empty=False)
+        self._require_activation(where)
 
 
 class _DinScorer(nn.Module):

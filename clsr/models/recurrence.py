@@ -1,0 +1,225 @@
+"""Whole-sequence GRU and LSTM recurrences with a hand-written backward (fast path of `layers.run_rnn`).
+
+Why: on a CPU, the time loop of a small RNN (B = 500 rows, H = 40) is bound by per-op overhead and
+memory traffic, not by arithmetic. Under autograd every step records ~10 nodes, and the backward pays
+for each of them plus a `cat` per `chunk` and zero-filled gradients for unused gate blocks. Here the
+forward loop runs without autograd, writing every step into preallocated buffers and forming the
+local derivative factors the backward will need while the step's values are in cache; the backward
+loop does only what is sequential (the carried ∂h, ∂c and one matmul per step), and the weight
+gradients are one GEMM over all steps.
+
+Packed layout (as ``torch.nn.utils.rnn.PackedSequence``): the rows are sorted by length, longest
+first, and step t holds only the k_t rows still running (k_0 ≥ k_1 ≥ ...), stacked step after step,
+so padded positions are neither projected nor stepped (≈ 22 % of the positions of an ml100k batch).
+Each row's state at step t continues from its own state at t − 1: the first k_t rows of step t − 1.
+
+The functions compute exactly the cells of `layers.TFGRUCell` / `layers.TFLSTMCell` /
+`layers.Time4LSTMCell` (tests check values and gradients against those cells stepped under autograd,
+and `torch.autograd.gradcheck` in float64). `layers.run_rnn` packs, unpacks and reads final states.
+
+Notation: gx holds the input part of the gate pre-activations (x_t W_x + b, any constant bias folded
+in), W_h the recurrent kernel (H × k·H, TF layout), σ the logistic function.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _one(like: torch.Tensor) -> torch.Tensor:
+    return torch.ones((), dtype=like.dtype, device=like.device)
+
+
+def step_slices(batch_sizes: list[int]) -> list[tuple[int, int]]:
+    """(offset, k_t) of every step in the packed rows."""
+    out, off = [], 0
+    for k in batch_sizes:
+        out.append((off, k))
+        off += k
+    return out
+
+
+def previous_rows(batch_sizes: list[int], device=None) -> torch.Tensor:
+    """Packed index of each row's previous step, for the rows of steps 1.. (rows of step 0 have none)."""
+    idx = []
+    slices = step_slices(batch_sizes)
+    for (prev_off, _), (_, k) in zip(slices[:-1], slices[1:]):
+        idx.append(torch.arange(prev_off, prev_off + k, device=device))
+    return torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long, device=device)
+
+
+def _weight_grad(h0, out, D, batch_sizes, prev_idx):
+    """Σ_t h_{t−1}ᵀ D_t over packed rows: h0's first k_0 rows for step 0, then out[prev_idx]."""
+    k0 = batch_sizes[0]
+    dW = torch.mm(h0[:k0].t(), D[:k0])
+    if len(batch_sizes) > 1:
+        dW.addmm_(out.index_select(0, prev_idx).t(), D[k0:])
+    return dW
+
+
+class GRUSequence(torch.autograd.Function):
+    """TF1 GRU over packed steps (reset applied before the recurrent matmul):
+
+        [r, z] = σ(gx_t + h_{t−1} W_g),   c = tanh(cx_t + (r ⊙ h_{t−1}) W_c),   h_t = c + z ⊙ (h_{t−1} − c)
+
+    Backward, with ∂h = ∂out_t + (carried from step t+1):
+        ∂z̃ = ∂h ⊙ (h_{t−1} − c) ⊙ z(1−z),   ∂c̃ = ∂h ⊙ (1−z) ⊙ (1−c²),   ∂(r⊙h) = ∂c̃ W_cᵀ,
+        ∂r̃ = ∂(r⊙h) ⊙ h_{t−1} ⊙ r(1−r),     carried ∂h_{t−1} = ∂h ⊙ z + ∂(r⊙h) ⊙ r + [∂r̃ ‖ ∂z̃] W_gᵀ,
+        ∂proj_t = [∂r̃ ‖ ∂z̃ ‖ ∂c̃],  ∂W_g = Σ_t h_{t−1}ᵀ [∂r̃ ‖ ∂z̃],  ∂W_c = Σ_t (r⊙h_{t−1})ᵀ ∂c̃.
+    The factors [h_{t−1} r(1−r), (h_{t−1} − c) z(1−z), (1−z)(1−c²)] are formed in the forward loop.
+
+    Inputs: proj (P, 3H) = [gx ‖ cx] packed; h0 (B, H) in packed (sorted) row order; W_g (H, 2H),
+    W_c (H, H); batch_sizes (k_t per step); prev_idx from `previous_rows`; ``train`` False skips the
+    backward's factors (no gradient will be asked for: the caller knows, the function cannot see the
+    grad mode). Returns the packed states h_t (P, H).
+    """
+
+    @staticmethod
+    def forward(ctx, proj, h0, W_g, W_c, batch_sizes, prev_idx, train: bool = True):
+        P, H3 = proj.shape
+        H = H3 // 3
+        B = h0.shape[0]
+        out = proj.new_empty(P, H)
+        RZ = proj.new_empty(P, 2 * H)  # [r ‖ z]
+        RH = proj.new_empty(P, H)  # r ⊙ h_{t−1}
+        K = proj.new_empty(P, 3, H) if train else None  # local factors for the backward
+        c_buf, hc_buf = proj.new_empty(B, H), proj.new_empty(B, H)
+        one = _one(proj)
+        h = h0
+        for off, k in step_slices(batch_sizes):
+            rows = slice(off, off + k)
+            hp, c, hc = h[:k], c_buf[:k], hc_buf[:k]
+            rz = torch.addmm(proj[rows, : 2 * H], hp, W_g, out=RZ[rows]).sigmoid_()
+            r, z = rz[:, :H], rz[:, H:]
+            torch.mul(r, hp, out=RH[rows])
+            torch.addmm(proj[rows, 2 * H :], RH[rows], W_c, out=c).tanh_()
+            torch.sub(hp, c, out=hc)
+            if train:
+                kk = K[rows]
+                dsig = torch.addcmul(rz, rz, rz, value=-1.0)  # [r(1−r) ‖ z(1−z)]
+                torch.mul(hp, dsig[:, :H], out=kk[:, 0])
+                torch.mul(hc, dsig[:, H:], out=kk[:, 1])
+                one_c2 = torch.addcmul(one, c, c, value=-1.0)
+                torch.addcmul(one_c2, z, one_c2, value=-1.0, out=kk[:, 2])  # (1 − z)(1 − c²)
+            h = torch.addcmul(c, z, hc, out=out[rows])
+        ctx.batch_sizes = batch_sizes
+        ctx.save_for_backward(out, RZ, RH, K, h0, W_g, W_c, prev_idx)
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        out, RZ, RH, K, h0, W_g, W_c, prev_idx = ctx.saved_tensors
+        batch_sizes = ctx.batch_sizes
+        H = out.shape[1]
+        D = out.new_empty(out.shape[0], 3 * H)  # ∂proj = [∂r̃ ‖ ∂z̃ ‖ ∂c̃]
+        W_g_t, W_c_t = W_g.t(), W_c.t()
+        carry = torch.zeros_like(h0)  # rows that have not started (backwards) yet carry exact zeros
+        for off, k in reversed(step_slices(batch_sizes)):
+            rows = slice(off, off + k)
+            dh = d_out[rows] + carry[:k]
+            d, kk = D[rows], K[rows]
+            torch.mul(dh, kk[:, 1], out=d[:, H : 2 * H])  # ∂z̃
+            torch.mul(dh, kk[:, 2], out=d[:, 2 * H :])  # ∂c̃
+            d_rh = torch.mm(d[:, 2 * H :], W_c_t)
+            torch.mul(d_rh, kk[:, 0], out=d[:, :H])  # ∂r̃
+            r, z = RZ[rows, :H], RZ[rows, H:]
+            torch.addmm(torch.addcmul(dh * z, d_rh, r), d[:, : 2 * H], W_g_t, out=carry[:k])
+        dW_g = _weight_grad(h0, out, D[:, : 2 * H], batch_sizes, prev_idx) if ctx.needs_input_grad[2] else None
+        dW_c = torch.mm(RH.t(), D[:, 2 * H :]) if ctx.needs_input_grad[3] else None
+        return D, carry, dW_g, dW_c, None, None, None
+
+
+class LSTMSequence(torch.autograd.Function):
+    """TF1 LSTM over packed steps (gate order i, j, f, o), optionally with Time4LSTM's time gates:
+
+        [ĩ, j̃, f̃, õ] = gx_t + h_{t−1} W,   i = σ(ĩ) s1_t,  f = σ(f̃) s2_t,  j = tanh(j̃),  o = σ(õ)
+        c_t = f ⊙ c_{t−1} + i ⊙ j,   h_t = o ⊙ tanh(c_t)          (c_0 = 0; s1 = s2 = 1 without time gates)
+
+    Backward, with ∂h = ∂out_t + carried ∂h, ∂c = carried ∂c + ∂h ⊙ o (1 − tanh² c_t):
+        ∂ĩ = ∂c ⊙ j s1 σ(ĩ)(1−σ(ĩ)),   ∂j̃ = ∂c ⊙ i (1 − j²),   ∂f̃ = ∂c ⊙ c_{t−1} s2 σ(f̃)(1−σ(f̃)),
+        ∂õ = ∂h ⊙ tanh c_t ⊙ o(1−o),   carried ∂c_{t−1} = ∂c ⊙ f,   carried ∂h_{t−1} = ∂g Wᵀ,
+        ∂s1_t = ∂c ⊙ j σ(ĩ),   ∂s2_t = ∂c ⊙ c_{t−1} σ(f̃),   ∂W = Σ_t h_{t−1}ᵀ ∂g.
+    The factors multiplying ∂c (three blocks) and ∂h (one block) are formed in the forward loop.
+
+    Inputs: gx (P, 4H) packed (forget bias folded in), s12 (P, 2H) = [s1 ‖ s2] or None, h0 (B, H),
+    W (H, 4H), batch_sizes, prev_idx and ``train`` as in `GRUSequence`. Returns the packed h_t (P, H).
+    """
+
+    @staticmethod
+    def forward(ctx, gx, s12, h0, W, batch_sizes, prev_idx, train: bool = True):
+        P, H4 = gx.shape
+        H = H4 // 4
+        B = h0.shape[0]
+        out = gx.new_empty(P, H)
+        G = gx.new_empty(P, 4 * H)  # [σ(ĩ), j, σ(f̃), σ(õ)]
+        F_eff = gx.new_empty(P, H) if s12 is not None else None  # f = σ(f̃) s2
+        PD = gx.new_empty(P, 4 * H) if train else None  # ∂g = [∂c, ∂c, ∂c, ∂h] ⊙ PD
+        KC = gx.new_empty(P, H) if train else None  # ∂c += ∂h ⊙ KC
+        Q = gx.new_empty(P, 2, H) if (train and s12 is not None) else None  # ∂s = ∂c ⊙ Q
+        i_buf, tc_buf = gx.new_empty(B, H), gx.new_empty(B, H)
+        one = _one(gx)
+        h, c = h0, torch.zeros_like(h0)
+        for off, k in step_slices(batch_sizes):
+            rows = slice(off, off + k)
+            hp, cp, tc = h[:k], c[:k], tc_buf[:k]
+            g = torch.addmm(gx[rows], hp, W, out=G[rows])
+            s_i, j, s_f, s_o = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H :]
+            j.tanh_()
+            s_i.sigmoid_()
+            g[:, 2 * H :].sigmoid_()
+            if s12 is None:
+                i, f = s_i, s_f
+            else:
+                s1, s2 = s12[rows, :H], s12[rows, H:]
+                i = torch.mul(s_i, s1, out=i_buf[:k])
+                f = torch.mul(s_f, s2, out=F_eff[rows])
+            if train:
+                pd = PD[rows]
+                dact = torch.addcmul(g, g, g, value=-1.0, out=pd)  # x − x² per block (j fixed below)
+                torch.addcmul(one, j, j, value=-1.0, out=pd[:, H : 2 * H])
+                torch.mul(dact[:, H : 2 * H], i, out=pd[:, H : 2 * H])  # i (1 − j²)
+                if s12 is None:
+                    pd[:, :H].mul_(j)  # j σ'(ĩ)
+                    pd[:, 2 * H : 3 * H].mul_(cp)  # c_{t−1} σ'(f̃)
+                else:
+                    q = Q[rows]
+                    torch.mul(j, s_i, out=q[:, 0])
+                    torch.mul(cp, s_f, out=q[:, 1])
+                    pd[:, :H].mul_(j).mul_(s1)
+                    pd[:, 2 * H : 3 * H].mul_(cp).mul_(s2)
+            c = torch.addcmul(f * cp, i, j)
+            torch.tanh(c, out=tc)
+            if train:
+                pd[:, 3 * H :].mul_(tc)  # tanh(c_t) σ'(õ)
+                torch.addcmul(one, tc, tc, value=-1.0, out=KC[rows]).mul_(s_o)  # σ(õ)(1 − tanh² c_t)
+            h = torch.mul(s_o, tc, out=out[rows])
+        f_all = G[:, 2 * H : 3 * H] if s12 is None else F_eff
+        ctx.batch_sizes = batch_sizes
+        ctx.save_for_backward(out, f_all, PD, KC, Q, h0, W, prev_idx)
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        out, f_all, PD, KC, Q, h0, W, prev_idx = ctx.saved_tensors
+        batch_sizes = ctx.batch_sizes
+        P, H = out.shape
+        B = h0.shape[0]
+        DG = out.new_empty(P, 4 * H)  # ∂ of the pre-activations [ĩ, j̃, f̃, õ]
+        DC = out.new_empty(P, 1, H) if Q is not None else None  # ∂c_t, kept for the time gates
+        M_buf = out.new_empty(B, 4, H)  # [∂c, ∂c, ∂c, ∂h]
+        W_t = W.t()
+        dh_carry = torch.zeros_like(h0)  # rows not started (backwards) yet carry exact zeros
+        dc_carry = torch.zeros_like(h0)
+        for off, k in reversed(step_slices(batch_sizes)):
+            rows = slice(off, off + k)
+            M = M_buf[:k]
+            dh = torch.add(d_out[rows], dh_carry[:k], out=M[:, 3])
+            dc = torch.addcmul(dc_carry[:k], dh, KC[rows], out=M[:, 0])
+            M[:, 1:3] = dc.unsqueeze(1)
+            if DC is not None:
+                DC[rows, 0] = dc
+            torch.mul(M.view(k, 4 * H), PD[rows], out=DG[rows])
+            torch.mul(dc, f_all[rows], out=dc_carry[:k])
+            torch.mm(DG[rows], W_t, out=dh_carry[:k])
+        d_s12 = (DC * Q).view(P, 2 * H) if (Q is not None and ctx.needs_input_grad[1]) else None
+        dW = _weight_grad(h0, out, DG, batch_sizes, prev_idx) if ctx.needs_input_grad[3] else None
+        return DG, d_s12, dh_carry, dW, None, None, None
