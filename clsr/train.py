@@ -11,6 +11,7 @@ continues after its last finished epoch and ends exactly where an uninterrupted 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -63,6 +64,23 @@ class TrainConfig:
             raise ConfigError(f"{where}.ties: {self.ties!r} is not one of ['released', 'mean', 'optimistic']")
         if self.select_metric not in ("gauc", "auc", "mrr"):
             raise ConfigError(f"{where}.select_metric: {self.select_metric!r} is not one of ['gauc', 'auc', 'mrr']")
+
+
+#: package files whose content decides what `fit` computes (relative to clsr/); a checkpoint written by other
+#: code is not resumed, so a fixed bug or a changed model takes effect on the next `dvc repro`
+TRAINING_CODE = ("models", "train.py", "losses.py", "metrics.py", "data/batches.py")
+
+
+def code_fingerprint() -> str:
+    """Short sha256 over the names and bytes of the `TRAINING_CODE` files."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for rel in TRAINING_CODE:
+        path = root / rel
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -175,6 +193,7 @@ def fit(
         "protocol": data.meta.get("protocol"),
     }
     chash = config_hash(resolved)
+    code_hash = code_fingerprint()
 
     torch.manual_seed(cfg.seed)
     train_data = _subset_train(data, cfg.max_train_instances, cfg.seed)
@@ -192,7 +211,7 @@ def fit(
         ckpt_path = run_dir / "last.pt"
         if resume and ckpt_path.exists():
             ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-            if ck.get("config_hash") == chash:
+            if ck.get("config_hash") == chash and ck.get("code_hash") == code_hash:
                 model.load_state_dict(ck["model"])
                 opt.load_state_dict(ck["optimizer"])
                 rng.bit_generator.state = ck["numpy_rng"]
@@ -200,7 +219,8 @@ def fit(
                 start_epoch, best, best_epoch, history = ck["epoch"] + 1, ck["best"], ck["best_epoch"], ck["history"]
                 print(f"[{model_name}] resumed from {ckpt_path} after epoch {ck['epoch']}", flush=True)
             else:
-                print(f"[{model_name}] {ckpt_path} belongs to another configuration: starting afresh", flush=True)
+                other = "configuration" if ck.get("config_hash") != chash else "version of the training code"
+                print(f"[{model_name}] {ckpt_path} belongs to another {other}: starting afresh", flush=True)
         for stale in ("metrics.json",):
             if (run_dir / stale).exists():
                 (run_dir / stale).unlink()
@@ -264,7 +284,10 @@ def fit(
         )
         if run_dir:
             if improved:
-                _save_atomic({"model": model.state_dict(), "epoch": epoch, "config_hash": chash}, run_dir / "best.pt")
+                _save_atomic(
+                    {"model": model.state_dict(), "epoch": epoch, "config_hash": chash, "code_hash": code_hash},
+                    run_dir / "best.pt",
+                )
             _save_atomic(
                 {
                     "model": model.state_dict(),
@@ -277,6 +300,7 @@ def fit(
                     "torch_rng": torch.get_rng_state(),
                     "config": resolved,
                     "config_hash": chash,
+                    "code_hash": code_hash,
                 },
                 run_dir / "last.pt",
             )
@@ -312,6 +336,7 @@ def fit(
         "test_candidates_per_s": test["instances"] * test["candidates"] / test_s if test_s > 0 else float("nan"),
         "parameters": model.n_parameters(),
         "config_hash": chash,
+        "code_hash": code_hash,
         "config": resolved,
         "device": str(device),
     }

@@ -100,3 +100,16 @@ def test_dvc_repro_tiny(tmp_path):
 
     status = _run([str(VENV_BIN / "dvc"), "repro"], proj)
     assert "up to date" in (status.stdout + status.stderr).lower(), status.stdout
+
+    # README: `dvc exp run -S key=value` re-runs exactly what reads the key and records the experiment
+    exp = _run([str(VENV_BIN / "dvc"), "exp", "run", "-S", "models.clsr.recent_k=5"], proj)
+    log = exp.stdout + exp.stderr
+    assert "Running stage 'train@tiny-clsr-0'" in log, log[-3000:]
+    assert "Running stage 'train@tiny-ncf-0'" not in log, "a stage that does not read models.clsr re-ran"
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(_run([str(VENV_BIN / "dvc"), "exp", "show", "--csv"], proj).stdout)))
+    col = next((c for c in (rows[0] if rows else {}) if c.endswith("models.clsr.recent_k")), None)
+    assert col is not None, f"no models.clsr.recent_k column in dvc exp show: {list(rows[0]) if rows else rows}"
+    assert {r[col] for r in rows} >= {"3", "5"}, [(r.get("Experiment"), r[col]) for r in rows]

@@ -49,6 +49,28 @@ def test_checkpoint_of_other_config_is_not_resumed(small_data, tmp_path, capsys)
     assert "another configuration" in capsys.readouterr().out
 
 
+def test_checkpoint_of_other_training_code_is_not_resumed(small_data, tmp_path, capsys, monkeypatch):
+    """A changed model or trainer must retrain, not silently reuse weights trained by the old code."""
+    import clsr.train as T
+
+    cfg = dict(TRAIN, epochs=2, patience=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_data, "clsr", {}, cfg, run_dir=tmp_path / "r", stop_after_epochs=1)
+    monkeypatch.setattr(T, "code_fingerprint", lambda: "changed-code")
+    res = fit(small_data, "clsr", {}, cfg, run_dir=tmp_path / "r")
+    assert "another version of the training code" in capsys.readouterr().out
+    assert [r["epoch"] for r in res.history] == [1, 2]  # trained from scratch
+    assert res.metrics["code_hash"] == "changed-code"
+
+
+def test_code_fingerprint_covers_the_model_files():
+    import clsr.train as T
+
+    fp = T.code_fingerprint()
+    assert len(fp) == 12 and fp == T.code_fingerprint()
+    assert "models" in T.TRAINING_CODE and "train.py" in T.TRAINING_CODE
+
+
 def test_metrics_file_fields(small_data, tmp_path):
     fit(small_data, "clsr", {}, dict(TRAIN, epochs=1), run_dir=tmp_path / "r")
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
