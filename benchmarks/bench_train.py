@@ -80,30 +80,30 @@ def train_steps(model, batches, measure_flops=False):
 
 
 def recurrence_timing(model, batch, repeats: int = 5) -> dict:
-    """Milliseconds for forward + backward of CLSR's three recurrent nets on one training batch."""
-    from clsr.models.layers import run_rnn
-
+    """Milliseconds for forward + backward of CLSR's three recurrent nets on one training batch, through the
+    model's own methods with ``fused_recurrences`` on (packed, hand-written backward) and off (the cells
+    stepped under autograd)."""
     X, _, _, e_short = model.embed(batch)
     X, e_short = X.detach().requires_grad_(), e_short.detach().requires_grad_()
-    tau = torch.cat([X, batch.time_from_first.unsqueeze(-1).float(), batch.time_to_now.unsqueeze(-1).float()], -1)
+    t_first, t_now = batch.time_from_first.to(X.dtype), batch.time_to_now.to(X.dtype)
     n = int(batch.length.max())
 
-    def once(fused):
-        if fused:
-            h_s, h_c = model.intention_and_fusion_states(X, batch.length, e_short, n)
-        else:
-            h_s = run_rnn(model.intention_gru, X, batch.length, h0=e_short, n_steps=n, fused=False)[1]
-            h_c = run_rnn(model.fuse_gru, X, batch.length, n_steps=n, fused=False)[1]
-        O = run_rnn(model.seq_cell, tau, batch.length, n_steps=n, fused=fused)[0]
+    def once():
+        h_s, h_c = model.intention_and_fusion_states(X, batch.length, e_short, n)
+        O = model.sequence(X, batch.length, t_first, t_now, n)
         (h_s.sum() + h_c.sum() + O.sum()).backward()
 
-    out = {}
-    for fused in (True, False):
-        once(fused)
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            once(fused)
-        out["fused_ms" if fused else "autograd_ms"] = (time.perf_counter() - t0) / repeats * 1000
+    out, setting = {}, model.cfg.fused_recurrences
+    try:
+        for fused in (True, False):
+            model.cfg.fused_recurrences = fused
+            once()
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                once()
+            out["fused_ms" if fused else "autograd_ms"] = (time.perf_counter() - t0) / repeats * 1000
+    finally:
+        model.cfg.fused_recurrences = setting
     return out
 
 

@@ -158,6 +158,23 @@ def _loss_parts(m, b):
     return out, m.compute_loss(b, out)
 
 
+def _assert_same_step(a, b, batch, out_tol, part_tol, grad_tol):
+    """Models `a` and `b` give the same logits (rtol, atol = out_tol), the same loss parts (part_tol) and,
+    after backward of the total, the same parameter gradients (grad_tol). Returns (out_a, parts_a, out_b)."""
+    out_a, parts_a = _loss_parts(a, batch)
+    out_b, parts_b = _loss_parts(b, batch)
+    torch.testing.assert_close(out_a["logits"], out_b["logits"], rtol=out_tol[0], atol=out_tol[1])
+    assert set(parts_a) == set(parts_b)
+    for k in parts_a:
+        torch.testing.assert_close(parts_a[k], parts_b[k], rtol=part_tol[0], atol=part_tol[1])
+    parts_a["total"].backward()
+    parts_b["total"].backward()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        if p.grad is not None or q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=grad_tol[0], atol=grad_tol[1], msg=name)
+    return out_a, parts_a, out_b
+
+
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"contrastive": "bpr"}, {"sequential_model": "gru"}, {"sequential_model": "lstm", "predict_long_short": False},
@@ -169,13 +186,10 @@ def test_shared_encoders_equal_naive_per_row(overrides):
     naive = make_model(dtype=torch.float32, shared_encoders=False, **overrides)
     naive.load_state_dict(fast.state_dict())
     b = make_batch(lengths=(8, 6, 3, 7, 1), C=5, users=[1, 2, 1, 3, 4])
-    out_f, parts_f = _loss_parts(fast, b)
-    out_n, parts_n = _loss_parts(naive, b)
-    torch.testing.assert_close(out_f["logits"], out_n["logits"], rtol=0, atol=1e-6)
+    out_f, parts_f, out_n = _assert_same_step(
+        fast, naive, b, out_tol=(0, 1e-6), part_tol=(1e-6, 1e-6), grad_tol=(1e-4, 1e-6)
+    )
     torch.testing.assert_close(out_f["alpha"], out_n["alpha"], rtol=0, atol=1e-6)
-    assert set(parts_f) == set(parts_n)
-    for k in parts_f:
-        torch.testing.assert_close(parts_f[k], parts_n[k], rtol=1e-6, atol=1e-6)
     # the released row layout fed to the shared model gives the same numbers as well
     rows = b.expand_rows()
     out_r = fast(rows)
@@ -183,12 +197,6 @@ def test_shared_encoders_equal_naive_per_row(overrides):
     parts_r = fast.extra_losses(rows, out_r)
     for k in parts_r:
         torch.testing.assert_close(parts_r[k], parts_f[k], rtol=1e-6, atol=1e-6)
-    # gradients
-    parts_f["total"].backward()
-    parts_n["total"].backward()
-    for (name, p), q in zip(fast.named_parameters(), naive.parameters()):
-        if p.grad is not None or q.grad is not None:
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize(
@@ -203,16 +211,7 @@ def test_fused_recurrences_equal_autograd_cells(overrides):
     ref = make_model(fused_recurrences=False, **overrides)
     ref.load_state_dict(fused.state_dict())
     b = make_batch(lengths=(8, 6, 3, 7, 1, 0), C=3, users=[1, 2, 1, 3, 4, 2])
-    out_f, parts_f = _loss_parts(fused, b)
-    out_r, parts_r = _loss_parts(ref, b)
-    torch.testing.assert_close(out_f["logits"], out_r["logits"], rtol=1e-12, atol=1e-14)
-    for k in parts_f:
-        torch.testing.assert_close(parts_f[k], parts_r[k], rtol=1e-12, atol=1e-14)
-    parts_f["total"].backward()
-    parts_r["total"].backward()
-    for (name, p), q in zip(fused.named_parameters(), ref.parameters()):
-        if p.grad is not None or q.grad is not None:
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-15, msg=name)
+    _assert_same_step(fused, ref, b, out_tol=(1e-12, 1e-14), part_tol=(1e-12, 1e-14), grad_tol=(1e-9, 1e-15))
 
 
 def test_shared_equals_naive_in_eval_mode():
