@@ -14,6 +14,7 @@ Measures, on this machine:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import sys
 import time
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from clsr.data import batches as B  # noqa: E402
 from clsr.data.prepare import load_prepared, prepare  # noqa: E402
 from clsr.data.store import atomic_write_json, atomic_write_text  # noqa: E402
+from clsr.models import native  # noqa: E402
 from clsr.models.registry import build_model, model_names  # noqa: E402
 from clsr.runtime import tune_cpu_allocator  # noqa: E402
 from clsr.train import clip_per_tensor_, data_settings, model_sizes  # noqa: E402
@@ -81,8 +83,8 @@ def train_steps(model, batches, measure_flops=False):
 
 def recurrence_timing(model, batch, repeats: int = 5) -> dict:
     """Milliseconds for forward + backward of CLSR's three recurrent nets on one training batch, through the
-    model's own methods with ``fused_recurrences`` on (packed, hand-written backward) and off (the cells
-    stepped under autograd)."""
+    model's own methods with ``fused_recurrences`` on (packed, hand-written backward; its steps in the C
+    kernels of native, then in torch ops) and off (the cells stepped under autograd)."""
     X, _, _, e_short = model.embed(batch)
     X, e_short = X.detach().requires_grad_(), e_short.detach().requires_grad_()
     t_first, t_now = batch.time_from_first.to(X.dtype), batch.time_to_now.to(X.dtype)
@@ -94,14 +96,16 @@ def recurrence_timing(model, batch, repeats: int = 5) -> dict:
         (h_s.sum() + h_c.sum() + O.sum()).backward()
 
     out, setting = {}, model.cfg.fused_recurrences
+    variants = (("fused_ms", True, True), ("fused_torch_ops_ms", True, False), ("autograd_ms", False, True))
     try:
-        for fused in (True, False):
+        for key, fused, kernels_on in variants:
             model.cfg.fused_recurrences = fused
-            once()
-            t0 = time.perf_counter()
-            for _ in range(repeats):
+            with contextlib.nullcontext() if kernels_on else native.disabled():
                 once()
-            out["fused_ms" if fused else "autograd_ms"] = (time.perf_counter() - t0) / repeats * 1000
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    once()
+            out[key] = (time.perf_counter() - t0) / repeats * 1000
     finally:
         model.cfg.fused_recurrences = setting
     return out
@@ -120,7 +124,7 @@ def main(argv=None):
     data = get_data()
     L, r = data_settings(data)
     res = {
-        "machine": {"cpu_threads": torch.get_num_threads(), "glibc_large_blocks_kept": allocator_tuned, "torch": torch.__version__, "python": platform.python_version(),
+        "machine": {"cpu_threads": torch.get_num_threads(), "glibc_large_blocks_kept": allocator_tuned, "native_rnn": "loaded" if native.available() else native.status(), "torch": torch.__version__, "python": platform.python_version(),
                     "processor": platform.processor() or platform.machine()},
         "dataset": {"train_instances": len(data.instances["train"]), "test_instances": len(data.instances["test"]),
                     "max_len": L},
@@ -172,7 +176,8 @@ def main(argv=None):
     # the packed hand-written-backward path (default) vs stepping the cells under autograd
     res["clsr_recurrences"] = recurrence_timing(model, first[1])
     rr = res["clsr_recurrences"]
-    print(f"CLSR recurrences fwd+bwd: fused {rr['fused_ms']:.1f} ms, autograd loop {rr['autograd_ms']:.1f} ms", flush=True)
+    print(f"CLSR recurrences fwd+bwd: fused {rr['fused_ms']:.1f} ms ({native.status()}), fused with torch-op "
+          f"steps {rr['fused_torch_ops_ms']:.1f} ms, autograd loop {rr['autograd_ms']:.1f} ms", flush=True)
 
     # CLSR naive per-row path
     naive = make_model("clsr", data, shared_encoders=False)
@@ -217,7 +222,9 @@ def main(argv=None):
         f"(naive {res['clsr_naive']['train_flops_per_instance'] / 1e6:.1f} M) |",
         f"| CLSR achieved training throughput | {res['clsr_shared']['achieved_gflops']:.1f} GFLOP/s |",
         f"| CLSR's three recurrent nets, forward + backward, one batch | packed, hand-written backward "
-        f"{res['clsr_recurrences']['fused_ms']:.1f} ms; cells stepped under autograd {res['clsr_recurrences']['autograd_ms']:.1f} ms |",
+        f"{res['clsr_recurrences']['fused_ms']:.1f} ms with the C step kernels ({res['machine']['native_rnn']}); "
+        f"{res['clsr_recurrences']['fused_torch_ops_ms']:.1f} ms with torch-op steps (`CLSR_NATIVE=0`); "
+        f"cells stepped under autograd {res['clsr_recurrences']['autograd_ms']:.1f} ms |",
         f"| CLSR scoring the 1+99 test set | {res['clsr_test']['seconds']:.2f} s ({res['clsr_test']['candidates_per_s']:.0f} candidates/s; "
         f"naive ≈ {res['clsr_naive']['test_seconds_extrapolated']:.1f} s) |",
         f"| CLSR FLOPs per test instance (1+99) | {res['clsr_test']['flops_per_instance'] / 1e6:.1f} M |",

@@ -77,7 +77,8 @@ def code_fingerprint() -> str:
     h = hashlib.sha256()
     for rel in TRAINING_CODE:
         path = root / rel
-        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+        files = sorted(f for f in path.rglob("*") if f.suffix in (".py", ".c")) if path.is_dir() else [path]
+        for f in files:
             h.update(f.relative_to(root).as_posix().encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:12]

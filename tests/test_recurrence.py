@@ -7,8 +7,14 @@ and values + gradients equal to the unfused runner, which steps each cell's `ste
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+
 import pytest
 import torch
+
+from clsr.models import native
 
 from clsr.models.layers import TFGRUCell, TFLSTMCell, Time4LSTMCell, run_gru_pair, run_rnn
 from clsr.models.recurrence import GRUSequence, LSTMSequence
@@ -24,37 +30,53 @@ def _randn(*shape, scale=1.0):
 BATCH_SIZES = [3, 3, 2, 1]  # packed steps: 3 rows run 2 steps, then 2, then 1 (lengths 4, 3, 2)
 
 
-def test_previous_rows_points_at_each_rows_previous_step():
-    from clsr.models.recurrence import previous_rows
+def previous_rows(batch_sizes: list[int]) -> torch.Tensor:
+    """Oracle for `Packing.prev_idx`: step t's i-th packed row continues step t−1's i-th row."""
+    idx, off = [], 0
+    for k_prev, k in zip(batch_sizes[:-1], batch_sizes[1:]):
+        idx += range(off, off + k)
+        off += k_prev
+    return torch.tensor(idx, dtype=torch.long)
 
+
+def test_previous_rows_points_at_each_rows_previous_step():
     # steps hold packed rows [0 1 2 | 3 4 5 | 6 7 | 8]; rows of step t continue rows of step t-1
     assert previous_rows(BATCH_SIZES).tolist() == [0, 1, 2, 3, 4, 6]
 
 
-def test_gru_sequence_gradcheck():
-    from clsr.models.recurrence import previous_rows
+NATIVE = pytest.mark.parametrize("native", [True, False], ids=["native-kernels", "torch-ops"])
 
+
+def _native(on: bool):
+    """Context: the C step kernels (when they load here) or the torch-op loops."""
+    return contextlib.nullcontext() if on else native.disabled()
+
+
+@NATIVE
+def test_gru_sequence_gradcheck(native):
     torch.manual_seed(0)
     P, B, H = sum(BATCH_SIZES), 3, 2
     prev = previous_rows(BATCH_SIZES)
     args = (_randn(P, 3 * H), _randn(B, H), _randn(H, 2 * H), _randn(H, H))
-    assert torch.autograd.gradcheck(lambda *a: GRUSequence.apply(*a, BATCH_SIZES, prev, True), args)
+    with _native(native):
+        assert torch.autograd.gradcheck(lambda *a: GRUSequence.apply(*a, BATCH_SIZES, prev, True), args)
 
 
+@NATIVE
 @pytest.mark.parametrize("time_gates", [False, True])
-def test_lstm_sequence_gradcheck(time_gates):
-    from clsr.models.recurrence import previous_rows
-
+def test_lstm_sequence_gradcheck(time_gates, native):
     torch.manual_seed(1)
     P, B, H = sum(BATCH_SIZES), 3, 2
     prev = previous_rows(BATCH_SIZES)
     s12 = torch.rand(P, 2 * H, dtype=f64).requires_grad_() if time_gates else None
     args = (_randn(P, 4 * H), s12, _randn(B, H), _randn(H, 4 * H))
-    assert torch.autograd.gradcheck(lambda *a: LSTMSequence.apply(*a, BATCH_SIZES, prev, True), args)
+    with _native(native):
+        assert torch.autograd.gradcheck(lambda *a: LSTMSequence.apply(*a, BATCH_SIZES, prev, True), args)
 
 
+@NATIVE
 @pytest.mark.parametrize("kind", ["gru", "lstm", "time4lstm"])
-def test_fused_runner_equals_autograd_runner(kind):
+def test_fused_runner_equals_autograd_runner(kind, native):
     """Outputs, final states and every gradient (inputs, h0, all cell parameters) agree."""
     torch.manual_seed(2)
     B, L, D, H = 6, 7, 5, 4
@@ -66,7 +88,8 @@ def test_fused_runner_equals_autograd_runner(kind):
     w_out, w_fin = torch.randn(B, L, H, dtype=f64), torch.randn(B, H, dtype=f64)
     results = []
     for fused in (True, False):
-        outputs, final = run_rnn(cell, x, lengths, h0=h0, n_steps=7, fused=fused)
+        with _native(native):
+            outputs, final = run_rnn(cell, x, lengths, h0=h0, n_steps=7, fused=fused)
         loss = (outputs * w_out).sum() + (final * w_fin).sum()
         results.append((outputs, final, torch.autograd.grad(loss, [x, h0, *cell.parameters()])))
     (o1, f1, g1), (o2, f2, g2) = results
@@ -110,8 +133,6 @@ def test_gru_pair_equals_two_separate_grus():
 def test_packing_layout_and_previous_rows():
     """Rows sorted longest first; step t holds the k_t rows still running; prev_idx as previous_rows."""
     from clsr.models.layers import Packing
-    from clsr.models.recurrence import previous_rows
-
     lengths = torch.tensor([2, 0, 4, 3, 4])
     plan = Packing.plan(lengths, n_steps=4, width=6)
     assert plan.perm.tolist() == [2, 4, 3, 0, 1]  # stable among equal lengths
@@ -138,3 +159,56 @@ def test_tune_cpu_allocator_is_idempotent_and_can_be_disabled(monkeypatch):
     monkeypatch.delenv("CLSR_KEEP_MALLOC")
     first = rt.tune_cpu_allocator()
     assert rt.tune_cpu_allocator() is first  # applied once, same answer after
+
+
+# ------------------------------------------------------------------------------------------------
+# the C step kernels (clsr/models/kernels.c, loaded by native)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler on this machine")
+def test_native_kernels_build_and_load_where_a_compiler_exists():
+    assert native.available(), native.status()
+    with native.disabled():
+        assert not native.available()
+    assert native.kernels(torch.empty(0, dtype=torch.float16)) is None  # other dtypes: torch ops
+
+
+@pytest.mark.parametrize("kind", ["gru_pair", "time4lstm"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_native_kernels_equal_torch_op_loops_on_a_real_batch_shape(kind, dtype, tol):
+    """Values and every gradient: the one-call C steps against the torch-op steps (same equations)."""
+    if not native.available():
+        pytest.skip(native.status())
+    torch.manual_seed(3)
+    B, L, D, H = 64, 20, 40, 40
+    x = torch.randn(B, L, D + 2, dtype=dtype).requires_grad_()
+    h0 = torch.randn(B, H, dtype=dtype).requires_grad_()
+    lengths = torch.randint(0, L + 1, (B,))
+    if kind == "time4lstm":
+        cells = [Time4LSTMCell(D, H).to(dtype)]
+        run = lambda: run_rnn(cells[0], x, lengths, n_steps=L)  # noqa: E731
+    else:
+        cells = [TFGRUCell(D + 2, H).to(dtype), TFGRUCell(D + 2, H).to(dtype)]
+        run = lambda: run_gru_pair(cells[0], cells[1], x, lengths, h0_a=h0, n_steps=L)  # noqa: E731
+    params = [x, h0] + [p for c in cells for p in c.parameters()]
+    results = []
+    for on in (True, False):
+        with _native(on):
+            outs = run()
+            loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=dtype).view_as(o)).sum() for o in outs)
+            results.append((outs, torch.autograd.grad(loss, params, allow_unused=True)))
+    (o1, g1), (o2, g2) = results
+    for a, b in zip(o1, o2):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    for a, b in zip(g1, g2):
+        if a is None or b is None:
+            assert a is None and b is None
+            continue
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_failed_kernel_build_leaves_no_library(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", "false")  # a compiler that always fails
+    target = tmp_path / "kernels_test.so"
+    with pytest.raises(RuntimeError, match="failed"):
+        native._build(target)
+    assert list(tmp_path.iterdir()) == []  # neither the library nor its temporary file

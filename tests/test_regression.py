@@ -15,6 +15,13 @@ tiny set amplify that rounding: valid 0.7208 -> 0.7104, test 0.6803 -> 0.6601, w
 recurrences still giving exactly the old values. A change of summation order alone can therefore move
 these numbers by up to ~0.02; after such a change, prove the function unchanged in float64 first, then
 re-record here and say so.
+
+Recorded a second pair, on purpose (session 3): the C kernels of clsr/models/native.py (fused batch
+norm + ReLU, the DIN product layer, the recurrent steps) compute the same function as the torch ops —
+tests/test_native.py checks a whole CLSR step, every loss part and every gradient, to 1e-9 in float64 —
+but round differently in float32 (BN statistics summed in double, libmvec's exp/tanh). On this set that
+moves valid 0.7104 -> 0.7396 and test 0.6601 -> 0.6417, while `CLSR_NATIVE=0` still gives exactly the
+previous values. Both pairs are kept; the test checks the one of the path that runs here.
 """
 from __future__ import annotations
 
@@ -23,9 +30,12 @@ import torch
 
 from clsr.data.protocol import ProtocolConfig, build
 from clsr.data.synthetic import generate
+from clsr.models import native
 from clsr.train import fit
 
-RECORDED = {"valid_gauc": 0.7104166666666667, "test_gauc": 0.6600877192982456}
+RECORDED_TORCH_OPS = {"valid_gauc": 0.7104166666666667, "test_gauc": 0.6600877192982456}
+RECORDED_NATIVE = {"valid_gauc": 0.7395833333333334, "test_gauc": 0.6416666666666666}
+RECORDED = RECORDED_NATIVE if native.available() else RECORDED_TORCH_OPS
 TOLERANCE = 0.01
 
 

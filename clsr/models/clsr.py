@@ -55,6 +55,7 @@ from clsr.models.base import ModelConfig, ModelSizes, Recommender
 from clsr.models.layers import (
     MLP,
     DinAttention,
+    Packing,
     TFGRUCell,
     TFLSTMCell,
     Time4LSTMCell,
@@ -210,28 +211,32 @@ class CLSR(Recommender):
         return p_long, p_short
 
     # ---- 4 (and the GRU of 8). intention and fusion GRUs ----------------------------------------------------
-    def intention_and_fusion_states(self, X, lengths, e_short, n_steps=None):
+    def intention_and_fusion_states(self, X, lengths, e_short, n_steps=None, plan=None):
         """h^s = GRU(X; h0 = e^s) final state at step n−1 (interest_evolve, else h^s = e^s), and
-        h^c = GRU_causal2(X; h0 = 0) final state (None when not used). Separate parameters."""
+        h^c = GRU_causal2(X; h0 = 0) final state (None when not used). Separate parameters.
+        ``plan``: the forward's `Packing` of these lengths, shared by the recurrent nets."""
         fused = self.cfg.fused_recurrences
         if fused and self.intention_gru is not None and self.fuse_gru is not None:  # one loop (exact)
-            return run_gru_pair(self.intention_gru, self.fuse_gru, X, lengths, h0_a=e_short, n_steps=n_steps)
+            return run_gru_pair(
+                self.intention_gru, self.fuse_gru, X, lengths, h0_a=e_short, n_steps=n_steps, plan=plan
+            )
         h_short = e_short
         if self.intention_gru is not None:
-            h_short = run_rnn(self.intention_gru, X, lengths, h0=e_short, n_steps=n_steps, fused=fused)[1]
+            h_short = run_rnn(self.intention_gru, X, lengths, h0=e_short, n_steps=n_steps, fused=fused, plan=plan)[1]
         h_c = None
         if self.fuse_gru is not None:
-            h_c = run_rnn(self.fuse_gru, X, lengths, n_steps=n_steps, fused=fused)[1]
+            h_c = run_rnn(self.fuse_gru, X, lengths, n_steps=n_steps, fused=fused, plan=plan)[1]
         return h_short, h_c
 
     # ---- 6. sequence encoder -------------------------------------------------------------------------------
-    def sequence(self, X, lengths, time_first, time_now, n_steps=None):
+    def sequence(self, X, lengths, time_first, time_now, n_steps=None, plan=None):
         """O = Time4LSTM([X ‖ τ^first ‖ τ^now]) (or GRU / LSTM on X), zero beyond n. (B, L, H)."""
         if isinstance(self.seq_cell, Time4LSTMCell):
             inputs = torch.cat([X, time_first.unsqueeze(-1), time_now.unsqueeze(-1)], dim=-1)
         else:
             inputs = X
-        return run_rnn(self.seq_cell, inputs, lengths, n_steps=n_steps, fused=self.cfg.fused_recurrences)[0]
+        fused = self.cfg.fused_recurrences
+        return run_rnn(self.seq_cell, inputs, lengths, n_steps=n_steps, fused=fused, plan=plan)[0]
 
     # ---- 7. short-term encoder ---------------------------------------------------------------------------------
     def short_term(self, O, mask, h_short, e_v, naive: bool = False):
@@ -274,11 +279,14 @@ class CLSR(Recommender):
         # the recurrences stop at the longest history of the batch (one host sync per forward)
         n_steps = int(lengths.max()) if lengths.numel() else 0
 
+        # one packing of the histories for the three recurrent nets (fused path; built once per forward)
+        plan = Packing.plan(lengths, n_steps, X.shape[1]) if self.cfg.fused_recurrences and n_steps else None
+
         u_long, att_long = self.long_term(X, mask, e_long, naive)
         p_long, p_short = self.proxies(X, mask)
-        h_short, h_c = self.intention_and_fusion_states(X, lengths, e_short, n_steps)
+        h_short, h_c = self.intention_and_fusion_states(X, lengths, e_short, n_steps, plan)
         O = self.sequence(
-            X, lengths, batch.time_from_first.to(X.dtype), batch.time_to_now.to(X.dtype), n_steps
+            X, lengths, batch.time_from_first.to(X.dtype), batch.time_to_now.to(X.dtype), n_steps, plan
         )
         u_short, att_short = self.short_term(O, mask, h_short, e_v, naive)
         # τ^now at the last *padded* column L−1 (zero unless n = L), as released

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clsr.models import native
 from clsr.models.recurrence import GRUSequence, LSTMSequence
 
 #: score given to padded positions before the softmax, as released: ``-(2**32) + 1``
@@ -141,7 +142,7 @@ class MLP(nn.Module):
         return self.out_dim if self.out_dim is not None else ([self.in_dim] + self.sizes)[-1]
 
     def _norm_act(self, k: int, z: torch.Tensor) -> torch.Tensor:
-        """act_k(BN_k(z)) on a 2-D (N, C) z: BN statistics over all N rows."""
+        """act_k(BN_k(z)) on a 2-D (N, C) z with torch ops: BN statistics over all N rows."""
         if self.norms is not None:
             z = self.norms[k](z)
             if self._act_names[k] == "relu":
@@ -150,13 +151,38 @@ class MLP(nn.Module):
                 return torch.relu_(z)
         return self.activations[k](z)
 
-    def tail(self, z: torch.Tensor) -> torch.Tensor:
+    def tail(self, z: torch.Tensor, din_terms=None) -> torch.Tensor:
         """Everything after the first linear layer, given that layer's pre-activation z (any leading
-        shape; flattened to (-1, C) so that BN runs over every leading position)."""
+        shape; flattened to (-1, C) so that BN runs over every leading position).
+
+        ``din_terms`` = (K, Q, (B, Q_n, L)): z is the DIN first layer's product part only, rows (b, q, t),
+        and the pre-activation is z + K[b, t] + Q[b, q] (`din_first_layer(split=True)`).
+
+        In training mode on a CPU, each BN + ReLU runs as one fused kernel pair (`native.bn_relu`, with the
+        DIN terms added inside it), and the last one together with a one-unit output layer
+        (`native.bn_relu_dot`, whose activations are then never written); the torch ops below are the
+        reference and the fallback (tests compare them)."""
         lead = z.shape[:-1]
-        x = self._norm_act(0, z.reshape(-1, z.shape[-1]))
-        for k in range(1, len(self.linears)):
-            x = self._norm_act(k, self.linears[k](x))
+        x = z if z.dim() == 2 else z.reshape(-1, z.shape[-1])
+        last = len(self.linears) - 1
+        for k in range(last + 1):
+            if k:
+                x = self.linears[k](x)
+            bn = self.norms[k] if self.norms is not None else None
+            fused = None
+            if bn is not None and self._act_names[k] == "relu" and native.can_fuse_bn_relu(bn, x):
+                K, Q, dims = din_terms if din_terms is not None else (None, None, None)
+                if k == last and self.out is not None and din_terms is None:
+                    fused = native.bn_relu_dot(bn, x, self.out)
+                    if fused is not None:
+                        return fused.view(*lead, 1)
+                fused = native.bn_relu(bn, x, K, Q, dims)
+            if fused is None:
+                if din_terms is not None:  # no kernel: add the DIN terms explicitly
+                    K, Q, (B, Qn, L) = din_terms
+                    x = (x.view(B, Qn, L, -1) + K.unsqueeze(1) + Q.unsqueeze(2)).view(B * Qn * L, -1)
+                fused = self._norm_act(k, x)
+            x, din_terms = fused, None
         if self.out is not None:
             x = self.out(x)
         return x.view(*lead, x.shape[-1])
@@ -232,14 +258,16 @@ def din_weight_blocks(first: nn.Linear, d: int, d_s: int = 0):
 
 
 def din_first_layer(
-    first: nn.Linear, keys: torch.Tensor, query: torch.Tensor, query_shared: torch.Tensor | None = None
-) -> torch.Tensor:
+    first: nn.Linear, keys: torch.Tensor, query: torch.Tensor, query_shared: torch.Tensor | None = None,
+    split: bool = False,
+):
     """Pre-activation of a DIN scorer's first layer on [k, q, k − q, k ⊙ q] without the concatenation.
 
     keys (B, L, d); query (B, d_r) or (B, C, d_r); optional query_shared (B, d_s) with the full query
     [query_shared ‖ query] of width d. ``first`` is the (4d -> h) linear layer. Returns z as a fresh
     2-D tensor (B·C·L, h), rows ordered (b, c, t), ready for `MLP.tail` (see `DinAttention` for the
-    algebra). Exact.
+    algebra). Exact. ``split=True`` returns (P, K, Q) with z = P + K[b, t] + Q[b, c] left unsummed, for
+    `native.bn_relu`, which adds the two broadcast terms on the fly.
     """
     d = keys.shape[-1]
     r = query if query.dim() == 3 else query.unsqueeze(1)  # (B, C, d_r)
@@ -257,6 +285,15 @@ def din_first_layer(
         K = K + F.linear(keys[..., :d_s] * s.unsqueeze(1), W_ps)
         Q = Q + F.linear(s, W_qs).unsqueeze(1)
     # per (query, position): W_p,r (a_r,t ⊙ r_c), one GEMM over all B·C·L rows, then + K + Q in place
+    if split:
+        P = native.din_pair_layer(keys[..., d_s:], r, W_pr)
+        if P is None:
+            prod = keys[..., d_s:].unsqueeze(1) * r.unsqueeze(2)
+            P = torch.mm(prod.view(-1, prod.shape[-1]), W_pr.t().contiguous())
+        return P, K, Q
+    z = native.din_pair_layer(keys[..., d_s:], r, W_pr, K, Q)  # the same in fused kernels, when available
+    if z is not None:
+        return z
     prod = keys[..., d_s:].unsqueeze(1) * r.unsqueeze(2)  # (B, C, L, d_r)
     # W_prᵀ made contiguous: a transposed column block sends this GEMM to a path twice as slow on CPU
     z = torch.mm(prod.view(-1, prod.shape[-1]), W_pr.t().contiguous())
@@ -338,8 +375,13 @@ class DinAttention(nn.Module):
         """s (B, C, L) via the decomposition in the class docstring (exact, no 4d concat)."""
         B, L = keys.shape[0], keys.shape[1]
         C = query.shape[1] if query.dim() == 3 else 1
-        z = din_first_layer(self.mlp.linears[0], keys, query, query_shared)  # (B·C·L, h)
-        return self.mlp.tail(z).view(B, C, L)
+        mlp = self.mlp
+        if mlp.norms is not None and mlp._act_names[0] == "relu" and native.can_fuse_bn_relu(mlp.norms[0], keys):
+            # BN_0 + ReLU fused with the next layer, K and Q added inside the kernel (z is never written)
+            P, K, Q = din_first_layer(mlp.linears[0], keys, query, query_shared, split=True)
+            return mlp.tail(P, din_terms=(K, Q, (B, C, L))).view(B, C, L)
+        z = din_first_layer(mlp.linears[0], keys, query, query_shared)  # (B·C·L, h)
+        return mlp.tail(z).view(B, C, L)
 
     def positions_independent(self) -> bool:
         """True when a position's score does not depend on the other positions: BN off, or BN in
@@ -655,8 +697,8 @@ class Packing:
     `clsr.models.recurrence` expects (the layout of ``torch.nn.utils.rnn.PackedSequence``).
 
     perm[i] is the original row of sorted row i; batch_sizes[t] = k_t, the rows still running at step t;
-    packed row p holds position rows_t[p] of original row rows_b[p]; prev_idx as
-    `recurrence.previous_rows`; last[i] the packed row of sorted row i's final step.
+    packed row p holds position rows_t[p] of original row rows_b[p]; prev_idx[p − k_0] the packed row of
+    row p's previous step (for the rows of steps 1..); last[i] the packed row of sorted row i's final step.
     """
 
     def __init__(self, perm, inv, sorted_len, batch_sizes, rows_b, rows_t, prev_idx, last, width):
@@ -685,7 +727,7 @@ class Packing:
             if batch_sizes else sorted_len.new_zeros(len(n))
         )
         k0 = batch_sizes[0] if batch_sizes else 0
-        prev_idx = offsets[t_idx[k0:] - 1] + i_idx[k0:]  # = recurrence.previous_rows(batch_sizes)
+        prev_idx = offsets[t_idx[k0:] - 1] + i_idx[k0:]  # step t's i-th row continues step t−1's i-th row
         return cls(perm, torch.argsort(perm), sorted_len, batch_sizes, perm[i_idx], t_idx, prev_idx, last, width)
 
     def unpack(self, packed: torch.Tensor) -> torch.Tensor:
@@ -706,6 +748,7 @@ def run_rnn(
     h0: torch.Tensor | None = None,
     n_steps: int | None = None,
     fused: bool = True,
+    plan: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``tf.nn.dynamic_rnn(cell, inputs, sequence_length=lengths, initial_state=h0)`` for left-aligned
     sequences (valid steps 0..n_b−1, padding after).
@@ -724,6 +767,8 @@ def run_rnn(
     recurrences of `clsr.models.recurrence` (packed valid positions, hand-written backward; same function,
     faster on CPU: benchmarks/bench_train.py times both);
     ``fused=False`` and any other cell step the cell's `step` under autograd (the reference).
+    ``plan``: a `Packing.plan(lengths, n_steps, L)` the caller already built for these lengths (one per
+    forward serves all the recurrent nets reading the same histories).
     """
     B, L = inputs.shape[0], inputs.shape[1]
     n_steps = L if n_steps is None else min(int(n_steps), L)
@@ -732,7 +777,7 @@ def run_rnn(
     if n_steps == 0:
         return inputs.new_zeros(B, L, H), start
     if fused and isinstance(cell, (TFGRUCell, TFLSTMCell)):  # Time4LSTMCell is a TFLSTMCell
-        plan = Packing.plan(lengths, n_steps, L)
+        plan = Packing.plan(lengths, n_steps, L) if plan is None else plan
         if not plan.batch_sizes:  # every history empty
             return inputs.new_zeros(B, L, H), start
         x = plan.pack(inputs)  # (P, d): the valid positions, packed step after step
@@ -776,6 +821,7 @@ def run_gru_pair(
     h0_a: torch.Tensor | None = None,
     h0_b: torch.Tensor | None = None,
     n_steps: int | None = None,
+    plan: Packing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Final states (B, H_a), (B, H_b) of two GRUs with separate parameters reading the same inputs,
     as ``run_rnn(cell_a, ...)[1], run_rnn(cell_b, ...)[1]`` — computed as ONE GRU of width H_a + H_b.
@@ -808,7 +854,7 @@ def run_gru_pair(
     ba, bb = torch.cat([cell_a.gate_bias, cell_a.cand_bias]), torch.cat([cell_b.gate_bias, cell_b.cand_bias])
     (rba, zba, cba), (rbb, zbb, cbb) = cols(cell_a, ba), cols(cell_b, bb)
     bias = torch.cat([rba, rbb, zba, zbb, cba, cbb])
-    plan = Packing.plan(lengths, n_steps, L)
+    plan = Packing.plan(lengths, n_steps, L) if plan is None else plan  # as in run_rnn
     if not plan.batch_sizes:
         return start_a, start_b
     proj = torch.addmm(bias, plan.pack(x), W_x)  # (P, 3 (Ha + Hb)), packed

@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import torch
 
+from clsr.models import native
+from clsr.models.native import ld, ptr
+
 
 def _one(like: torch.Tensor) -> torch.Tensor:
     return torch.ones((), dtype=like.dtype, device=like.device)
@@ -36,15 +39,6 @@ def step_slices(batch_sizes: list[int]) -> list[tuple[int, int]]:
         out.append((off, k))
         off += k
     return out
-
-
-def previous_rows(batch_sizes: list[int], device=None) -> torch.Tensor:
-    """Packed index of each row's previous step, for the rows of steps 1.. (rows of step 0 have none)."""
-    idx = []
-    slices = step_slices(batch_sizes)
-    for (prev_off, _), (_, k) in zip(slices[:-1], slices[1:]):
-        idx.append(torch.arange(prev_off, prev_off + k, device=device))
-    return torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long, device=device)
 
 
 def _weight_grad(h0, out, D, batch_sizes, prev_idx):
@@ -68,7 +62,7 @@ class GRUSequence(torch.autograd.Function):
     The factors [h_{t−1} r(1−r), (h_{t−1} − c) z(1−z), (1−z)(1−c²)] are formed in the forward loop.
 
     Inputs: proj (P, 3H) = [gx ‖ cx] packed; h0 (B, H) in packed (sorted) row order; W_g (H, 2H),
-    W_c (H, H); batch_sizes (k_t per step); prev_idx from `previous_rows`; ``train`` False skips the
+    W_c (H, H); batch_sizes (k_t per step); prev_idx from `layers.Packing` (each row's packed row at the step before); ``train`` False skips the
     backward's factors (no gradient will be asked for: the caller knows, the function cannot see the
     grad mode). Returns the packed states h_t (P, H).
     """
@@ -84,23 +78,37 @@ class GRUSequence(torch.autograd.Function):
         K = proj.new_empty(P, 3, H) if train else None  # local factors for the backward
         c_buf, hc_buf = proj.new_empty(B, H), proj.new_empty(B, H)
         one = _one(proj)
+        h0 = h0.contiguous()
         h = h0
-        for off, k in step_slices(batch_sizes):
-            rows = slice(off, off + k)
-            hp, c, hc = h[:k], c_buf[:k], hc_buf[:k]
-            rz = torch.addmm(proj[rows, : 2 * H], hp, W_g, out=RZ[rows]).sigmoid_()
-            r, z = rz[:, :H], rz[:, H:]
-            torch.mul(r, hp, out=RH[rows])
-            torch.addmm(proj[rows, 2 * H :], RH[rows], W_c, out=c).tanh_()
-            torch.sub(hp, c, out=hc)
-            if train:
-                kk = K[rows]
-                dsig = torch.addcmul(rz, rz, rz, value=-1.0)  # [r(1−r) ‖ z(1−z)]
-                torch.mul(hp, dsig[:, :H], out=kk[:, 0])
-                torch.mul(hc, dsig[:, H:], out=kk[:, 1])
-                one_c2 = torch.addcmul(one, c, c, value=-1.0)
-                torch.addcmul(one_c2, z, one_c2, value=-1.0, out=kk[:, 2])  # (1 − z)(1 − c²)
-            h = torch.addcmul(c, z, hc, out=out[rows])
+        nk = native.kernels(proj)
+        if nk is not None:  # the element-wise work of a step as two calls (kernels.c), same values
+            prev_off = None
+            for off, k in step_slices(batch_sizes):
+                rows = slice(off, off + k)
+                hp_p = ptr(h0) if prev_off is None else ptr(out, prev_off)
+                torch.addmm(proj[rows, : 2 * H], h[:k], W_g, out=RZ[rows])
+                nk.gru_fwd_gates(k, H, ptr(RZ, off), 2 * H, hp_p, H, ptr(RH, off), H)
+                torch.addmm(proj[rows, 2 * H :], RH[rows], W_c, out=c_buf[:k])
+                nk.gru_fwd_state(k, H, ptr(c_buf), H, hp_p, H, ptr(RZ, off), 2 * H, ptr(out, off), H,
+                                 ptr(K, off), ld(K))
+                h, prev_off = out[rows], off
+        else:
+            for off, k in step_slices(batch_sizes):
+                rows = slice(off, off + k)
+                hp, c, hc = h[:k], c_buf[:k], hc_buf[:k]
+                rz = torch.addmm(proj[rows, : 2 * H], hp, W_g, out=RZ[rows]).sigmoid_()
+                r, z = rz[:, :H], rz[:, H:]
+                torch.mul(r, hp, out=RH[rows])
+                torch.addmm(proj[rows, 2 * H :], RH[rows], W_c, out=c).tanh_()
+                torch.sub(hp, c, out=hc)
+                if train:
+                    kk = K[rows]
+                    dsig = torch.addcmul(rz, rz, rz, value=-1.0)  # [r(1−r) ‖ z(1−z)]
+                    torch.mul(hp, dsig[:, :H], out=kk[:, 0])
+                    torch.mul(hc, dsig[:, H:], out=kk[:, 1])
+                    one_c2 = torch.addcmul(one, c, c, value=-1.0)
+                    torch.addcmul(one_c2, z, one_c2, value=-1.0, out=kk[:, 2])  # (1 − z)(1 − c²)
+                h = torch.addcmul(c, z, hc, out=out[rows])
         ctx.batch_sizes = batch_sizes
         ctx.save_for_backward(out, RZ, RH, K, h0, W_g, W_c, prev_idx)
         return out
@@ -111,18 +119,31 @@ class GRUSequence(torch.autograd.Function):
         batch_sizes = ctx.batch_sizes
         H = out.shape[1]
         D = out.new_empty(out.shape[0], 3 * H)  # ∂proj = [∂r̃ ‖ ∂z̃ ‖ ∂c̃]
-        W_g_t, W_c_t = W_g.t(), W_c.t()
+        W_g_t, W_c_t = W_g.t().contiguous(), W_c.t().contiguous()  # a transposed view takes a slower GEMM path
         carry = torch.zeros_like(h0)  # rows that have not started (backwards) yet carry exact zeros
-        for off, k in reversed(step_slices(batch_sizes)):
-            rows = slice(off, off + k)
-            dh = d_out[rows] + carry[:k]
-            d, kk = D[rows], K[rows]
-            torch.mul(dh, kk[:, 1], out=d[:, H : 2 * H])  # ∂z̃
-            torch.mul(dh, kk[:, 2], out=d[:, 2 * H :])  # ∂c̃
-            d_rh = torch.mm(d[:, 2 * H :], W_c_t)
-            torch.mul(d_rh, kk[:, 0], out=d[:, :H])  # ∂r̃
-            r, z = RZ[rows, :H], RZ[rows, H:]
-            torch.addmm(torch.addcmul(dh * z, d_rh, r), d[:, : 2 * H], W_g_t, out=carry[:k])
+        nk = native.kernels(out)
+        if nk is not None:
+            d_out = d_out.contiguous()
+            dh_buf, drh_buf = torch.empty_like(h0), torch.empty_like(h0)
+            for off, k in reversed(step_slices(batch_sizes)):
+                rows = slice(off, off + k)
+                nk.gru_bwd_a(k, H, ptr(d_out, off), H, ptr(carry), H, ptr(K, off), 3 * H, ptr(D, off), 3 * H,
+                             ptr(dh_buf), H)
+                torch.mm(D[rows, 2 * H :], W_c_t, out=drh_buf[:k])
+                nk.gru_bwd_b(k, H, ptr(drh_buf), H, ptr(K, off), 3 * H, ptr(RZ, off), 2 * H, ptr(dh_buf), H,
+                             ptr(D, off), 3 * H, ptr(carry), H)
+                carry[:k].addmm_(D[rows, : 2 * H], W_g_t)
+        else:
+            for off, k in reversed(step_slices(batch_sizes)):
+                rows = slice(off, off + k)
+                dh = d_out[rows] + carry[:k]
+                d, kk = D[rows], K[rows]
+                torch.mul(dh, kk[:, 1], out=d[:, H : 2 * H])  # ∂z̃
+                torch.mul(dh, kk[:, 2], out=d[:, 2 * H :])  # ∂c̃
+                d_rh = torch.mm(d[:, 2 * H :], W_c_t)
+                torch.mul(d_rh, kk[:, 0], out=d[:, :H])  # ∂r̃
+                r, z = RZ[rows, :H], RZ[rows, H:]
+                torch.addmm(torch.addcmul(dh * z, d_rh, r), d[:, : 2 * H], W_g_t, out=carry[:k])
         dW_g = _weight_grad(h0, out, D[:, : 2 * H], batch_sizes, prev_idx) if ctx.needs_input_grad[2] else None
         dW_c = torch.mm(RH.t(), D[:, 2 * H :]) if ctx.needs_input_grad[3] else None
         return D, carry, dW_g, dW_c, None, None, None
@@ -158,40 +179,52 @@ class LSTMSequence(torch.autograd.Function):
         i_buf, tc_buf = gx.new_empty(B, H), gx.new_empty(B, H)
         one = _one(gx)
         h, c = h0, torch.zeros_like(h0)
-        for off, k in step_slices(batch_sizes):
-            rows = slice(off, off + k)
-            hp, cp, tc = h[:k], c[:k], tc_buf[:k]
-            g = torch.addmm(gx[rows], hp, W, out=G[rows])
-            s_i, j, s_f, s_o = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H :]
-            j.tanh_()
-            s_i.sigmoid_()
-            g[:, 2 * H :].sigmoid_()
-            if s12 is None:
-                i, f = s_i, s_f
-            else:
-                s1, s2 = s12[rows, :H], s12[rows, H:]
-                i = torch.mul(s_i, s1, out=i_buf[:k])
-                f = torch.mul(s_f, s2, out=F_eff[rows])
-            if train:
-                pd = PD[rows]
-                dact = torch.addcmul(g, g, g, value=-1.0, out=pd)  # x − x² per block (j fixed below)
-                torch.addcmul(one, j, j, value=-1.0, out=pd[:, H : 2 * H])
-                torch.mul(dact[:, H : 2 * H], i, out=pd[:, H : 2 * H])  # i (1 − j²)
+        nk = native.kernels(gx)
+        if nk is not None:  # the element-wise work of a step as one call (kernels.c), same values
+            if s12 is not None:
+                s12 = s12.contiguous()
+            for off, k in step_slices(batch_sizes):
+                rows = slice(off, off + k)
+                torch.addmm(gx[rows], h[:k], W, out=G[rows])
+                nk.lstm_fwd(k, H, ptr(G, off), 4 * H, ptr(s12, off), ld(s12), ptr(F_eff, off), ld(F_eff),
+                            ptr(c), H, ptr(out, off), H, ptr(PD, off), ld(PD), ptr(KC, off), ld(KC),
+                            ptr(Q, off), ld(Q))
+                h = out[rows]
+        else:
+            for off, k in step_slices(batch_sizes):
+                rows = slice(off, off + k)
+                hp, cp, tc = h[:k], c[:k], tc_buf[:k]
+                g = torch.addmm(gx[rows], hp, W, out=G[rows])
+                s_i, j, s_f, s_o = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H :]
+                j.tanh_()
+                s_i.sigmoid_()
+                g[:, 2 * H :].sigmoid_()
                 if s12 is None:
-                    pd[:, :H].mul_(j)  # j σ'(ĩ)
-                    pd[:, 2 * H : 3 * H].mul_(cp)  # c_{t−1} σ'(f̃)
+                    i, f = s_i, s_f
                 else:
-                    q = Q[rows]
-                    torch.mul(j, s_i, out=q[:, 0])
-                    torch.mul(cp, s_f, out=q[:, 1])
-                    pd[:, :H].mul_(j).mul_(s1)
-                    pd[:, 2 * H : 3 * H].mul_(cp).mul_(s2)
-            c = torch.addcmul(f * cp, i, j)
-            torch.tanh(c, out=tc)
-            if train:
-                pd[:, 3 * H :].mul_(tc)  # tanh(c_t) σ'(õ)
-                torch.addcmul(one, tc, tc, value=-1.0, out=KC[rows]).mul_(s_o)  # σ(õ)(1 − tanh² c_t)
-            h = torch.mul(s_o, tc, out=out[rows])
+                    s1, s2 = s12[rows, :H], s12[rows, H:]
+                    i = torch.mul(s_i, s1, out=i_buf[:k])
+                    f = torch.mul(s_f, s2, out=F_eff[rows])
+                if train:
+                    pd = PD[rows]
+                    dact = torch.addcmul(g, g, g, value=-1.0, out=pd)  # x − x² per block (j fixed below)
+                    torch.addcmul(one, j, j, value=-1.0, out=pd[:, H : 2 * H])
+                    torch.mul(dact[:, H : 2 * H], i, out=pd[:, H : 2 * H])  # i (1 − j²)
+                    if s12 is None:
+                        pd[:, :H].mul_(j)  # j σ'(ĩ)
+                        pd[:, 2 * H : 3 * H].mul_(cp)  # c_{t−1} σ'(f̃)
+                    else:
+                        q = Q[rows]
+                        torch.mul(j, s_i, out=q[:, 0])
+                        torch.mul(cp, s_f, out=q[:, 1])
+                        pd[:, :H].mul_(j).mul_(s1)
+                        pd[:, 2 * H : 3 * H].mul_(cp).mul_(s2)
+                c = torch.addcmul(f * cp, i, j)
+                torch.tanh(c, out=tc)
+                if train:
+                    pd[:, 3 * H :].mul_(tc)  # tanh(c_t) σ'(õ)
+                    torch.addcmul(one, tc, tc, value=-1.0, out=KC[rows]).mul_(s_o)  # σ(õ)(1 − tanh² c_t)
+                h = torch.mul(s_o, tc, out=out[rows])
         f_all = G[:, 2 * H : 3 * H] if s12 is None else F_eff
         ctx.batch_sizes = batch_sizes
         ctx.save_for_backward(out, f_all, PD, KC, Q, h0, W, prev_idx)
@@ -206,20 +239,30 @@ class LSTMSequence(torch.autograd.Function):
         DG = out.new_empty(P, 4 * H)  # ∂ of the pre-activations [ĩ, j̃, f̃, õ]
         DC = out.new_empty(P, 1, H) if Q is not None else None  # ∂c_t, kept for the time gates
         M_buf = out.new_empty(B, 4, H)  # [∂c, ∂c, ∂c, ∂h]
-        W_t = W.t()
+        W_t = W.t().contiguous()  # a transposed view takes a slower GEMM path
         dh_carry = torch.zeros_like(h0)  # rows not started (backwards) yet carry exact zeros
         dc_carry = torch.zeros_like(h0)
-        for off, k in reversed(step_slices(batch_sizes)):
-            rows = slice(off, off + k)
-            M = M_buf[:k]
-            dh = torch.add(d_out[rows], dh_carry[:k], out=M[:, 3])
-            dc = torch.addcmul(dc_carry[:k], dh, KC[rows], out=M[:, 0])
-            M[:, 1:3] = dc.unsqueeze(1)
-            if DC is not None:
-                DC[rows, 0] = dc
-            torch.mul(M.view(k, 4 * H), PD[rows], out=DG[rows])
-            torch.mul(dc, f_all[rows], out=dc_carry[:k])
-            torch.mm(DG[rows], W_t, out=dh_carry[:k])
+        nk = native.kernels(out)
+        if nk is not None:  # everything but the matmul of a step as one call (kernels.c)
+            d_out = d_out.contiguous()
+            for off, k in reversed(step_slices(batch_sizes)):
+                rows = slice(off, off + k)
+                nk.lstm_bwd(k, H, ptr(d_out, off), H, ptr(dh_carry), H, ptr(dc_carry), H, ptr(KC, off), ld(KC),
+                            ptr(PD, off), ld(PD), ptr(f_all, off), ld(f_all), ptr(DG, off), 4 * H,
+                            ptr(DC, off), ld(DC))
+                torch.mm(DG[rows], W_t, out=dh_carry[:k])
+        else:
+            for off, k in reversed(step_slices(batch_sizes)):
+                rows = slice(off, off + k)
+                M = M_buf[:k]
+                dh = torch.add(d_out[rows], dh_carry[:k], out=M[:, 3])
+                dc = torch.addcmul(dc_carry[:k], dh, KC[rows], out=M[:, 0])
+                M[:, 1:3] = dc.unsqueeze(1)
+                if DC is not None:
+                    DC[rows, 0] = dc
+                torch.mul(M.view(k, 4 * H), PD[rows], out=DG[rows])
+                torch.mul(dc, f_all[rows], out=dc_carry[:k])
+                torch.mm(DG[rows], W_t, out=dh_carry[:k])
         d_s12 = (DC * Q).view(P, 2 * H) if (Q is not None and ctx.needs_input_grad[1]) else None
         dW = _weight_grad(h0, out, DG, batch_sizes, prev_idx) if ctx.needs_input_grad[3] else None
         return DG, d_s12, dh_carry, dW, None, None, None

@@ -1,0 +1,336 @@
+"""Builds, caches and loads `kernels.c`: C kernels for the two memory- and overhead-bound parts of a CLSR
+training step on a CPU, each with a torch-op twin that computes the same values:
+
+- the element-wise part of one packed GRU / LSTM step as one call (used by `clsr.models.recurrence`);
+- batch norm in training mode fused with the ReLU after it, forward and backward (`bn_relu`, used by
+  `layers.MLP`), and with a following one-unit output layer (`bn_relu_dot`: the scorers' last hidden
+  layer, whose activations are then never written);
+- the per-(candidate, position) part of a DIN scorer's first layer, z = (a ⊙ r) W + K + Q, with its
+  additions and the reductions of its backward each in one pass (`din_pair_layer`, used by
+  `layers.din_first_layer`).
+
+Nothing here is needed for correctness; it is a speed path, used for CPU float32 / float64 tensors when
+the library is available, and tests compare it with the torch ops (equal up to float rounding):
+
+- built once per source version and CPU with the system C compiler (``$CC``, default ``cc``; -O3,
+  -march=native, SIMD exp/tanh from glibc's libmvec, OpenMP from the process's libgomp, which is
+  torch's own thread pool), about two seconds, into ``$CLSR_KERNEL_CACHE`` (default ``~/.cache/clsr``),
+  written to a temporary name and renamed, so a concurrent or killed build never leaves a half-written
+  library;
+- ``CLSR_NATIVE=0`` turns it off (then torch ops run everywhere); `available()` says whether it is on
+  and `status()` why not.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels.c")
+CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared"]
+LIBS = ["-lmvec", "-lm"]
+_I, _L, _D, _P = ctypes.c_int, ctypes.c_long, ctypes.c_double, ctypes.c_void_p
+_RNN = [_I, _I]  # (k rows, H) then (pointer, leading dimension) pairs
+_FUNCS = {
+    "gru_fwd_gates": _RNN + [_P, _I] * 3,
+    "gru_fwd_state": _RNN + [_P, _I] * 5,
+    "gru_bwd_a": _RNN + [_P, _I] * 5,
+    "gru_bwd_b": _RNN + [_P, _I] * 6,
+    "lstm_fwd": _RNN + [_P, _I] * 8,
+    "lstm_bwd": _RNN + [_P, _I] * 8,
+    "bn_relu_fwd": [_L, _I, _I, _I, _P, _P, _P, _P, _P, _D, _P, _P, _P, _P],
+    "bn_relu_bwd": [_L, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P],
+    "bn_relu_dot_fwd": [_L, _I, _P, _L, _P, _P, _D, _P, _D, _P, _P, _P, _P],
+    "bn_relu_dot_bwd": [_L, _I, _P, _P, _L, _P, _P, _P, _P, _P, _P, _L, _P, _P, _P],
+    "din_add_kq": [_L, _I, _I, _I, _P, _P, _P],
+    "din_sum_kq": [_L, _I, _I, _I, _P, _P, _P],
+    "din_prod_bwd": [_L, _I, _I, _I, _P, _P, _L, _L, _P, _L, _L, _P, _P],
+}
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+_lib: ctypes.CDLL | None = None
+_why_not: str | None = None
+_loaded = False
+_enabled = os.environ.get("CLSR_NATIVE", "1") != "0"
+
+
+def _cpu_tag() -> str:
+    """The machine and its CPU feature flags: a library built with -march=native is only reused there."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line
+                break
+    except OSError:
+        pass
+    return platform.machine() + flags
+
+
+def library_path() -> Path:
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS + LIBS).encode() + _cpu_tag().encode())
+    cache = Path(os.environ.get("CLSR_KERNEL_CACHE", Path.home() / ".cache" / "clsr"))
+    return cache / f"kernels_{key.hexdigest()[:16]}.so"
+
+
+def _build(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        cmd = [os.environ.get("CC", "cc"), *CFLAGS, "-o", tmp, str(SOURCE), *LIBS]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr.strip()}")
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load() -> None:
+    global _lib, _why_not, _loaded
+    _loaded = True
+    try:
+        path = library_path()
+        if not path.exists():
+            _build(path)
+        lib = ctypes.CDLL(str(path))
+        for name, argtypes in _FUNCS.items():
+            for suf in _SUFFIX.values():
+                f = getattr(lib, f"{name}_{suf}")
+                f.argtypes = argtypes
+                f.restype = None
+        _lib = lib
+    except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
+        _lib, _why_not = None, f"native kernels unavailable ({type(e).__name__}: {e}); using torch ops"
+
+
+def kernels(like: torch.Tensor):
+    """The kernel set for tensors like `like` (an object with the functions of kernels.c without their
+    dtype suffix), or None: turned off, not buildable here, not on the CPU, or not float32/float64."""
+    if not _enabled or like.device.type != "cpu" or like.dtype not in _SUFFIX:
+        return None
+    if not _loaded:
+        _load()
+    if _lib is None:
+        return None
+    return _KERNELS.setdefault(like.dtype, _Kernels(_lib, _SUFFIX[like.dtype]))
+
+
+class _Kernels:
+    def __init__(self, lib: ctypes.CDLL, suffix: str):
+        for name in _FUNCS:
+            setattr(self, name, getattr(lib, f"{name}_{suffix}"))
+
+
+_KERNELS: dict[torch.dtype, _Kernels] = {}
+
+
+def available() -> bool:
+    return kernels(torch.empty(0)) is not None
+
+
+def status() -> str:
+    if not _enabled:
+        return "native kernels turned off (CLSR_NATIVE=0); using torch ops"
+    if available():
+        return f"native kernels loaded from {library_path()}"
+    return _why_not or "native kernels unavailable"
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run torch ops instead of the kernels inside this block (tests and benchmarks compare the two)."""
+    global _enabled
+    old, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = old
+
+
+def ptr(t: torch.Tensor | None, row: int = 0) -> int | None:
+    """Address of row `row` of a 2-D (or (rows, ...)) tensor whose rows are contiguous; None for None."""
+    if t is None:
+        return None
+    return t.data_ptr() + row * t.stride(0) * t.element_size()
+
+
+def ld(t: torch.Tensor | None) -> int:
+    """Leading dimension (row stride in elements) of a tensor with unit stride along its last axis."""
+    return 0 if t is None else t.stride(0)
+
+
+class BatchNormReLU(torch.autograd.Function):
+    """relu(BN(x)) in training mode (batch statistics, biased variance), as
+    ``torch.relu(F.batch_norm(x, None, None, weight, bias, training=True, eps=eps))``, in two passes
+    forward and two backward (`kernels.c`), for x = z (N, C), or, with the DIN first layer's structure,
+    x[b, q, t] = z[b, q, t] + K[b, t] + R[b, q] with z (B·Q·L, C), K (B, L, C), R (B, Q, C), the sum never
+    written. Returns (y, mean, var) with mean / var detached (for the running statistics)."""
+
+    @staticmethod
+    def forward(ctx, z, K, R, weight, bias, eps: float, dims: tuple[int, int, int]):
+        nk = kernels(z)
+        ctx.nk = nk  # the backward needs the kernels even if they are switched off meanwhile
+        B, Q, L = dims
+        C = z.shape[1]
+        z = z.contiguous()
+        K = None if K is None else K.contiguous()
+        R = None if R is None else R.contiguous()
+        y = torch.empty_like(z)
+        mean, invstd, var = z.new_empty(C), z.new_empty(C), z.new_empty(C)
+        w, b = weight.contiguous(), bias.contiguous()
+        nk.bn_relu_fwd(B, Q, L, C, ptr(z), ptr(K), ptr(R), ptr(w), ptr(b), float(eps), ptr(y), ptr(mean), ptr(invstd),
+                       ptr(var))
+        ctx.dims = dims
+        ctx.save_for_backward(z, K, R, mean, invstd, w, b)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar):
+        z, K, R, mean, invstd, w, b = ctx.saved_tensors
+        nk = ctx.nk
+        B, Q, L = ctx.dims
+        C = z.shape[1]
+        dy = dy.contiguous()
+        dz, dw, db = torch.empty_like(z), z.new_empty(C), z.new_empty(C)
+        dK = None if K is None else torch.empty_like(K)
+        dR = None if R is None else torch.empty_like(R)
+        nk.bn_relu_bwd(B, Q, L, C, ptr(dy), ptr(z), ptr(K), ptr(R), ptr(mean), ptr(invstd), ptr(w), ptr(b), ptr(dz),
+                       ptr(dK), ptr(dR), ptr(dw), ptr(db))
+        return dz, dK, dR, dw, db, None, None
+
+
+class BatchNormReLUDot(torch.autograd.Function):
+    """s = relu(BN(x)) w + b0 for a 2-D x in training mode, (N, 1), without materialising relu(BN(x))
+    (`kernels.c`). Returns (s, mean, var), mean / var detached."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, w, b0, eps: float):
+        nk = kernels(x)
+        ctx.nk = nk  # the backward needs the kernels even if they are switched off meanwhile
+        N, C = x.shape
+        s = x.new_empty(N, 1)
+        mean, invstd, var = x.new_empty(C), x.new_empty(C), x.new_empty(C)
+        gw, gb, w = weight.contiguous(), bias.contiguous(), w.reshape(-1).contiguous()
+        nk.bn_relu_dot_fwd(N, C, ptr(x), ld(x), ptr(gw), ptr(gb), float(eps), ptr(w), float(b0), ptr(s), ptr(mean),
+                           ptr(invstd), ptr(var))
+        ctx.save_for_backward(x, mean, invstd, gw, gb, w)
+        ctx.mark_non_differentiable(mean, var)
+        return s, mean, var
+
+    @staticmethod
+    def backward(ctx, ds, _dmean, _dvar):
+        x, mean, invstd, gw, gb, w = ctx.saved_tensors
+        nk = ctx.nk
+        N, C = x.shape
+        ds = ds.reshape(-1).contiguous()
+        dx, dgw, dgb, dw = torch.empty_like(x), x.new_empty(C), x.new_empty(C), x.new_empty(C)
+        nk.bn_relu_dot_bwd(N, C, ptr(ds), ptr(x), ld(x), ptr(mean), ptr(invstd), ptr(gw), ptr(gb), ptr(w), ptr(dx), ld(dx),
+                           ptr(dgw), ptr(dgb), ptr(dw))
+        return dx, dgw, dgb, dw.view(1, C), ds.sum().reshape(1), None
+
+
+def _update_running_stats(bn: torch.nn.BatchNorm1d, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+    """nn.BatchNorm1d's update for a batch of n rows with biased variance var (it stores the unbiased one)."""
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        bn.running_mean.mul_(1 - m).add_(mean, alpha=m)
+        bn.running_var.mul_(1 - m).add_(var * (n / (n - 1)), alpha=m)
+
+
+def _fusable(bn: torch.nn.BatchNorm1d, x: torch.Tensor) -> bool:
+    return (bn.training and bn.affine and bn.track_running_stats and x.dim() == 2 and x.shape[0] >= 2
+            and x.stride(1) == 1 and kernels(x) is not None)
+
+
+def bn_relu_dot(bn, x, out: torch.nn.Linear, K=None, R=None) -> torch.Tensor | None:
+    """out(relu(bn(x))) for a one-unit `out` through `BatchNormReLUDot` (training-mode `bn`, running
+    statistics updated as nn.BatchNorm1d does), or None when the kernels cannot take it (also with the
+    DIN terms K, R, which this kernel does not add)."""
+    if out.out_features != 1 or out.bias is None or K is not None or R is not None or not _fusable(bn, x):
+        return None
+    s, mean, var = BatchNormReLUDot.apply(x, bn.weight, bn.bias, out.weight, out.bias, bn.eps)
+    _update_running_stats(bn, mean, var, x.shape[0])
+    return s
+
+
+def can_fuse_bn_relu(bn: torch.nn.BatchNorm1d, like: torch.Tensor) -> bool:
+    """Whether `bn_relu` can take `bn` (training mode, affine, tracking) on tensors like `like` (CPU
+    float32 / float64, kernels loaded)."""
+    return bn.training and bn.affine and bn.track_running_stats and kernels(like) is not None
+
+
+def bn_relu(bn: torch.nn.BatchNorm1d, x: torch.Tensor, K=None, R=None, dims=None) -> torch.Tensor | None:
+    """relu(bn(x)) through the fused kernels for a training-mode `bn` on a 2-D CPU float x, updating
+    bn's running statistics as nn.BatchNorm1d does; None when the kernels cannot take it (the caller then
+    runs the torch ops). With K, R and dims = (B, Q, L): relu(bn(x + K[b, t] + R[b, q])) over rows (b, q, t)."""
+    if not _fusable(bn, x):
+        return None
+    if dims is None:
+        dims = (x.shape[0], 1, 1)
+    y, mean, var = BatchNormReLU.apply(x, K, R, bn.weight, bn.bias, bn.eps, tuple(int(v) for v in dims))
+    _update_running_stats(bn, mean, var, x.shape[0])
+    return y
+
+
+class DinPairLayer(torch.autograd.Function):
+    """z[b, c, t] = W (a[b, t] ⊙ r[b, c]) + K[b, t] + Q[b, c] as a (B·C·L, h) matrix (rows (b, c, t));
+    K = Q = None leaves the two terms out (the caller adds them inside `bn_relu`):
+    one product, one GEMM (torch), one pass adding K and Q; backward: dK, dQ in one pass, dW = dzᵀ prod
+    and ∂prod = dz W (torch), then da, dr in one pass (`kernels.c`). a (B, L, d) and r (B, C, d) may be
+    column slices of larger tensors."""
+
+    @staticmethod
+    def forward(ctx, a, r, W, K, Q):
+        nk = kernels(a)
+        ctx.nk = nk  # the backward needs the kernels even if they are switched off meanwhile
+        B, L, d = a.shape
+        C, h = r.shape[1], W.shape[0]
+        prod = a.unsqueeze(1) * r.unsqueeze(2)  # (B, C, L, d)
+        z = torch.mm(prod.view(-1, d), W.t().contiguous())
+        ctx.with_kq = K is not None
+        if ctx.with_kq:
+            K, Q = K.contiguous(), Q.contiguous()
+            nk.din_add_kq(B, C, L, h, ptr(z), ptr(K), ptr(Q))
+        ctx.save_for_backward(a, r, W, prod)
+        return z
+
+    @staticmethod
+    def backward(ctx, dz):
+        a, r, W, prod = ctx.saved_tensors
+        nk = ctx.nk
+        B, L, d = a.shape
+        C, h = r.shape[1], W.shape[0]
+        dz = dz.contiguous()
+        dK = dQ = None
+        if ctx.with_kq:
+            dK, dQ = dz.new_empty(B, L, h), dz.new_empty(B, C, h)
+            nk.din_sum_kq(B, C, L, h, ptr(dz), ptr(dK), ptr(dQ))
+        dW = torch.mm(dz.t(), prod.view(-1, d)) if ctx.needs_input_grad[2] else None
+        da = dr = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            dprod = torch.mm(dz, W)  # (B·C·L, d)
+            da, dr = dz.new_empty(B, L, d), dz.new_empty(B, C, d)
+            nk.din_prod_bwd(B, C, L, d, ptr(dprod), ptr(a), a.stride(0), a.stride(1), ptr(r), r.stride(0), r.stride(1),
+                            ptr(da), ptr(dr))
+        return da, dr, dW, dK, dQ
+
+
+def din_pair_layer(a, r, W, K=None, Q=None) -> torch.Tensor | None:
+    """`DinPairLayer` when the kernels can take these tensors (CPU float, unit stride along the features),
+    else None (the caller runs the torch ops)."""
+    if kernels(a) is None or a.stride(-1) != 1 or r.stride(-1) != 1 or r.dim() != 3:
+        return None
+    return DinPairLayer.apply(a, r, W, K, Q)

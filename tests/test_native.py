@@ -1,0 +1,187 @@
+"""The C kernels of `clsr.models.native` against the torch ops they replace (values, every gradient, BN
+running statistics), in float64 (to rounding) and float32, with one and two threads.
+
+The recurrence kernels are tested in test_recurrence.py; here: fused BN + ReLU (plain, with the DIN
+first layer's broadcast terms, and with a one-unit output layer), the DIN product layer, the MLP and DIN
+scorer built on them, and a whole CLSR training step.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from clsr.models import native
+from clsr.models.layers import MLP, DinAttention, din_first_layer
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=native.status())
+
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=2e-4, atol=2e-5)}
+DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    old = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(old)
+
+
+def _bn(C, dtype, seed=0):
+    torch.manual_seed(seed)
+    bn = nn.BatchNorm1d(C, eps=1e-4, momentum=0.05).to(dtype)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    return bn
+
+
+def _grads(out, inputs, seed=1):
+    torch.manual_seed(seed)
+    w = torch.randn_like(out)
+    return torch.autograd.grad((out * w).sum(), inputs)
+
+
+def _close(a, b, dtype):
+    torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+@DTYPES
+def test_bn_relu_equals_batchnorm_then_relu(dtype, threads):
+    bn_k, bn_t = _bn(37, dtype), _bn(37, dtype)
+    x = (torch.randn(1001, 37, dtype=dtype) * 3 + 5).requires_grad_()  # mean ≫ std: no cancellation
+    y_k = native.bn_relu(bn_k, x)
+    y_t = torch.relu(bn_t(x))
+    _close(y_k, y_t, dtype)
+    for a, b in zip(_grads(y_k, [x, bn_k.weight, bn_k.bias]), _grads(y_t, [x, bn_t.weight, bn_t.bias])):
+        _close(a, b, dtype)
+    _close(bn_k.running_mean, bn_t.running_mean, dtype)
+    _close(bn_k.running_var, bn_t.running_var, dtype)  # unbiased, as nn.BatchNorm1d keeps it
+    assert int(bn_k.num_batches_tracked) == int(bn_t.num_batches_tracked) == 1
+
+
+@DTYPES
+def test_bn_relu_adds_the_din_broadcast_terms(dtype, threads):
+    """rows (b, q, t): relu(BN(z + K[b, t] + R[b, q])) and the gradients to z, K and R."""
+    B, Q, L, C = 6, 3, 7, 10
+    bn_k, bn_t = _bn(C, dtype), _bn(C, dtype)
+    z = torch.randn(B * Q * L, C, dtype=dtype, requires_grad=True)
+    K = torch.randn(B, L, C, dtype=dtype, requires_grad=True)
+    R = torch.randn(B, Q, C, dtype=dtype, requires_grad=True)
+    y_k = native.bn_relu(bn_k, z, K, R, dims=(B, Q, L))
+    x = (z.view(B, Q, L, C) + K.unsqueeze(1) + R.unsqueeze(2)).view(-1, C)
+    y_t = torch.relu(bn_t(x))
+    _close(y_k, y_t, dtype)
+    for a, b in zip(_grads(y_k, [z, K, R, bn_k.weight]), _grads(y_t, [z, K, R, bn_t.weight])):
+        _close(a, b, dtype)
+
+
+@DTYPES
+def test_bn_relu_dot_equals_batchnorm_relu_linear(dtype, threads):
+    bn_k, bn_t = _bn(40, dtype), _bn(40, dtype)
+    out = nn.Linear(40, 1).to(dtype)
+    out_t = copy.deepcopy(out)
+    x = torch.randn(999, 40, dtype=dtype, requires_grad=True)
+    s_k = native.bn_relu_dot(bn_k, x, out)
+    s_t = out_t(torch.relu(bn_t(x)))
+    _close(s_k, s_t, dtype)
+    g_k = _grads(s_k, [x, bn_k.weight, bn_k.bias, out.weight, out.bias])
+    g_t = _grads(s_t, [x, bn_t.weight, bn_t.bias, out_t.weight, out_t.bias])
+    for a, b in zip(g_k, g_t):
+        _close(a, b, dtype)
+    _close(bn_k.running_var, bn_t.running_var, dtype)
+
+
+@DTYPES
+@pytest.mark.parametrize("with_kq", [True, False])
+def test_din_pair_layer_equals_product_matmul_and_broadcast_adds(dtype, with_kq, threads):
+    B, C, L, d, h = 5, 4, 6, 3, 7
+    torch.manual_seed(2)
+    wide = torch.randn(B, L, 2 * d, dtype=dtype, requires_grad=True)
+    a = wide[..., d:]  # a column slice, as the DIN layer passes it
+    r = torch.randn(B, C, d, dtype=dtype, requires_grad=True)
+    W = torch.randn(h, d, dtype=dtype, requires_grad=True)
+    K = torch.randn(B, L, h, dtype=dtype, requires_grad=True)
+    Q = torch.randn(B, C, h, dtype=dtype, requires_grad=True)
+    z_k = native.din_pair_layer(a, r, W, K, Q) if with_kq else native.din_pair_layer(a, r, W)
+    z_t = (a.unsqueeze(1) * r.unsqueeze(2)) @ W.t()  # (B, C, L, h)
+    if with_kq:
+        z_t = z_t + K.unsqueeze(1) + Q.unsqueeze(2)
+    z_t = z_t.reshape(-1, h)
+    _close(z_k, z_t, dtype)
+    inputs = [wide, r, W] + ([K, Q] if with_kq else [])
+    for x, y in zip(_grads(z_k, inputs), _grads(z_t, inputs)):
+        _close(x, y, dtype)
+
+
+@DTYPES
+def test_mlp_training_step_with_kernels_equals_torch_ops(dtype, threads):
+    torch.manual_seed(3)
+    mlp = MLP(12, [9, 5], out_dim=1).to(dtype)
+    ref = copy.deepcopy(mlp)
+    x = torch.randn(300, 12, dtype=dtype, requires_grad=True)
+    y = mlp(x)
+    with native.disabled():
+        y_t = ref(x)
+    _close(y, y_t, dtype)
+    for a, b in zip(_grads(y, [x, *mlp.parameters()]), _grads(y_t, [x, *ref.parameters()])):
+        _close(a, b, dtype)
+    for bn, bn_t in zip(mlp.norms, ref.norms):
+        _close(bn.running_mean, bn_t.running_mean, dtype)
+        _close(bn.running_var, bn_t.running_var, dtype)
+
+
+def test_din_attention_with_kernels_equals_naive_concatenation_in_torch_ops(threads):
+    torch.manual_seed(4)
+    att = DinAttention(6, (8, 4), init_std=0.5).double()
+    ref = copy.deepcopy(att)
+    keys = torch.randn(4, 7, 6, dtype=torch.float64, requires_grad=True)
+    mask = (torch.arange(7)[None] < torch.tensor([7, 3, 5, 1])[:, None]).double()
+
+    def keys_pad():  # zero keys at padding, as the short-term encoder's
+        return keys * mask.unsqueeze(-1)
+
+    shared = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    per = torch.randn(4, 5, 4, dtype=torch.float64, requires_grad=True)
+    w = att(keys_pad(), mask, per, query_shared=shared)
+    with native.disabled():
+        w_t = ref(keys_pad(), mask, per, query_shared=shared, naive=True)
+    _close(w, w_t, torch.float64)
+    params = [keys, shared, per, *att.parameters()]
+    params_t = [keys, shared, per, *ref.parameters()]
+    for a, b in zip(_grads(w, params), _grads(w_t, params_t)):
+        _close(a, b, torch.float64)
+
+
+def test_din_first_layer_split_sums_to_the_full_layer():
+    torch.manual_seed(5)
+    first = nn.Linear(16, 8).double()
+    keys = torch.randn(3, 5, 4, dtype=torch.float64)
+    query, shared = torch.randn(3, 2, 3, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64)
+    P, K, Q = din_first_layer(first, keys, query, shared, split=True)
+    z = din_first_layer(first, keys, query, shared)
+    _close((P.view(3, 2, 5, 8) + K.unsqueeze(1) + Q.unsqueeze(2)).view(-1, 8), z, torch.float64)
+
+
+def test_clsr_training_step_with_kernels_equals_torch_ops():
+    """float64: logits, every loss part and every parameter gradient of a whole CLSR step."""
+    from tests.test_clsr_model import _loss_parts, make_batch, make_model
+
+    fast = make_model()
+    ref = make_model()
+    ref.load_state_dict(fast.state_dict())
+    b = make_batch(lengths=(8, 6, 3, 7, 1, 0), C=3, users=[1, 2, 1, 3, 4, 2])
+    out_f, parts_f = _loss_parts(fast, b)
+    parts_f["total"].backward()
+    with native.disabled():
+        out_r, parts_r = _loss_parts(ref, b)
+        parts_r["total"].backward()
+    _close(out_f["logits"], out_r["logits"], torch.float64)
+    for k in parts_f:
+        _close(parts_f[k], parts_r[k], torch.float64)
+    for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
+        if p.grad is not None or q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)
