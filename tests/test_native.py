@@ -185,3 +185,35 @@ def test_clsr_training_step_with_kernels_equals_torch_ops():
     for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
         if p.grad is not None or q.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("pad_key", ["zero", "shared"], ids=["zero-padding-keys", "equal-padding-keys"])
+def test_din_attention_folding_padded_positions_equals_dense_torch_ops(pad_key, threads):
+    """`lengths` given: each instance's padded positions become one weighted row per query; the weights,
+    every gradient (incl. the padded keys', shared out equally) and the BN running statistics match the
+    dense computation in torch ops. Lengths cover empty and full histories."""
+    torch.manual_seed(6)
+    B, L, d, C = 5, 6, 4, 3
+    lengths = torch.tensor([6, 0, 2, 5, 1])
+    mask = (torch.arange(L)[None] < lengths[:, None]).double()
+    att = DinAttention(d, (7, 5), init_std=0.5).double()
+    ref = copy.deepcopy(att)
+    keys_valid = torch.randn(B, L, d, dtype=torch.float64, requires_grad=True)
+    pad = torch.zeros(d, dtype=torch.float64) if pad_key == "zero" else torch.randn(d, dtype=torch.float64)
+    pad.requires_grad_(pad_key == "shared")
+    shared = torch.randn(B, 1, dtype=torch.float64, requires_grad=True)
+    per = torch.randn(B, C, d - 1, dtype=torch.float64, requires_grad=True)
+
+    def keys():
+        return torch.where(mask.unsqueeze(-1) > 0, keys_valid, pad.expand(B, L, d))
+
+    w = att(keys(), mask, per, query_shared=shared, lengths=lengths)
+    with native.disabled():
+        w_t = ref(keys(), mask, per, query_shared=shared)
+    _close(w, w_t, torch.float64)
+    inputs = [keys_valid, shared, per] + ([pad] if pad.requires_grad else [])
+    for a, b in zip(_grads(w, inputs + list(att.parameters())), _grads(w_t, inputs + list(ref.parameters()))):
+        _close(a, b, torch.float64)
+    for bn, bn_t in zip(att.mlp.norms, ref.mlp.norms):
+        _close(bn.running_mean, bn_t.running_mean, torch.float64)
+        _close(bn.running_var, bn_t.running_var, torch.float64)

@@ -37,7 +37,11 @@ Deviations from the released code (all numerically negligible or confined to deg
   fusion GRU run as one block-diagonal GRU (layers.run_gru_pair). All exact up to float summation order.
 - Attention scorers never build the 4-fold concatenation (exact algebraic split of the first layer,
   layers.DinAttention); in evaluation (BN on running statistics) they score only the valid positions,
-  since a padded position's score is masked anyway (exact).
+  since a padded position's score is masked anyway (exact). In training on a CPU, the padded positions of
+  an instance (all with the same key: zero outputs of the sequence encoder, or the padding item) are
+  folded into one row per candidate that counts L − n times in the BN statistics (exact; clsr.models.native).
+- On a CPU, batch norm + ReLU, the recurrent steps and the DIN product layer run as C kernels
+  (clsr/models/kernels.c; torch ops with CLSR_NATIVE=0): the same function, different float32 rounding.
 - τ^now[:, L−1] is read from the last column of the batch tensor, so the batch width must be the
   configured max length L (the data layer pads to L; trimming trailing padding would change it).
 """
@@ -60,6 +64,7 @@ from clsr.models.layers import (
     TFLSTMCell,
     Time4LSTMCell,
     attention_pool,
+    lookup,
     run_gru_pair,
     run_rnn,
     trunc_normal_,
@@ -188,15 +193,16 @@ class CLSR(Recommender):
     def embed(self, batch: Batch):
         """X = [E_i(hist) ‖ E_c(hist)] (B, L, d), e_v = [E_i(cand) ‖ E_c(cand)] (B, C, d),
         e^l = E_l(user), e^s = E_s(user) (B, d_u)."""
-        X = torch.cat([self.item_emb(batch.hist_item), self.cate_emb(batch.hist_cate)], dim=-1)
-        e_v = torch.cat([self.item_emb(batch.cand_item), self.cate_emb(batch.cand_cate)], dim=-1)
-        return X, e_v, self.user_long(batch.user), self.user_short(batch.user)
+        X = torch.cat([lookup(self.item_emb, batch.hist_item), lookup(self.cate_emb, batch.hist_cate)], dim=-1)
+        e_v = torch.cat([lookup(self.item_emb, batch.cand_item), lookup(self.cate_emb, batch.cand_cate)], dim=-1)
+        return X, e_v, lookup(self.user_long, batch.user), lookup(self.user_short, batch.user)
 
     # ---- 2. long-term encoder ------------------------------------------------------------------------
-    def long_term(self, X, mask, e_long, naive: bool = False):
-        """a = softmax_t MLP([A_t, e^l, A_t − e^l, A_t ⊙ e^l]) with A = X W_l;  u^l = Σ_t a_t X_t (raw X)."""
+    def long_term(self, X, mask, e_long, naive: bool = False, lengths=None):
+        """a = softmax_t MLP([A_t, e^l, A_t − e^l, A_t ⊙ e^l]) with A = X W_l;  u^l = Σ_t a_t X_t (raw X).
+        ``lengths``: passed on to the scorer (padded positions all hold the padding item, so equal keys)."""
         A = X @ self.long_proj
-        a = self.long_att(A, mask, e_long, naive=naive)  # (B, L)
+        a = self.long_att(A, mask, e_long, naive=naive, lengths=lengths)  # (B, L)
         return attention_pool(a, X), a
 
     # ---- 3 and 5. proxies ------------------------------------------------------------------------------
@@ -239,11 +245,12 @@ class CLSR(Recommender):
         return run_rnn(self.seq_cell, inputs, lengths, n_steps=n_steps, fused=fused, plan=plan)[0]
 
     # ---- 7. short-term encoder ---------------------------------------------------------------------------------
-    def short_term(self, O, mask, h_short, e_v, naive: bool = False):
+    def short_term(self, O, mask, h_short, e_v, naive: bool = False, lengths=None):
         """a^s = softmax_t MLP([A_s,t, q, A_s,t − q, A_s,t ⊙ q]) with A_s = O W_s and q = [h^s ‖ e_v]
-        (one query per candidate); u^s = Σ_t a^s_t O_t (raw O). Returns u^s (B, C, H), a^s (B, C, L)."""
+        (one query per candidate); u^s = Σ_t a^s_t O_t (raw O). Returns u^s (B, C, H), a^s (B, C, L).
+        ``lengths``: passed on to the scorer (O is zero at padded positions, so equal keys)."""
         A_s = O @ self.short_proj
-        a = self.short_att(A_s, mask, e_v, query_shared=h_short, naive=naive)
+        a = self.short_att(A_s, mask, e_v, query_shared=h_short, naive=naive, lengths=lengths)
         return attention_pool(a, O), a
 
     # ---- 8. fusion --------------------------------------------------------------------------------------------
@@ -282,13 +289,14 @@ class CLSR(Recommender):
         # one packing of the histories for the three recurrent nets (fused path; built once per forward)
         plan = Packing.plan(lengths, n_steps, X.shape[1]) if self.cfg.fused_recurrences and n_steps else None
 
-        u_long, att_long = self.long_term(X, mask, e_long, naive)
+        # left-aligned histories with equal keys at every padded position: the scorers may fold them
+        u_long, att_long = self.long_term(X, mask, e_long, naive, lengths=lengths)
         p_long, p_short = self.proxies(X, mask)
         h_short, h_c = self.intention_and_fusion_states(X, lengths, e_short, n_steps, plan)
         O = self.sequence(
             X, lengths, batch.time_from_first.to(X.dtype), batch.time_to_now.to(X.dtype), n_steps, plan
         )
-        u_short, att_short = self.short_term(O, mask, h_short, e_v, naive)
+        u_short, att_short = self.short_term(O, mask, h_short, e_v, naive, lengths=lengths)
         # τ^now at the last *padded* column L−1 (zero unless n = L), as released
         tau_last = batch.time_to_now[:, -1].to(X.dtype)
         if alpha_override is None:

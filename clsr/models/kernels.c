@@ -24,32 +24,34 @@ double tanh(double);
                                                                                                            \
 static inline T sigm_##SUF(T x) { return (T)1 / ((T)1 + EXP(-x)); }                                       \
                                                                                                            \
-/* GRU forward, first half: rz <- sigma(rz) (k x 2H, pre-activations in place); rh = r * h_prev. */       \
-void gru_fwd_gates_##SUF(int k, int H, T *rz, int ld_rz, const T *hp, int ld_hp, T *rh, int ld_rh) {      \
+/* GRU forward, first half: rz <- sigma(rz + x) (k x 2H: h_prev W_g in, gates out; x = the input part);   \
+   rh = r * h_prev. */                                                                                     \
+void gru_fwd_gates_##SUF(int k, int H, T *rz, int ld_rz, const T *x, int ld_x, const T *hp, int ld_hp,    \
+                         T *rh, int ld_rh) {                                                               \
     _Pragma("omp parallel for schedule(static) if(k * H >= 8192)")                                      \
     for (int i = 0; i < k; i++) {                                                                          \
         T *g = rz + (long)i * ld_rz;                                                                       \
-        const T *h = hp + (long)i * ld_hp;                                                                 \
+        const T *h = hp + (long)i * ld_hp, *xi = x + (long)i * ld_x;                                       \
         T *o = rh + (long)i * ld_rh;                                                                       \
         _Pragma("omp simd")                                                                                \
-        for (int j = 0; j < 2 * H; j++) g[j] = sigm_##SUF(g[j]);                                           \
+        for (int j = 0; j < 2 * H; j++) g[j] = sigm_##SUF(g[j] + xi[j]);                                   \
         _Pragma("omp simd")                                                                                \
         for (int j = 0; j < H; j++) o[j] = g[j] * h[j];                                                    \
     }                                                                                                      \
 }                                                                                                          \
                                                                                                            \
-/* GRU forward, second half: c <- tanh(c) (pre-activation in place), h = c + z (h_prev - c);               \
-   with K (k x 3H): the backward's factors [h_prev r(1-r), (h_prev - c) z(1-z), (1-z)(1-c^2)]. */         \
-void gru_fwd_state_##SUF(int k, int H, T *c, int ld_c, const T *hp, int ld_hp, const T *rz, int ld_rz,    \
-                         T *out, int ld_out, T *K, int ld_k) {                                             \
+/* GRU forward, second half: c <- tanh(c + x) ((r * h_prev) W_c in, x = the input part), h = c + z (h_prev  \
+   - c); with K (k x 3H): the backward's factors [h_prev r(1-r), (h_prev - c) z(1-z), (1-z)(1-c^2)]. */    \
+void gru_fwd_state_##SUF(int k, int H, T *c, int ld_c, const T *x, int ld_x, const T *hp, int ld_hp,      \
+                         const T *rz, int ld_rz, T *out, int ld_out, T *K, int ld_k) {                     \
     _Pragma("omp parallel for schedule(static) if(k * H >= 8192)")                                      \
     for (int i = 0; i < k; i++) {                                                                          \
         T *cc = c + (long)i * ld_c;                                                                        \
-        const T *h = hp + (long)i * ld_hp, *r = rz + (long)i * ld_rz, *z = r + H;                          \
+        const T *h = hp + (long)i * ld_hp, *r = rz + (long)i * ld_rz, *z = r + H, *xi = x + (long)i * ld_x;\
         T *o = out + (long)i * ld_out;                                                                     \
         _Pragma("omp simd")                                                                                \
         for (int j = 0; j < H; j++) {                                                                      \
-            T cj = TANH(cc[j]);                                                                            \
+            T cj = TANH(cc[j] + xi[j]);                                                                    \
             cc[j] = cj;                                                                                    \
             o[j] = cj + z[j] * (h[j] - cj);                                                                \
         }                                                                                                  \
@@ -100,25 +102,27 @@ void gru_bwd_b_##SUF(int k, int H, const T *drh, int ld_drh, const T *K, int ld_
     }                                                                                                      \
 }                                                                                                          \
                                                                                                            \
-/* LSTM forward, everything after g = gx + h_prev W: g (k x 4H, blocks i, j, f, o) becomes                 \
-   [sigma(i~), tanh(j~), sigma(f~), sigma(o~)] in place; with s12 (k x 2H = [s1, s2], time gates)          \
+/* LSTM forward, everything after h_prev W: g (k x 4H, blocks i, j, f, o; h_prev W in) becomes, with the   \
+   input part x added, [sigma(i~), tanh(j~), sigma(f~), sigma(o~)] in place; with s12 (k x 2H = [s1, s2], time gates)          \
    i = sigma(i~) s1, f = sigma(f~) s2 (f also written to F); c (k x H) holds c_{t-1} on entry and c_t       \
    on exit, h = o tanh(c_t) goes to out. With PD (k x 4H), KC, Q (k x 2H, time gates only): the            \
    backward's factors, see recurrence.LSTMSequence. */                                                     \
-void lstm_fwd_##SUF(int k, int H, T *g, int ld_g, const T *s12, int ld_s, T *F, int ld_f, T *c, int ld_c,  \
+void lstm_fwd_##SUF(int k, int H, T *g, int ld_g, const T *x, int ld_x, const T *s12, int ld_s, T *F,       \
+                    int ld_f, T *c, int ld_c,                                                              \
                     T *out, int ld_out, T *PD, int ld_pd, T *KC, int ld_kc, T *Q, int ld_q) {               \
     _Pragma("omp parallel for schedule(static) if(k * H >= 8192)")                                      \
     for (int i = 0; i < k; i++) {                                                                          \
         T cnv[H], tcv[H], a1v[H], a2v[H];                                                                  \
         T *restrict gi = g + (long)i * ld_g, *restrict gj = gi + H, *restrict gf = gi + 2 * H;             \
         T *restrict go = gi + 3 * H;                                                                       \
+        const T *restrict xi = x + (long)i * ld_x;                                                         \
         T *restrict cc = c + (long)i * ld_c, *restrict o = out + (long)i * ld_out;                         \
         _Pragma("omp simd")                                                                                \
         for (int j = 0; j < H; j++) {                                                                      \
-            gi[j] = sigm_##SUF(gi[j]);                                                                     \
-            gj[j] = TANH(gj[j]);                                                                           \
-            gf[j] = sigm_##SUF(gf[j]);                                                                     \
-            go[j] = sigm_##SUF(go[j]);                                                                     \
+            gi[j] = sigm_##SUF(gi[j] + xi[j]);                                                             \
+            gj[j] = TANH(gj[j] + xi[H + j]);                                                               \
+            gf[j] = sigm_##SUF(gf[j] + xi[2 * H + j]);                                                     \
+            go[j] = sigm_##SUF(go[j] + xi[3 * H + j]);                                                     \
         }                                                                                                  \
         if (s12) {                                                                                         \
             const T *restrict s1 = s12 + (long)i * ld_s, *restrict s2 = s1 + H;                            \
@@ -396,14 +400,16 @@ void din_prod_bwd_##SUF(long B, int C, int L, int d, const T *dprod, const T *a,
 }
 
 /* The last hidden layer of a scorer MLP with its output unit: s = relu(BN(x)) . w + b0 (one score per row),
-   without writing relu(BN(x)) at all; the backward recomputes it from x. Same statistics as bn_relu_fwd.
+   without writing relu(BN(x)) at all; the backward recomputes it from x. Same statistics as bn_relu_fwd;
+   optional row weights wt (the ragged DIN rows' multiplicities, n_eff = their sum; NULL: 1 and N), with
+   ds and dx then totals over each row's copies.
    Backward with ds (N): g = ds_i w_j [pre > 0]; dbeta = sum g, dgamma = sum g xhat, dw = sum ds_i y_ij,
    dx = gamma invstd (g - dbeta / N - xhat dgamma / N). */
 #define DEFINE_BN_DOT_KERNELS(T, SUF)                                                                      \
                                                                                                            \
 void bn_relu_dot_fwd_##SUF(long N, int C, const T *x, long ld_x, const T *gamma, const T *beta,            \
                            double eps, const T *w, double b0, T *s, T *mean_out, T *invstd_out,            \
-                           T *var_out) {                                                                   \
+                           T *var_out, const T *wt, double n_eff) {                                        \
     double sum[C], sq[C];                                                                                  \
     const T *shift = x;                                                                                    \
     for (int j = 0; j < C; j++) { sum[j] = 0; sq[j] = 0; }                                                 \
@@ -414,15 +420,16 @@ void bn_relu_dot_fwd_##SUF(long N, int C, const T *x, long ld_x, const T *gamma,
         _Pragma("omp for schedule(static)")                                                                \
         for (long i = 0; i < N; i++) {                                                                     \
             const T *row = x + i * ld_x;                                                                   \
+            double wi = wt ? (double)wt[i] : 1.0;                                                          \
             _Pragma("omp simd")                                                                            \
-            for (int j = 0; j < C; j++) { double v = (double)row[j] - (double)shift[j]; ls[j] += v; lq[j] += v * v; } \
+            for (int j = 0; j < C; j++) { double v = (double)row[j] - (double)shift[j]; ls[j] += wi * v; lq[j] += wi * v * v; } \
         }                                                                                                  \
         _Pragma("omp critical")                                                                            \
         for (int j = 0; j < C; j++) { sum[j] += ls[j]; sq[j] += lq[j]; }                                   \
     }                                                                                                      \
     T a[C], b[C];                                                                                          \
     for (int j = 0; j < C; j++) {                                                                          \
-        double m = sum[j] / (double)N, var = sq[j] / (double)N - m * m;                                    \
+        double m = sum[j] / n_eff, var = sq[j] / n_eff - m * m;                                            \
         if (var < 0) var = 0;                                                                              \
         double mean = m + (double)shift[j], inv = 1.0 / sqrt(var + eps);                                   \
         mean_out[j] = (T)mean; invstd_out[j] = (T)inv; var_out[j] = (T)var;                                \
@@ -441,7 +448,7 @@ void bn_relu_dot_fwd_##SUF(long N, int C, const T *x, long ld_x, const T *gamma,
                                                                                                            \
 void bn_relu_dot_bwd_##SUF(long N, int C, const T *ds, const T *x, long ld_x, const T *mean,               \
                            const T *invstd, const T *gamma, const T *beta, const T *w, T *dx, long ld_dx,  \
-                           T *dgamma, T *dbeta, T *dw) {                                                   \
+                           T *dgamma, T *dbeta, T *dw, const T *wt, double n_eff) {                        \
     T a[C], b[C], mi[C];                                                                                   \
     for (int j = 0; j < C; j++) {                                                                          \
         a[j] = invstd[j] * gamma[j]; b[j] = beta[j] - mean[j] * a[j]; mi[j] = mean[j] * invstd[j];         \
@@ -479,24 +486,235 @@ void bn_relu_dot_bwd_##SUF(long N, int C, const T *ds, const T *x, long ld_x, co
     T k1[C], k2[C];                                                                                        \
     for (int j = 0; j < C; j++) {                                                                          \
         dgamma[j] = (T)sgx[j]; dbeta[j] = (T)sg[j]; dw[j] = (T)sw[j];                                      \
-        k1[j] = (T)(sg[j] / (double)N) * a[j];                                                             \
-        k2[j] = (T)(sgx[j] / (double)N) * a[j];                                                            \
+        k1[j] = (T)(sg[j] / n_eff) * a[j];                                                                 \
+        k2[j] = (T)(sgx[j] / n_eff) * a[j];                                                                \
     }                                                                                                      \
     _Pragma("omp parallel for schedule(static)")                                                           \
     for (long i = 0; i < N; i++) {                                                                         \
         const T *row = x + i * ld_x;                                                                       \
         T *out = dx + i * ld_dx;                                                                           \
-        T d = ds[i];                                                                                       \
+        T d = ds[i], wi = wt ? wt[i] : (T)1;                                                               \
         _Pragma("omp simd")                                                                                \
         for (int j = 0; j < C; j++) {                                                                      \
             T gm = (row[j] * a[j] + b[j]) > 0 ? d * w[j] : (T)0;                                           \
-            out[j] = a[j] * gm - k1[j] - (row[j] * invstd[j] - mi[j]) * k2[j];                             \
+            out[j] = a[j] * gm - wi * (k1[j] + (row[j] * invstd[j] - mi[j]) * k2[j]);                      \
         }                                                                                                  \
+    }                                                                                                      \
+}
+
+/* Ragged rows of a DIN scorer (training): instance b has n_b valid positions (left-aligned, n_b <= L);
+   its valid rows (q, t < n_b) come in the order (b, q, t), starting at off[b] = Q * sum_{b' < b} n_b',
+   V rows in all; then one row per (b, q), V + b * Q + q, standing for the L - n_b padded positions, whose
+   keys are all equal (zero, or the padding item's), so their rows are equal too: it enters the batch
+   statistics with weight L - n_b, and its gradient is the total over those positions (shared out
+   equally among the padded keys). Exact, and 1 - V / (B Q L) of the rows are never computed (about 22 %
+   on ml100k). The padding row's key is a[b, min(n_b, L - 1)]. */
+#define RAGGED_ROWS_BEGIN                                                                                  \
+    long nb = n[b], wpad = L - nb, tpad = nb < L ? nb : L - 1;                                             \
+    (void)wpad; (void)tpad;
+
+#define DEFINE_RAGGED_KERNELS(T, SUF)                                                                      \
+                                                                                                           \
+void ragged_prod_fwd_##SUF(long B, int Q, int L, int d, const long *n, const long *off, long V,           \
+                           const T *a, long sa_b, long sa_t, const T *r, long sr_b, long sr_q, T *prod) {  \
+    _Pragma("omp parallel for schedule(static)")                                                           \
+    for (long b = 0; b < B; b++) {                                                                         \
+        RAGGED_ROWS_BEGIN                                                                                  \
+        for (int q = 0; q < Q; q++) {                                                                      \
+            const T *rq = r + b * sr_b + q * sr_q;                                                         \
+            for (long t = 0; t < nb; t++) {                                                                \
+                const T *at = a + b * sa_b + t * sa_t;                                                     \
+                T *p = prod + (off[b] + q * nb + t) * d;                                                   \
+                _Pragma("omp simd")                                                                        \
+                for (int j = 0; j < d; j++) p[j] = at[j] * rq[j];                                          \
+            }                                                                                              \
+            const T *ap = a + b * sa_b + tpad * sa_t;                                                      \
+            T *p = prod + (V + b * Q + q) * d;                                                             \
+            _Pragma("omp simd")                                                                            \
+            for (int j = 0; j < d; j++) p[j] = ap[j] * rq[j];                                              \
+        }                                                                                                  \
+    }                                                                                                      \
+}                                                                                                          \
+                                                                                                           \
+void ragged_prod_bwd_##SUF(long B, int Q, int L, int d, const long *n, const long *off, long V,           \
+                           const T *dprod, const T *a, long sa_b, long sa_t, const T *r, long sr_b,        \
+                           long sr_q, T *da, T *dr) {                                                      \
+    _Pragma("omp parallel for schedule(static)")                                                           \
+    for (long b = 0; b < B; b++) {                                                                         \
+        RAGGED_ROWS_BEGIN                                                                                  \
+        T *dab = da + b * L * d, pad[d];                                                                   \
+        for (long i = 0; i < (long)L * d; i++) dab[i] = 0;                                                 \
+        for (int j = 0; j < d; j++) pad[j] = 0;                                                            \
+        const T *ap = a + b * sa_b + tpad * sa_t;                                                          \
+        for (int q = 0; q < Q; q++) {                                                                      \
+            const T *rq = r + b * sr_b + q * sr_q;                                                         \
+            T *drq = dr + (b * Q + q) * d;                                                                 \
+            for (int j = 0; j < d; j++) drq[j] = 0;                                                        \
+            for (long t = 0; t < nb; t++) {                                                                \
+                const T *g = dprod + (off[b] + q * nb + t) * d, *at = a + b * sa_b + t * sa_t;             \
+                T *dat = dab + t * d;                                                                      \
+                _Pragma("omp simd")                                                                        \
+                for (int j = 0; j < d; j++) { dat[j] += g[j] * rq[j]; drq[j] += g[j] * at[j]; }            \
+            }                                                                                              \
+            const T *g = dprod + (V + b * Q + q) * d;                                                      \
+            _Pragma("omp simd")                                                                            \
+            for (int j = 0; j < d; j++) { pad[j] += g[j] * rq[j]; drq[j] += g[j] * ap[j]; }                \
+        }                                                                                                  \
+        for (long t = nb; t < L; t++)                                                                      \
+            for (int j = 0; j < d; j++) dab[t * d + j] = pad[j] / (T)wpad;                                 \
+    }                                                                                                      \
+}                                                                                                          \
+                                                                                                           \
+/* relu(BN(x)) over ragged rows, x = z + K[b, t] + R[b, q] (t = the padding key's position for the        \
+   padding rows), weights 1 and L - n_b in the statistics; y has the rows of z. */                         \
+void bn_relu_ragged_fwd_##SUF(long B, int Q, int L, int C, const long *n, const long *off, long V,        \
+                              const T *z, const T *K, const T *R, const T *gamma, const T *beta,           \
+                              double eps, T *y, T *mean_out, T *invstd_out, T *var_out) {                  \
+    double N = (double)B * Q * L;                                                                          \
+    T shift[C];                                                                                            \
+    for (int j = 0; j < C; j++) shift[j] = z[j] + K[j] + R[j];                                             \
+    double sum[C], sq[C];                                                                                  \
+    for (int j = 0; j < C; j++) { sum[j] = 0; sq[j] = 0; }                                                 \
+    _Pragma("omp parallel")                                                                                \
+    {                                                                                                      \
+        double ls[C], lq[C];                                                                               \
+        for (int j = 0; j < C; j++) { ls[j] = 0; lq[j] = 0; }                                              \
+        _Pragma("omp for schedule(static)")                                                                \
+        for (long b = 0; b < B; b++) {                                                                     \
+            RAGGED_ROWS_BEGIN                                                                              \
+            for (int q = 0; q < Q; q++) {                                                                  \
+                const T *rr = R + (b * Q + q) * C;                                                         \
+                for (long t = 0; t < nb; t++) {                                                            \
+                    const T *row = z + (off[b] + q * nb + t) * C, *kr = K + (b * L + t) * C;               \
+                    _Pragma("omp simd")                                                                    \
+                    for (int j = 0; j < C; j++) {                                                          \
+                        double v = (double)(row[j] + kr[j] + rr[j]) - (double)shift[j];                    \
+                        ls[j] += v; lq[j] += v * v;                                                        \
+                    }                                                                                      \
+                }                                                                                          \
+                if (wpad > 0) {                                                                            \
+                    const T *row = z + (V + b * Q + q) * C, *kr = K + (b * L + tpad) * C;                  \
+                    double w = (double)wpad;                                                               \
+                    for (int j = 0; j < C; j++) {                                                          \
+                        double v = (double)(row[j] + kr[j] + rr[j]) - (double)shift[j];                    \
+                        ls[j] += w * v; lq[j] += w * v * v;                                                \
+                    }                                                                                      \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+        _Pragma("omp critical")                                                                            \
+        for (int j = 0; j < C; j++) { sum[j] += ls[j]; sq[j] += lq[j]; }                                   \
+    }                                                                                                      \
+    T a_[C], bb[C];                                                                                        \
+    for (int j = 0; j < C; j++) {                                                                          \
+        double m = sum[j] / N, var = sq[j] / N - m * m;                                                    \
+        if (var < 0) var = 0;                                                                              \
+        double mean = m + (double)shift[j], inv = 1.0 / sqrt(var + eps);                                   \
+        mean_out[j] = (T)mean; invstd_out[j] = (T)inv; var_out[j] = (T)var;                                \
+        a_[j] = (T)inv * gamma[j];                                                                         \
+        bb[j] = beta[j] - (T)mean * a_[j];                                                                 \
+    }                                                                                                      \
+    _Pragma("omp parallel for schedule(static)")                                                           \
+    for (long b = 0; b < B; b++) {                                                                         \
+        RAGGED_ROWS_BEGIN                                                                                  \
+        for (int q = 0; q < Q; q++) {                                                                      \
+            const T *rr = R + (b * Q + q) * C;                                                             \
+            for (long t = 0; t <= nb; t++) { /* t == nb: the padding row */                                \
+                long i = t < nb ? off[b] + q * nb + t : V + b * Q + q;                                     \
+                const T *row = z + i * C, *kr = K + (b * L + (t < nb ? t : tpad)) * C;                     \
+                T *out = y + i * C;                                                                        \
+                _Pragma("omp simd")                                                                        \
+                for (int j = 0; j < C; j++) {                                                              \
+                    T v = (row[j] + kr[j] + rr[j]) * a_[j] + bb[j];                                        \
+                    out[j] = v > 0 ? v : (T)0;                                                             \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+    }                                                                                                      \
+}                                                                                                          \
+                                                                                                           \
+void bn_relu_ragged_bwd_##SUF(long B, int Q, int L, int C, const long *n, const long *off, long V,        \
+                              const T *dy, const T *z, const T *K, const T *R, const T *mean,              \
+                              const T *invstd, const T *gamma, const T *beta, T *dz, T *dK, T *dR,         \
+                              T *dgamma, T *dbeta) {                                                       \
+    double N = (double)B * Q * L;                                                                          \
+    T a_[C], bb[C], mi[C];                                                                                 \
+    for (int j = 0; j < C; j++) {                                                                          \
+        a_[j] = invstd[j] * gamma[j]; bb[j] = beta[j] - mean[j] * a_[j]; mi[j] = mean[j] * invstd[j];      \
+    }                                                                                                      \
+    double sg[C], sgx[C];                                                                                  \
+    for (int j = 0; j < C; j++) { sg[j] = 0; sgx[j] = 0; }                                                 \
+    _Pragma("omp parallel")                                                                                \
+    {                                                                                                      \
+        double lg[C], lgx[C];                                                                              \
+        for (int j = 0; j < C; j++) { lg[j] = 0; lgx[j] = 0; }                                             \
+        _Pragma("omp for schedule(static)")                                                                \
+        for (long b = 0; b < B; b++) {                                                                     \
+            RAGGED_ROWS_BEGIN                                                                              \
+            T fg[C], fgx[C];                                                                               \
+            for (int j = 0; j < C; j++) { fg[j] = 0; fgx[j] = 0; }                                         \
+            for (int q = 0; q < Q; q++) {                                                                  \
+                const T *rr = R + (b * Q + q) * C;                                                         \
+                for (long t = 0; t <= nb; t++) {                                                           \
+                    if (t == nb && wpad == 0) break;                                                       \
+                    long i = t < nb ? off[b] + q * nb + t : V + b * Q + q;                                 \
+                    const T *row = z + i * C, *g = dy + i * C, *kr = K + (b * L + (t < nb ? t : tpad)) * C;\
+                    _Pragma("omp simd")                                                                    \
+                    for (int j = 0; j < C; j++) {                                                          \
+                        T x = row[j] + kr[j] + rr[j];                                                      \
+                        T gm = (x * a_[j] + bb[j]) > 0 ? g[j] : (T)0;                                      \
+                        fg[j] += gm;                                                                       \
+                        fgx[j] += gm * (x * invstd[j] - mi[j]);                                            \
+                    }                                                                                      \
+                }                                                                                          \
+            }                                                                                              \
+            for (int j = 0; j < C; j++) { lg[j] += fg[j]; lgx[j] += fgx[j]; }                              \
+        }                                                                                                  \
+        _Pragma("omp critical")                                                                            \
+        for (int j = 0; j < C; j++) { sg[j] += lg[j]; sgx[j] += lgx[j]; }                                  \
+    }                                                                                                      \
+    T k1[C], k2[C];                                                                                        \
+    for (int j = 0; j < C; j++) {                                                                          \
+        dgamma[j] = (T)sgx[j]; dbeta[j] = (T)sg[j];                                                        \
+        k1[j] = (T)(sg[j] / N) * a_[j];                                                                    \
+        k2[j] = (T)(sgx[j] / N) * a_[j];                                                                   \
+    }                                                                                                      \
+    _Pragma("omp parallel for schedule(static)")                                                           \
+    for (long b = 0; b < B; b++) {                                                                         \
+        RAGGED_ROWS_BEGIN                                                                                  \
+        T *dkb = dK + b * L * C, pad[C];                                                                   \
+        for (long i = 0; i < (long)L * C; i++) dkb[i] = 0;                                                 \
+        for (int j = 0; j < C; j++) pad[j] = 0;                                                            \
+        for (int q = 0; q < Q; q++) {                                                                      \
+            const T *rr = R + (b * Q + q) * C;                                                             \
+            T *dr = dR + (b * Q + q) * C;                                                                  \
+            for (int j = 0; j < C; j++) dr[j] = 0;                                                         \
+            for (long t = 0; t <= nb; t++) {                                                               \
+                int is_pad = t == nb;                                                                      \
+                long i = is_pad ? V + b * Q + q : off[b] + q * nb + t;                                     \
+                const T *row = z + i * C, *g = dy + i * C, *kr = K + (b * L + (is_pad ? tpad : t)) * C;    \
+                T *out = dz + i * C, w = is_pad ? (T)wpad : (T)1;                                          \
+                _Pragma("omp simd")                                                                        \
+                for (int j = 0; j < C; j++) {                                                              \
+                    T x = row[j] + kr[j] + rr[j];                                                          \
+                    T gm = (x * a_[j] + bb[j]) > 0 ? g[j] : (T)0;                                          \
+                    out[j] = a_[j] * gm - w * (k1[j] + (x * invstd[j] - mi[j]) * k2[j]);                   \
+                }                                                                                          \
+                if (is_pad && wpad == 0) { for (int j = 0; j < C; j++) out[j] = 0; continue; }             \
+                T *dk = is_pad ? pad : dkb + t * C;                                                        \
+                _Pragma("omp simd")                                                                        \
+                for (int j = 0; j < C; j++) { dk[j] += out[j]; dr[j] += out[j]; }                          \
+            }                                                                                              \
+        }                                                                                                  \
+        for (long t = nb; t < L; t++)                                                                      \
+            for (int j = 0; j < C; j++) dkb[t * C + j] = pad[j] / (T)wpad;                                 \
     }                                                                                                      \
 }
 
 DEFINE_KERNELS(float, f32, expf, tanhf)
 DEFINE_KERNELS(double, f64, exp, tanh)
+DEFINE_RAGGED_KERNELS(float, f32)
+DEFINE_RAGGED_KERNELS(double, f64)
 DEFINE_BN_DOT_KERNELS(float, f32)
 DEFINE_BN_DOT_KERNELS(double, f64)
 DEFINE_DIN_KERNELS(float, f32)

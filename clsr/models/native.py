@@ -39,16 +39,20 @@ LIBS = ["-lmvec", "-lm"]
 _I, _L, _D, _P = ctypes.c_int, ctypes.c_long, ctypes.c_double, ctypes.c_void_p
 _RNN = [_I, _I]  # (k rows, H) then (pointer, leading dimension) pairs
 _FUNCS = {
-    "gru_fwd_gates": _RNN + [_P, _I] * 3,
-    "gru_fwd_state": _RNN + [_P, _I] * 5,
+    "gru_fwd_gates": _RNN + [_P, _I] * 4,
+    "gru_fwd_state": _RNN + [_P, _I] * 6,
     "gru_bwd_a": _RNN + [_P, _I] * 5,
     "gru_bwd_b": _RNN + [_P, _I] * 6,
-    "lstm_fwd": _RNN + [_P, _I] * 8,
+    "lstm_fwd": _RNN + [_P, _I] * 9,
     "lstm_bwd": _RNN + [_P, _I] * 8,
     "bn_relu_fwd": [_L, _I, _I, _I, _P, _P, _P, _P, _P, _D, _P, _P, _P, _P],
     "bn_relu_bwd": [_L, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P],
-    "bn_relu_dot_fwd": [_L, _I, _P, _L, _P, _P, _D, _P, _D, _P, _P, _P, _P],
-    "bn_relu_dot_bwd": [_L, _I, _P, _P, _L, _P, _P, _P, _P, _P, _P, _L, _P, _P, _P],
+    "bn_relu_dot_fwd": [_L, _I, _P, _L, _P, _P, _D, _P, _D, _P, _P, _P, _P, _P, _D],
+    "bn_relu_dot_bwd": [_L, _I, _P, _P, _L, _P, _P, _P, _P, _P, _P, _L, _P, _P, _P, _P, _D],
+    "ragged_prod_fwd": [_L, _I, _I, _I, _P, _P, _L, _P, _L, _L, _P, _L, _L, _P],
+    "ragged_prod_bwd": [_L, _I, _I, _I, _P, _P, _L, _P, _P, _L, _L, _P, _L, _L, _P, _P],
+    "bn_relu_ragged_fwd": [_L, _I, _I, _I, _P, _P, _L, _P, _P, _P, _P, _P, _D, _P, _P, _P, _P],
+    "bn_relu_ragged_bwd": [_L, _I, _I, _I, _P, _P, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P],
     "din_add_kq": [_L, _I, _I, _I, _P, _P, _P],
     "din_sum_kq": [_L, _I, _I, _I, _P, _P, _P],
     "din_prod_bwd": [_L, _I, _I, _I, _P, _P, _L, _L, _P, _L, _L, _P, _P],
@@ -216,29 +220,30 @@ class BatchNormReLUDot(torch.autograd.Function):
     (`kernels.c`). Returns (s, mean, var), mean / var detached."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, w, b0, eps: float):
+    def forward(ctx, x, weight, bias, w, b0, eps: float, row_weights=None, n_eff=None):
         nk = kernels(x)
         ctx.nk = nk  # the backward needs the kernels even if they are switched off meanwhile
         N, C = x.shape
+        ctx.n_eff = float(N if n_eff is None else n_eff)
         s = x.new_empty(N, 1)
         mean, invstd, var = x.new_empty(C), x.new_empty(C), x.new_empty(C)
         gw, gb, w = weight.contiguous(), bias.contiguous(), w.reshape(-1).contiguous()
         nk.bn_relu_dot_fwd(N, C, ptr(x), ld(x), ptr(gw), ptr(gb), float(eps), ptr(w), float(b0), ptr(s), ptr(mean),
-                           ptr(invstd), ptr(var))
-        ctx.save_for_backward(x, mean, invstd, gw, gb, w)
+                           ptr(invstd), ptr(var), ptr(row_weights), ctx.n_eff)
+        ctx.save_for_backward(x, mean, invstd, gw, gb, w, row_weights)
         ctx.mark_non_differentiable(mean, var)
         return s, mean, var
 
     @staticmethod
     def backward(ctx, ds, _dmean, _dvar):
-        x, mean, invstd, gw, gb, w = ctx.saved_tensors
+        x, mean, invstd, gw, gb, w, row_weights = ctx.saved_tensors
         nk = ctx.nk
         N, C = x.shape
         ds = ds.reshape(-1).contiguous()
         dx, dgw, dgb, dw = torch.empty_like(x), x.new_empty(C), x.new_empty(C), x.new_empty(C)
         nk.bn_relu_dot_bwd(N, C, ptr(ds), ptr(x), ld(x), ptr(mean), ptr(invstd), ptr(gw), ptr(gb), ptr(w), ptr(dx), ld(dx),
-                           ptr(dgw), ptr(dgb), ptr(dw))
-        return dx, dgw, dgb, dw.view(1, C), ds.sum().reshape(1), None
+                           ptr(dgw), ptr(dgb), ptr(dw), ptr(row_weights), ctx.n_eff)
+        return dx, dgw, dgb, dw.view(1, C), ds.sum().reshape(1), None, None, None
 
 
 def _update_running_stats(bn: torch.nn.BatchNorm1d, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
@@ -255,14 +260,15 @@ def _fusable(bn: torch.nn.BatchNorm1d, x: torch.Tensor) -> bool:
             and x.stride(1) == 1 and kernels(x) is not None)
 
 
-def bn_relu_dot(bn, x, out: torch.nn.Linear, K=None, R=None) -> torch.Tensor | None:
+def bn_relu_dot(bn, x, out: torch.nn.Linear, K=None, R=None, rows: "RaggedRows | None" = None) -> torch.Tensor | None:
     """out(relu(bn(x))) for a one-unit `out` through `BatchNormReLUDot` (training-mode `bn`, running
     statistics updated as nn.BatchNorm1d does), or None when the kernels cannot take it (also with the
     DIN terms K, R, which this kernel does not add)."""
     if out.out_features != 1 or out.bias is None or K is not None or R is not None or not _fusable(bn, x):
         return None
-    s, mean, var = BatchNormReLUDot.apply(x, bn.weight, bn.bias, out.weight, out.bias, bn.eps)
-    _update_running_stats(bn, mean, var, x.shape[0])
+    wts, n_eff = (None, x.shape[0]) if rows is None else (rows.weights.to(x.dtype), rows.n_total)
+    s, mean, var = BatchNormReLUDot.apply(x, bn.weight, bn.bias, out.weight, out.bias, bn.eps, wts, n_eff)
+    _update_running_stats(bn, mean, var, n_eff)
     return s
 
 
@@ -334,3 +340,96 @@ def din_pair_layer(a, r, W, K=None, Q=None) -> torch.Tensor | None:
     if kernels(a) is None or a.stride(-1) != 1 or r.stride(-1) != 1 or r.dim() != 3:
         return None
     return DinPairLayer.apply(a, r, W, K, Q)
+
+
+class RaggedRows:
+    """The rows of a DIN scorer over left-aligned histories with `lengths` (B,), Q queries and width L,
+    without the padded positions (`kernels.c`, "Ragged rows"): the valid (b, q, t < n_b) rows in order,
+    V of them, then one row per (b, q) for the L − n_b padded positions, whose keys must all be equal
+    (zero, or the padding item's), counted L − n_b times in the batch statistics.
+
+    b_row, q_row, t_row (V,) place the valid rows in a (B, Q, L) tensor; weights (V + B·Q,) are the rows'
+    multiplicities; n_total = B·Q·L."""
+
+    def __init__(self, lengths: torch.Tensor, Q: int, L: int):
+        dev = lengths.device
+        self.B, self.Q, self.L = int(lengths.shape[0]), int(Q), int(L)
+        n = lengths.clamp(min=0, max=L).to(torch.long).contiguous()
+        cnt = n.repeat_interleave(Q)  # n_b for each (b, q)
+        self.V = int(cnt.sum())
+        bq = torch.arange(self.B * Q, device=dev).repeat_interleave(cnt)
+        start = torch.cumsum(cnt, 0) - cnt
+        self.t_row = torch.arange(self.V, device=dev) - start[bq]
+        self.b_row, self.q_row = bq // Q, bq % Q
+        self.n, self.off = n, (Q * (torch.cumsum(n, 0) - n)).contiguous()
+        self.weights = torch.cat([torch.ones(self.V, device=dev), (L - n).repeat_interleave(Q).float()])
+        self.n_total = self.B * Q * L
+
+
+class RaggedProduct(torch.autograd.Function):
+    """prod[row] = a[b, t] ⊙ r[b, q] over `RaggedRows` (the padding rows take a[b, min(n_b, L − 1)]); the
+    gradient of a padding row is shared out equally among the padded positions' keys."""
+
+    @staticmethod
+    def forward(ctx, a, r, rows: RaggedRows):
+        nk = kernels(a)
+        ctx.nk, ctx.rows = nk, rows
+        B, L, d = a.shape
+        prod = a.new_empty(rows.V + B * rows.Q, d)
+        nk.ragged_prod_fwd(B, rows.Q, L, d, ptr(rows.n), ptr(rows.off), rows.V, ptr(a), a.stride(0), a.stride(1),
+                           ptr(r), r.stride(0), r.stride(1), ptr(prod))
+        ctx.save_for_backward(a, r)
+        return prod
+
+    @staticmethod
+    def backward(ctx, dprod):
+        a, r = ctx.saved_tensors
+        nk, rows = ctx.nk, ctx.rows
+        B, L, d = a.shape
+        dprod = dprod.contiguous()
+        da, dr = a.new_empty(B, L, d), r.new_empty(B, rows.Q, d)
+        nk.ragged_prod_bwd(B, rows.Q, L, d, ptr(rows.n), ptr(rows.off), rows.V, ptr(dprod), ptr(a), a.stride(0),
+                           a.stride(1), ptr(r), r.stride(0), r.stride(1), ptr(da), ptr(dr))
+        return da, dr, None
+
+
+class BatchNormReLURagged(torch.autograd.Function):
+    """relu(BN(z + K[b, t] + R[b, q])) over `RaggedRows` z (the padding rows weighted L − n_b in the
+    statistics, their gradients totals). Returns (y, mean, var), mean / var detached."""
+
+    @staticmethod
+    def forward(ctx, z, K, R, weight, bias, eps: float, rows: RaggedRows):
+        nk = kernels(z)
+        ctx.nk, ctx.rows = nk, rows
+        C = z.shape[1]
+        z, K, R = z.contiguous(), K.contiguous(), R.contiguous()
+        y = torch.empty_like(z)
+        mean, invstd, var = z.new_empty(C), z.new_empty(C), z.new_empty(C)
+        w, b = weight.contiguous(), bias.contiguous()
+        nk.bn_relu_ragged_fwd(rows.B, rows.Q, rows.L, C, ptr(rows.n), ptr(rows.off), rows.V, ptr(z), ptr(K), ptr(R),
+                              ptr(w), ptr(b), float(eps), ptr(y), ptr(mean), ptr(invstd), ptr(var))
+        ctx.save_for_backward(z, K, R, mean, invstd, w, b)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar):
+        z, K, R, mean, invstd, w, b = ctx.saved_tensors
+        nk, rows = ctx.nk, ctx.rows
+        C = z.shape[1]
+        dy = dy.contiguous()
+        dz, dK, dR = torch.empty_like(z), torch.empty_like(K), torch.empty_like(R)
+        dw, db = z.new_empty(C), z.new_empty(C)
+        nk.bn_relu_ragged_bwd(rows.B, rows.Q, rows.L, C, ptr(rows.n), ptr(rows.off), rows.V, ptr(dy), ptr(z), ptr(K),
+                              ptr(R), ptr(mean), ptr(invstd), ptr(w), ptr(b), ptr(dz), ptr(dK), ptr(dR), ptr(dw), ptr(db))
+        return dz, dK, dR, dw, db, None, None
+
+
+def bn_relu_ragged(bn, z, K, R, rows: RaggedRows) -> torch.Tensor | None:
+    """`BatchNormReLURagged` for a training-mode `bn` (running statistics updated as nn.BatchNorm1d does
+    over all B·Q·L rows), or None when the kernels cannot take it."""
+    if not _fusable(bn, z):
+        return None
+    y, mean, var = BatchNormReLURagged.apply(z, K, R, bn.weight, bn.bias, bn.eps, rows)
+    _update_running_stats(bn, mean, var, rows.n_total)
+    return y

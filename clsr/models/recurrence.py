@@ -82,15 +82,17 @@ class GRUSequence(torch.autograd.Function):
         h = h0
         nk = native.kernels(proj)
         if nk is not None:  # the element-wise work of a step as two calls (kernels.c), same values
+            proj = proj if proj.stride(1) == 1 else proj.contiguous()  # the kernels read rows with unit stride
             prev_off = None
             for off, k in step_slices(batch_sizes):
                 rows = slice(off, off + k)
                 hp_p = ptr(h0) if prev_off is None else ptr(out, prev_off)
-                torch.addmm(proj[rows, : 2 * H], h[:k], W_g, out=RZ[rows])
-                nk.gru_fwd_gates(k, H, ptr(RZ, off), 2 * H, hp_p, H, ptr(RH, off), H)
-                torch.addmm(proj[rows, 2 * H :], RH[rows], W_c, out=c_buf[:k])
-                nk.gru_fwd_state(k, H, ptr(c_buf), H, hp_p, H, ptr(RZ, off), 2 * H, ptr(out, off), H,
-                                 ptr(K, off), ld(K))
+                # the matmuls write h W alone; the kernels add the input part (no copy of it first)
+                torch.mm(h[:k], W_g, out=RZ[rows])
+                nk.gru_fwd_gates(k, H, ptr(RZ, off), 2 * H, ptr(proj, off), ld(proj), hp_p, H, ptr(RH, off), H)
+                torch.mm(RH[rows], W_c, out=c_buf[:k])
+                nk.gru_fwd_state(k, H, ptr(c_buf), H, ptr(proj, off) + 2 * H * proj.element_size(), ld(proj), hp_p, H,
+                                 ptr(RZ, off), 2 * H, ptr(out, off), H, ptr(K, off), ld(K))
                 h, prev_off = out[rows], off
         else:
             for off, k in step_slices(batch_sizes):
@@ -181,12 +183,13 @@ class LSTMSequence(torch.autograd.Function):
         h, c = h0, torch.zeros_like(h0)
         nk = native.kernels(gx)
         if nk is not None:  # the element-wise work of a step as one call (kernels.c), same values
+            gx = gx if gx.stride(1) == 1 else gx.contiguous()  # the kernel reads rows with unit stride
             if s12 is not None:
                 s12 = s12.contiguous()
             for off, k in step_slices(batch_sizes):
                 rows = slice(off, off + k)
-                torch.addmm(gx[rows], h[:k], W, out=G[rows])
-                nk.lstm_fwd(k, H, ptr(G, off), 4 * H, ptr(s12, off), ld(s12), ptr(F_eff, off), ld(F_eff),
+                torch.mm(h[:k], W, out=G[rows])  # h W alone; the kernel adds the input part gx
+                nk.lstm_fwd(k, H, ptr(G, off), 4 * H, ptr(gx, off), ld(gx), ptr(s12, off), ld(s12), ptr(F_eff, off), ld(F_eff),
                             ptr(c), H, ptr(out, off), H, ptr(PD, off), ld(PD), ptr(KC, off), ld(KC),
                             ptr(Q, off), ld(Q))
                 h = out[rows]
