@@ -179,6 +179,15 @@ def main(argv=None):
     print(f"CLSR recurrences fwd+bwd: fused {rr['fused_ms']:.1f} ms ({native.status()}), fused with torch-op "
           f"steps {rr['fused_torch_ops_ms']:.1f} ms, autograd loop {rr['autograd_ms']:.1f} ms", flush=True)
 
+    # CLSR shared path with the torch ops instead of the C kernels (CLSR_NATIVE=0): what the kernels add
+    with native.disabled():
+        ops_model = make_model("clsr", data)
+        sec, n, _ = train_steps(ops_model, first[: a.steps + 1])
+    res["clsr_torch_ops"] = {"timed_instances": n, "seconds": sec, "instances_per_s": n / sec,
+                             "epoch_seconds_extrapolated": sec * len(data.instances["train"]) / n}
+    print(f"CLSR shared, torch ops only: {n / sec:.0f} inst/s, epoch ≈ "
+          f"{res['clsr_torch_ops']['epoch_seconds_extrapolated']:.1f}s", flush=True)
+
     # CLSR naive per-row path
     naive = make_model("clsr", data, shared_encoders=False)
     sec, n, nflops = train_steps(naive, first[: min(6, len(first))], measure_flops=True)
@@ -216,6 +225,9 @@ def main(argv=None):
         f"{res['clsr_shared']['epoch_seconds']:.1f} s{' (extrapolated)' if a.skip_epoch else ''} "
         f"({res['dataset']['train_instances']} instances; 78,000 instances, the issue's estimate of an epoch, "
         f"take {78000 / res['clsr_shared']['instances_per_s']:.1f} s; target ≤ 30 s) |",
+        f"| CLSR training, shared encoders, torch ops instead of the C kernels (`CLSR_NATIVE=0`) | "
+        f"{res['clsr_torch_ops']['instances_per_s']:.0f} instances/s; epoch ≈ "
+        f"{res['clsr_torch_ops']['epoch_seconds_extrapolated']:.1f} s (extrapolated from {a.steps} steps) |",
         f"| CLSR training, naive per-row | {res['clsr_naive']['instances_per_s']:.0f} instances/s; epoch ≈ "
         f"{res['clsr_naive']['epoch_seconds_extrapolated']:.0f} s (extrapolated) |",
         f"| CLSR FLOPs per training instance (fwd+bwd, 1+4) | {res['clsr_shared']['train_flops_per_instance'] / 1e6:.1f} M "
