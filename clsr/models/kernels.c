@@ -186,6 +186,42 @@ void lstm_bwd_##SUF(int k, int H, const T *d_out, int ld_do, const T *dh_carry, 
     }                                                                                                      \
 }
 
+/* Shared by the batch-norm kernels below. From the summed statistics of n rows (shifted by `shift`):
+   mean, 1/sqrt(var + eps), the biased var, and BN's affine map y = x a + b. */
+#define DEFINE_BN_COMMON(T, SUF)                                                                           \
+static void bn_affine_##SUF(int C, const double *sum, const double *sq, double n, const T *shift,          \
+                            const T *gamma, const T *beta, double eps, T *mean_out, T *invstd_out,         \
+                            T *var_out, T *a, T *b) {                                                      \
+    for (int j = 0; j < C; j++) {                                                                          \
+        double m = sum[j] / n, var = sq[j] / n - m * m;                                                    \
+        if (var < 0) var = 0;                                                                              \
+        double mean = m + (double)shift[j], inv = 1.0 / sqrt(var + eps);                                   \
+        mean_out[j] = (T)mean; invstd_out[j] = (T)inv; var_out[j] = (T)var;                                \
+        a[j] = (T)inv * gamma[j];                                                                          \
+        b[j] = beta[j] - (T)mean * a[j];                                                                   \
+    }                                                                                                      \
+}                                                                                                          \
+                                                                                                           \
+/* The backward's per-column factors from the saved statistics: a = gamma invstd and b = beta - mean a     \
+   (the forward's affine map, to recompute the ReLU mask), mi = mean invstd (xhat = x invstd - mi). */     \
+static void bn_bwd_factors_##SUF(int C, const T *mean, const T *invstd, const T *gamma, const T *beta,     \
+                                 T *a, T *b, T *mi) {                                                      \
+    for (int j = 0; j < C; j++) {                                                                          \
+        a[j] = invstd[j] * gamma[j]; b[j] = beta[j] - mean[j] * a[j]; mi[j] = mean[j] * invstd[j];         \
+    }                                                                                                      \
+}                                                                                                          \
+                                                                                                           \
+/* From the summed g and g xhat over n rows: dbeta, dgamma and the write pass's k1 = a sum(g) / n,          \
+   k2 = a sum(g xhat) / n. */                                                                              \
+static void bn_bwd_sums_##SUF(int C, const double *sg, const double *sgx, double n, const T *a, T *dgamma,  \
+                              T *dbeta, T *k1, T *k2) {                                                    \
+    for (int j = 0; j < C; j++) {                                                                          \
+        dgamma[j] = (T)sgx[j]; dbeta[j] = (T)sg[j];                                                        \
+        k1[j] = (T)(sg[j] / n) * a[j];                                                                     \
+        k2[j] = (T)(sgx[j] / n) * a[j];                                                                    \
+    }                                                                                                      \
+}
+
 /* Batch norm (training mode: batch statistics) followed by ReLU, on an (N x C) matrix, and its backward.
 
    Why: with autograd, BN forward, ReLU, ReLU backward and BN backward are separate passes over the
@@ -237,15 +273,8 @@ void bn_relu_fwd_##SUF(long B, int Q, int L, int C, const T *z, const T *K, cons
         _Pragma("omp critical")                                                                            \
         for (int j = 0; j < C; j++) { sum[j] += ls[j]; sq[j] += lq[j]; }                                   \
     }                                                                                                      \
-    T a[C], bb[C];                                                                                         \
-    for (int j = 0; j < C; j++) {                                                                          \
-        double m = sum[j] / (double)N, var = sq[j] / (double)N - m * m;                                    \
-        if (var < 0) var = 0;                                                                              \
-        double mean = m + (double)shift[j], inv = 1.0 / sqrt(var + eps);                                   \
-        mean_out[j] = (T)mean; invstd_out[j] = (T)inv; var_out[j] = (T)var;                                \
-        a[j] = (T)inv * gamma[j];                                                                          \
-        bb[j] = beta[j] - (T)mean * a[j];                                                                  \
-    }                                                                                                      \
+    T a[C], bb[C]; \
+    bn_affine_##SUF(C, sum, sq, (double)N, shift, gamma, beta, eps, mean_out, invstd_out, var_out, a, bb); \
     _Pragma("omp parallel for schedule(static)")                                                           \
     for (long b = 0; b < B; b++)                                                                           \
         for (int q = 0; q < Q; q++)                                                                        \
@@ -266,11 +295,9 @@ void bn_relu_bwd_##SUF(long B, int Q, int L, int C, const T *dy, const T *z, con
                        const T *mean, const T *invstd, const T *gamma, const T *beta, T *dz, T *dK, T *dR, \
                        T *dgamma, T *dbeta) {                                                              \
     long N = B * Q * L;                                                                                    \
-    T zero[C], a[C], bb[C], mi[C];                                                                         \
-    for (int j = 0; j < C; j++) {                                                                          \
-        zero[j] = 0;                                                                                       \
-        a[j] = invstd[j] * gamma[j]; bb[j] = beta[j] - mean[j] * a[j]; mi[j] = mean[j] * invstd[j];        \
-    }                                                                                                      \
+    T zero[C], a[C], bb[C], mi[C]; \
+    for (int j = 0; j < C; j++) zero[j] = 0; \
+    bn_bwd_factors_##SUF(C, mean, invstd, gamma, beta, a, bb, mi); \
     double sg[C], sgx[C];                                                                                  \
     for (int j = 0; j < C; j++) { sg[j] = 0; sgx[j] = 0; }                                                 \
     _Pragma("omp parallel")                                                                                \
@@ -301,12 +328,8 @@ void bn_relu_bwd_##SUF(long B, int Q, int L, int C, const T *dy, const T *z, con
         _Pragma("omp critical")                                                                            \
         for (int j = 0; j < C; j++) { sg[j] += lg[j] + fg[j]; sgx[j] += lgx[j] + fgx[j]; }                 \
     }                                                                                                      \
-    T k1[C], k2[C];                                                                                        \
-    for (int j = 0; j < C; j++) {                                                                          \
-        dgamma[j] = (T)sgx[j]; dbeta[j] = (T)sg[j];                                                        \
-        k1[j] = (T)(sg[j] / (double)N) * a[j];                                                             \
-        k2[j] = (T)(sgx[j] / (double)N) * a[j];                                                            \
-    }                                                                                                      \
+    T k1[C], k2[C]; \
+    bn_bwd_sums_##SUF(C, sg, sgx, (double)N, a, dgamma, dbeta, k1, k2); \
     /* parallel over b: each instance's dK, dR rows are written by one thread only */                     \
     _Pragma("omp parallel for schedule(static)")                                                           \
     for (long b = 0; b < B; b++) {                                                                         \
@@ -427,15 +450,8 @@ void bn_relu_dot_fwd_##SUF(long N, int C, const T *x, long ld_x, const T *gamma,
         _Pragma("omp critical")                                                                            \
         for (int j = 0; j < C; j++) { sum[j] += ls[j]; sq[j] += lq[j]; }                                   \
     }                                                                                                      \
-    T a[C], b[C];                                                                                          \
-    for (int j = 0; j < C; j++) {                                                                          \
-        double m = sum[j] / n_eff, var = sq[j] / n_eff - m * m;                                            \
-        if (var < 0) var = 0;                                                                              \
-        double mean = m + (double)shift[j], inv = 1.0 / sqrt(var + eps);                                   \
-        mean_out[j] = (T)mean; invstd_out[j] = (T)inv; var_out[j] = (T)var;                                \
-        a[j] = (T)inv * gamma[j];                                                                          \
-        b[j] = beta[j] - (T)mean * a[j];                                                                   \
-    }                                                                                                      \
+    T a[C], b[C]; \
+    bn_affine_##SUF(C, sum, sq, n_eff, shift, gamma, beta, eps, mean_out, invstd_out, var_out, a, b); \
     _Pragma("omp parallel for schedule(static)")                                                           \
     for (long i = 0; i < N; i++) {                                                                         \
         const T *row = x + i * ld_x;                                                                       \
@@ -449,10 +465,8 @@ void bn_relu_dot_fwd_##SUF(long N, int C, const T *x, long ld_x, const T *gamma,
 void bn_relu_dot_bwd_##SUF(long N, int C, const T *ds, const T *x, long ld_x, const T *mean,               \
                            const T *invstd, const T *gamma, const T *beta, const T *w, T *dx, long ld_dx,  \
                            T *dgamma, T *dbeta, T *dw, const T *wt, double n_eff) {                        \
-    T a[C], b[C], mi[C];                                                                                   \
-    for (int j = 0; j < C; j++) {                                                                          \
-        a[j] = invstd[j] * gamma[j]; b[j] = beta[j] - mean[j] * a[j]; mi[j] = mean[j] * invstd[j];         \
-    }                                                                                                      \
+    T a[C], b[C], mi[C]; \
+    bn_bwd_factors_##SUF(C, mean, invstd, gamma, beta, a, b, mi); \
     double sg[C], sgx[C], sw[C];                                                                           \
     for (int j = 0; j < C; j++) { sg[j] = 0; sgx[j] = 0; sw[j] = 0; }                                      \
     _Pragma("omp parallel")                                                                                \
@@ -483,12 +497,9 @@ void bn_relu_dot_bwd_##SUF(long N, int C, const T *ds, const T *x, long ld_x, co
         _Pragma("omp critical")                                                                            \
         for (int j = 0; j < C; j++) { sg[j] += lg[j] + bg[j]; sgx[j] += lgx[j] + bgx[j]; sw[j] += lw[j] + bw[j]; } \
     }                                                                                                      \
-    T k1[C], k2[C];                                                                                        \
-    for (int j = 0; j < C; j++) {                                                                          \
-        dgamma[j] = (T)sgx[j]; dbeta[j] = (T)sg[j]; dw[j] = (T)sw[j];                                      \
-        k1[j] = (T)(sg[j] / n_eff) * a[j];                                                                 \
-        k2[j] = (T)(sgx[j] / n_eff) * a[j];                                                                \
-    }                                                                                                      \
+    T k1[C], k2[C]; \
+    bn_bwd_sums_##SUF(C, sg, sgx, n_eff, a, dgamma, dbeta, k1, k2); \
+    for (int j = 0; j < C; j++) dw[j] = (T)sw[j]; \
     _Pragma("omp parallel for schedule(static)")                                                           \
     for (long i = 0; i < N; i++) {                                                                         \
         const T *row = x + i * ld_x;                                                                       \
@@ -605,15 +616,8 @@ void bn_relu_ragged_fwd_##SUF(long B, int Q, int L, int C, const long *n, const 
         _Pragma("omp critical")                                                                            \
         for (int j = 0; j < C; j++) { sum[j] += ls[j]; sq[j] += lq[j]; }                                   \
     }                                                                                                      \
-    T a_[C], bb[C];                                                                                        \
-    for (int j = 0; j < C; j++) {                                                                          \
-        double m = sum[j] / N, var = sq[j] / N - m * m;                                                    \
-        if (var < 0) var = 0;                                                                              \
-        double mean = m + (double)shift[j], inv = 1.0 / sqrt(var + eps);                                   \
-        mean_out[j] = (T)mean; invstd_out[j] = (T)inv; var_out[j] = (T)var;                                \
-        a_[j] = (T)inv * gamma[j];                                                                         \
-        bb[j] = beta[j] - (T)mean * a_[j];                                                                 \
-    }                                                                                                      \
+    T a_[C], bb[C]; \
+    bn_affine_##SUF(C, sum, sq, N, shift, gamma, beta, eps, mean_out, invstd_out, var_out, a_, bb); \
     _Pragma("omp parallel for schedule(static)")                                                           \
     for (long b = 0; b < B; b++) {                                                                         \
         RAGGED_ROWS_BEGIN                                                                                  \
@@ -638,10 +642,8 @@ void bn_relu_ragged_bwd_##SUF(long B, int Q, int L, int C, const long *n, const 
                               const T *invstd, const T *gamma, const T *beta, T *dz, T *dK, T *dR,         \
                               T *dgamma, T *dbeta) {                                                       \
     double N = (double)B * Q * L;                                                                          \
-    T a_[C], bb[C], mi[C];                                                                                 \
-    for (int j = 0; j < C; j++) {                                                                          \
-        a_[j] = invstd[j] * gamma[j]; bb[j] = beta[j] - mean[j] * a_[j]; mi[j] = mean[j] * invstd[j];      \
-    }                                                                                                      \
+    T a_[C], bb[C], mi[C]; \
+    bn_bwd_factors_##SUF(C, mean, invstd, gamma, beta, a_, bb, mi); \
     double sg[C], sgx[C];                                                                                  \
     for (int j = 0; j < C; j++) { sg[j] = 0; sgx[j] = 0; }                                                 \
     _Pragma("omp parallel")                                                                                \
@@ -673,12 +675,8 @@ void bn_relu_ragged_bwd_##SUF(long B, int Q, int L, int C, const long *n, const 
         _Pragma("omp critical")                                                                            \
         for (int j = 0; j < C; j++) { sg[j] += lg[j]; sgx[j] += lgx[j]; }                                  \
     }                                                                                                      \
-    T k1[C], k2[C];                                                                                        \
-    for (int j = 0; j < C; j++) {                                                                          \
-        dgamma[j] = (T)sgx[j]; dbeta[j] = (T)sg[j];                                                        \
-        k1[j] = (T)(sg[j] / N) * a_[j];                                                                    \
-        k2[j] = (T)(sgx[j] / N) * a_[j];                                                                   \
-    }                                                                                                      \
+    T k1[C], k2[C]; \
+    bn_bwd_sums_##SUF(C, sg, sgx, N, a_, dgamma, dbeta, k1, k2); \
     _Pragma("omp parallel for schedule(static)")                                                           \
     for (long b = 0; b < B; b++) {                                                                         \
         RAGGED_ROWS_BEGIN                                                                                  \
@@ -711,6 +709,8 @@ void bn_relu_ragged_bwd_##SUF(long B, int Q, int L, int C, const long *n, const 
     }                                                                                                      \
 }
 
+DEFINE_BN_COMMON(float, f32)
+DEFINE_BN_COMMON(double, f64)
 DEFINE_KERNELS(float, f32, expf, tanhf)
 DEFINE_KERNELS(double, f64, exp, tanh)
 DEFINE_RAGGED_KERNELS(float, f32)

@@ -404,7 +404,7 @@ class DinAttention(nn.Module):
         B, L, C = keys.shape[0], keys.shape[1], r.shape[1]
         rows = native.RaggedRows(lengths, C, L)
         P, K, Q = din_first_layer(mlp.linears[0], keys, query, query_shared, rows=rows)
-        y = native.bn_relu_ragged(mlp.norms[0], P, K, Q, rows)
+        y = native.bn_relu(mlp.norms[0], P, K, Q, rows=rows)
         s_rows = native.bn_relu_dot(mlp.norms[1], mlp.linears[1](y), mlp.out, rows=rows)
         s = keys.new_full((B, C, L), PAD_SCORE)
         return s.index_put((rows.b_row, rows.q_row, rows.t_row), s_rows[: rows.V, 0])

@@ -127,7 +127,10 @@ def kernels(like: torch.Tensor):
         _load()
     if _lib is None:
         return None
-    return _KERNELS.setdefault(like.dtype, _Kernels(_lib, _SUFFIX[like.dtype]))
+    nk = _KERNELS.get(like.dtype)
+    if nk is None:  # built once per dtype (this runs on every kernel call)
+        nk = _KERNELS[like.dtype] = _Kernels(_lib, _SUFFIX[like.dtype])
+    return nk
 
 
 class _Kernels:
@@ -177,15 +180,17 @@ def ld(t: torch.Tensor | None) -> int:
 class BatchNormReLU(torch.autograd.Function):
     """relu(BN(x)) in training mode (batch statistics, biased variance), as
     ``torch.relu(F.batch_norm(x, None, None, weight, bias, training=True, eps=eps))``, in two passes
-    forward and two backward (`kernels.c`), for x = z (N, C), or, with the DIN first layer's structure,
-    x[b, q, t] = z[b, q, t] + K[b, t] + R[b, q] with z (B·Q·L, C), K (B, L, C), R (B, Q, C), the sum never
-    written. Returns (y, mean, var) with mean / var detached (for the running statistics)."""
+    forward and two backward (`kernels.c`). ``layout`` says what the rows of z are:
+    - (B, Q, L): x = z (N, C) with (N, 1, 1), or, with the DIN first layer's structure, rows (b, q, t) and
+      x[b, q, t] = z[b, q, t] + K[b, t] + R[b, q], K (B, L, C), R (B, Q, C), the sum never written;
+    - a `RaggedRows`: the same sum over its rows (the padding rows weighted L − n_b in the statistics,
+      their gradients totals).
+    Returns (y, mean, var) with mean / var detached (for the running statistics)."""
 
     @staticmethod
-    def forward(ctx, z, K, R, weight, bias, eps: float, dims: tuple[int, int, int]):
+    def forward(ctx, z, K, R, weight, bias, eps: float, layout):
         nk = kernels(z)
-        ctx.nk = nk  # the backward needs the kernels even if they are switched off meanwhile
-        B, Q, L = dims
+        ctx.nk, ctx.layout = nk, layout  # the backward needs the kernels even if they are switched off meanwhile
         C = z.shape[1]
         z = z.contiguous()
         K = None if K is None else K.contiguous()
@@ -193,9 +198,12 @@ class BatchNormReLU(torch.autograd.Function):
         y = torch.empty_like(z)
         mean, invstd, var = z.new_empty(C), z.new_empty(C), z.new_empty(C)
         w, b = weight.contiguous(), bias.contiguous()
-        nk.bn_relu_fwd(B, Q, L, C, ptr(z), ptr(K), ptr(R), ptr(w), ptr(b), float(eps), ptr(y), ptr(mean), ptr(invstd),
-                       ptr(var))
-        ctx.dims = dims
+        tail = (ptr(z), ptr(K), ptr(R), ptr(w), ptr(b), float(eps), ptr(y), ptr(mean), ptr(invstd), ptr(var))
+        if isinstance(layout, RaggedRows):
+            rows = layout
+            nk.bn_relu_ragged_fwd(rows.B, rows.Q, rows.L, C, ptr(rows.n), ptr(rows.off), rows.V, *tail)
+        else:
+            nk.bn_relu_fwd(*layout, C, *tail)
         ctx.save_for_backward(z, K, R, mean, invstd, w, b)
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
@@ -203,15 +211,19 @@ class BatchNormReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, _dmean, _dvar):
         z, K, R, mean, invstd, w, b = ctx.saved_tensors
-        nk = ctx.nk
-        B, Q, L = ctx.dims
+        nk, layout = ctx.nk, ctx.layout
         C = z.shape[1]
         dy = dy.contiguous()
         dz, dw, db = torch.empty_like(z), z.new_empty(C), z.new_empty(C)
         dK = None if K is None else torch.empty_like(K)
         dR = None if R is None else torch.empty_like(R)
-        nk.bn_relu_bwd(B, Q, L, C, ptr(dy), ptr(z), ptr(K), ptr(R), ptr(mean), ptr(invstd), ptr(w), ptr(b), ptr(dz),
-                       ptr(dK), ptr(dR), ptr(dw), ptr(db))
+        tail = (ptr(dy), ptr(z), ptr(K), ptr(R), ptr(mean), ptr(invstd), ptr(w), ptr(b), ptr(dz), ptr(dK), ptr(dR),
+                ptr(dw), ptr(db))
+        if isinstance(layout, RaggedRows):
+            rows = layout
+            nk.bn_relu_ragged_bwd(rows.B, rows.Q, rows.L, C, ptr(rows.n), ptr(rows.off), rows.V, *tail)
+        else:
+            nk.bn_relu_bwd(*layout, C, *tail)
         return dz, dK, dR, dw, db, None, None
 
 
@@ -260,11 +272,11 @@ def _fusable(bn: torch.nn.BatchNorm1d, x: torch.Tensor) -> bool:
             and x.stride(1) == 1 and kernels(x) is not None)
 
 
-def bn_relu_dot(bn, x, out: torch.nn.Linear, K=None, R=None, rows: "RaggedRows | None" = None) -> torch.Tensor | None:
+def bn_relu_dot(bn, x, out: torch.nn.Linear, rows: "RaggedRows | None" = None) -> torch.Tensor | None:
     """out(relu(bn(x))) for a one-unit `out` through `BatchNormReLUDot` (training-mode `bn`, running
-    statistics updated as nn.BatchNorm1d does), or None when the kernels cannot take it (also with the
-    DIN terms K, R, which this kernel does not add)."""
-    if out.out_features != 1 or out.bias is None or K is not None or R is not None or not _fusable(bn, x):
+    statistics updated as nn.BatchNorm1d does; ``rows``: x has the rows of a `RaggedRows`, weighted in the
+    statistics), or None when the kernels cannot take it."""
+    if out.out_features != 1 or out.bias is None or not _fusable(bn, x):
         return None
     wts, n_eff = (None, x.shape[0]) if rows is None else (rows.weights.to(x.dtype), rows.n_total)
     s, mean, var = BatchNormReLUDot.apply(x, bn.weight, bn.bias, out.weight, out.bias, bn.eps, wts, n_eff)
@@ -278,16 +290,20 @@ def can_fuse_bn_relu(bn: torch.nn.BatchNorm1d, like: torch.Tensor) -> bool:
     return bn.training and bn.affine and bn.track_running_stats and kernels(like) is not None
 
 
-def bn_relu(bn: torch.nn.BatchNorm1d, x: torch.Tensor, K=None, R=None, dims=None) -> torch.Tensor | None:
+def bn_relu(bn: torch.nn.BatchNorm1d, x: torch.Tensor, K=None, R=None, dims=None,
+            rows: "RaggedRows | None" = None) -> torch.Tensor | None:
     """relu(bn(x)) through the fused kernels for a training-mode `bn` on a 2-D CPU float x, updating
-    bn's running statistics as nn.BatchNorm1d does; None when the kernels cannot take it (the caller then
-    runs the torch ops). With K, R and dims = (B, Q, L): relu(bn(x + K[b, t] + R[b, q])) over rows (b, q, t)."""
+    bn's running statistics as nn.BatchNorm1d does (over all B·Q·L rows); None when the kernels cannot
+    take it (the caller then runs the torch ops). With K, R and dims = (B, Q, L): relu(bn(x + K[b, t] +
+    R[b, q])) over rows (b, q, t); with K, R and ``rows`` (`RaggedRows`): the same over its rows."""
     if not _fusable(bn, x):
         return None
-    if dims is None:
-        dims = (x.shape[0], 1, 1)
-    y, mean, var = BatchNormReLU.apply(x, K, R, bn.weight, bn.bias, bn.eps, tuple(int(v) for v in dims))
-    _update_running_stats(bn, mean, var, x.shape[0])
+    if rows is not None:
+        layout, n = rows, rows.n_total
+    else:
+        layout, n = ((x.shape[0], 1, 1) if dims is None else tuple(int(v) for v in dims)), x.shape[0]
+    y, mean, var = BatchNormReLU.apply(x, K, R, bn.weight, bn.bias, bn.eps, layout)
+    _update_running_stats(bn, mean, var, n)
     return y
 
 
@@ -391,45 +407,3 @@ class RaggedProduct(torch.autograd.Function):
         nk.ragged_prod_bwd(B, rows.Q, L, d, ptr(rows.n), ptr(rows.off), rows.V, ptr(dprod), ptr(a), a.stride(0),
                            a.stride(1), ptr(r), r.stride(0), r.stride(1), ptr(da), ptr(dr))
         return da, dr, None
-
-
-class BatchNormReLURagged(torch.autograd.Function):
-    """relu(BN(z + K[b, t] + R[b, q])) over `RaggedRows` z (the padding rows weighted L − n_b in the
-    statistics, their gradients totals). Returns (y, mean, var), mean / var detached."""
-
-    @staticmethod
-    def forward(ctx, z, K, R, weight, bias, eps: float, rows: RaggedRows):
-        nk = kernels(z)
-        ctx.nk, ctx.rows = nk, rows
-        C = z.shape[1]
-        z, K, R = z.contiguous(), K.contiguous(), R.contiguous()
-        y = torch.empty_like(z)
-        mean, invstd, var = z.new_empty(C), z.new_empty(C), z.new_empty(C)
-        w, b = weight.contiguous(), bias.contiguous()
-        nk.bn_relu_ragged_fwd(rows.B, rows.Q, rows.L, C, ptr(rows.n), ptr(rows.off), rows.V, ptr(z), ptr(K), ptr(R),
-                              ptr(w), ptr(b), float(eps), ptr(y), ptr(mean), ptr(invstd), ptr(var))
-        ctx.save_for_backward(z, K, R, mean, invstd, w, b)
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
-
-    @staticmethod
-    def backward(ctx, dy, _dmean, _dvar):
-        z, K, R, mean, invstd, w, b = ctx.saved_tensors
-        nk, rows = ctx.nk, ctx.rows
-        C = z.shape[1]
-        dy = dy.contiguous()
-        dz, dK, dR = torch.empty_like(z), torch.empty_like(K), torch.empty_like(R)
-        dw, db = z.new_empty(C), z.new_empty(C)
-        nk.bn_relu_ragged_bwd(rows.B, rows.Q, rows.L, C, ptr(rows.n), ptr(rows.off), rows.V, ptr(dy), ptr(z), ptr(K),
-                              ptr(R), ptr(mean), ptr(invstd), ptr(w), ptr(b), ptr(dz), ptr(dK), ptr(dR), ptr(dw), ptr(db))
-        return dz, dK, dR, dw, db, None, None
-
-
-def bn_relu_ragged(bn, z, K, R, rows: RaggedRows) -> torch.Tensor | None:
-    """`BatchNormReLURagged` for a training-mode `bn` (running statistics updated as nn.BatchNorm1d does
-    over all B·Q·L rows), or None when the kernels cannot take it."""
-    if not _fusable(bn, z):
-        return None
-    y, mean, var = BatchNormReLURagged.apply(z, K, R, bn.weight, bn.bias, bn.eps, rows)
-    _update_running_stats(bn, mean, var, rows.n_total)
-    return y
