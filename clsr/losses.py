@@ -37,7 +37,10 @@ def l2_loss(
     total = torch.zeros((), device=device)
     if embed_l2:
         for table, rows in used_rows:
-            uniq = torch.unique(rows.reshape(-1))
+            # the sorted unique rows, as torch.unique gives them, without its sort (a flag per table row)
+            used = torch.zeros(table.num_embeddings, dtype=torch.bool, device=rows.device)
+            used[rows.reshape(-1)] = True
+            uniq = used.nonzero().squeeze(1)
             total = total + embed_l2 * 0.5 * table.weight[uniq].pow(2).sum()
     if layer_l2:
         emb = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}

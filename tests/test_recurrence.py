@@ -16,8 +16,8 @@ import torch
 
 from clsr.models import native
 
-from clsr.models.layers import TFGRUCell, TFLSTMCell, Time4LSTMCell, run_gru_pair, run_rnn
-from clsr.models.recurrence import GRUSequence, LSTMSequence
+from clsr.models.layers import Packing, TFGRUCell, TFLSTMCell, Time4LSTMCell, run_gru_pair, run_rnn
+from clsr.models.recurrence import GRUSequence, LSTMSequence, Time4Inputs
 
 torch.set_num_threads(1)
 f64 = torch.float64
@@ -68,10 +68,36 @@ def test_lstm_sequence_gradcheck(time_gates, native):
     torch.manual_seed(1)
     P, B, H = sum(BATCH_SIZES), 3, 2
     prev = previous_rows(BATCH_SIZES)
-    s12 = torch.rand(P, 2 * H, dtype=f64).requires_grad_() if time_gates else None
-    args = (_randn(P, 4 * H), s12, _randn(B, H), _randn(H, 4 * H))
+    args = (_randn(P, (6 if time_gates else 4) * H), _randn(B, H), _randn(H, 4 * H))  # 6H: + time gates g̃1, g̃2
     with _native(native):
         assert torch.autograd.gradcheck(lambda *a: LSTMSequence.apply(*a, BATCH_SIZES, prev, True), args)
+
+
+def test_time4_inputs_gradcheck():
+    """`Time4Inputs` (the Time4LSTM's input side, hand-written backward) against autograd's numerics."""
+    torch.manual_seed(4)
+    P, D, H = 7, 3, 2
+    args = (_randn(P, D), _randn(P, 2), _randn(D, 6 * H), _randn(6 * H), _randn(2, 2 * H), _randn(2 * H),
+            _randn(2 * H, 3 * H))
+    assert torch.autograd.gradcheck(Time4Inputs.apply, args)
+
+
+def test_time4_inputs_equals_the_cell_equations():
+    """Y's columns are the pre-activations [i, j, f, o, g1, g2] of `Time4LSTMCell.forward` without h W."""
+    torch.manual_seed(5)
+    D, H, R = 3, 4, 6
+    cell = Time4LSTMCell(D, H).double()
+    x, tau = torch.randn(R, D, dtype=f64), torch.rand(R, 2, dtype=f64) * 5
+    Y = cell.project_rows(x, tau)
+    t_first, t_now = tau[:, :1], tau[:, 1:]
+    T1 = torch.tanh(t_now * cell.time_input_w1 + cell.time_input_b1)
+    T2 = torch.tanh(t_first * cell.time_input_w2 + cell.time_input_b2)
+    gates = x @ cell.kernel[:D] + cell.bias  # h = 0
+    gates[:, 2 * H : 3 * H] += cell.forget_bias
+    gates[:, 3 * H :] += T1 @ cell.o_kernel_t1 + T2 @ cell.o_kernel_t2
+    g1 = x @ cell.time_kernel_w1 + T1 @ cell.time_kernel_t1 + cell.time_bias1
+    g2 = x @ cell.time_kernel_w2 + T2 @ cell.time_kernel_t2 + cell.time_bias2
+    torch.testing.assert_close(Y, torch.cat([gates, g1, g2], dim=1), rtol=0, atol=1e-12)
 
 
 @NATIVE
@@ -212,3 +238,17 @@ def test_failed_kernel_build_leaves_no_library(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="failed"):
         native._build(target)
     assert list(tmp_path.iterdir()) == []  # neither the library nor its temporary file
+
+
+def test_packing_shares_one_packed_copy_per_input():
+    """Two recurrent nets reading the same tensor get one packed copy; another tensor is packed afresh,
+    and the shared copy's gradient reaches the input once per use."""
+    x = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
+    plan = Packing.plan(torch.tensor([4, 1, 2]), 4, 4)
+    a, b = plan.pack(x), plan.pack(x)
+    assert a is b and a.shape == (7, 2)
+    y = x.detach().clone()
+    assert plan.pack(y) is not a and torch.equal(plan.pack(y), a.detach())
+    (2 * a.sum() + 3 * b.sum()).backward()
+    expected = 5.0 * (torch.arange(4)[None, :] < torch.tensor([4, 1, 2])[:, None]).double()
+    torch.testing.assert_close(x.grad, expected.unsqueeze(-1).expand(3, 4, 2))

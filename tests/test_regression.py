@@ -28,6 +28,14 @@ function and change only float32 rounding:
   the tolerance: the test pins the numbers of each path, and a change that is meant to keep the function
   must first be proven equal in float64, then re-recorded here with the reason.
 Both pairs are kept; the test checks the one of the path that runs here (`native.available()`).
+
+Re-recorded both pairs, on purpose (session 4), after changes that keep the function and change float32
+rounding: the Time4LSTM's input side as one hand-differentiated Function (`recurrence.Time4Inputs`, the
+time gates' sigmoid inside the LSTM kernel), one packed copy of the history shared by the recurrent nets
+(gradients summed before one index_add), the embedding backward as a plain loop. Proven equal first in
+float64: tests/test_native.py (a whole CLSR step, kernels vs torch ops, to 1e-9), tests/test_recurrence.py
+(gradcheck of `Time4Inputs` and `LSTMSequence` with time gates; fused vs autograd runner for Time4LSTM).
+Torch ops 0.7333 / 0.6702 -> 0.7208 / 0.6728; kernels 0.6875 / 0.6535 -> 0.7417 / 0.6544.
 """
 from __future__ import annotations
 
@@ -39,8 +47,8 @@ from clsr.data.synthetic import generate
 from clsr.models import native
 from clsr.train import fit
 
-RECORDED_TORCH_OPS = {"valid_gauc": 0.7333333333333333, "test_gauc": 0.6701754385964912}
-RECORDED_NATIVE = {"valid_gauc": 0.6875, "test_gauc": 0.6535087719298246}
+RECORDED_TORCH_OPS = {"valid_gauc": 0.7208333333333333, "test_gauc": 0.6728070175438595}
+RECORDED_NATIVE = {"valid_gauc": 0.7416666666666667, "test_gauc": 0.6543859649122807}
 RECORDED = RECORDED_NATIVE if native.available() else RECORDED_TORCH_OPS
 TOLERANCE = 0.01
 

@@ -237,12 +237,9 @@ class CLSR(Recommender):
     # ---- 6. sequence encoder -------------------------------------------------------------------------------
     def sequence(self, X, lengths, time_first, time_now, n_steps=None, plan=None):
         """O = Time4LSTM([X ‖ τ^first ‖ τ^now]) (or GRU / LSTM on X), zero beyond n. (B, L, H)."""
-        if isinstance(self.seq_cell, Time4LSTMCell):
-            inputs = torch.cat([X, time_first.unsqueeze(-1), time_now.unsqueeze(-1)], dim=-1)
-        else:
-            inputs = X
+        times = torch.stack([time_first, time_now], dim=-1) if isinstance(self.seq_cell, Time4LSTMCell) else None
         fused = self.cfg.fused_recurrences
-        return run_rnn(self.seq_cell, inputs, lengths, n_steps=n_steps, fused=fused, plan=plan)[0]
+        return run_rnn(self.seq_cell, X, lengths, n_steps=n_steps, fused=fused, plan=plan, times=times)[0]
 
     # ---- 7. short-term encoder ---------------------------------------------------------------------------------
     def short_term(self, O, mask, h_short, e_v, naive: bool = False, lengths=None):

@@ -103,11 +103,11 @@ void gru_bwd_b_##SUF(int k, int H, const T *drh, int ld_drh, const T *K, int ld_
 }                                                                                                          \
                                                                                                            \
 /* LSTM forward, everything after h_prev W: g (k x 4H, blocks i, j, f, o; h_prev W in) becomes, with the   \
-   input part x added, [sigma(i~), tanh(j~), sigma(f~), sigma(o~)] in place; with s12 (k x 2H = [s1, s2], time gates)          \
-   i = sigma(i~) s1, f = sigma(f~) s2 (f also written to F); c (k x H) holds c_{t-1} on entry and c_t       \
-   on exit, h = o tanh(c_t) goes to out. With PD (k x 4H), KC, Q (k x 2H, time gates only): the            \
-   backward's factors, see recurrence.LSTMSequence. */                                                     \
-void lstm_fwd_##SUF(int k, int H, T *g, int ld_g, const T *x, int ld_x, const T *s12, int ld_s, T *F,       \
+   input part x added, [sigma(i~), tanh(j~), sigma(f~), sigma(o~)] in place; with g12 (k x 2H, the time     \
+   gates' pre-activations) s1, s2 = sigma(g12), i = sigma(i~) s1, f = sigma(f~) s2 (f also written to F);   \
+   c (k x H) holds c_{t-1} on entry and c_t on exit, h = o tanh(c_t) goes to out. With PD (k x 4H), KC,    \
+   Q (k x 2H, time gates only): the backward's factors, see recurrence.LSTMSequence. */                     \
+void lstm_fwd_##SUF(int k, int H, T *g, int ld_g, const T *x, int ld_x, const T *g12, int ld_s, T *F,       \
                     int ld_f, T *c, int ld_c,                                                              \
                     T *out, int ld_out, T *PD, int ld_pd, T *KC, int ld_kc, T *Q, int ld_q) {               \
     _Pragma("omp parallel for schedule(static) if(k * H >= 8192)")                                      \
@@ -124,11 +124,13 @@ void lstm_fwd_##SUF(int k, int H, T *g, int ld_g, const T *x, int ld_x, const T 
             gf[j] = sigm_##SUF(gf[j] + xi[2 * H + j]);                                                     \
             go[j] = sigm_##SUF(go[j] + xi[3 * H + j]);                                                     \
         }                                                                                                  \
-        if (s12) {                                                                                         \
-            const T *restrict s1 = s12 + (long)i * ld_s, *restrict s2 = s1 + H;                            \
+        if (g12) {                                                                                         \
+            const T *restrict g1 = g12 + (long)i * ld_s, *restrict g2 = g1 + H;                            \
             T *restrict ff = F + (long)i * ld_f;                                                           \
             _Pragma("omp simd")                                                                            \
-            for (int j = 0; j < H; j++) { a1v[j] = s1[j]; a2v[j] = s2[j]; ff[j] = gf[j] * s2[j]; }         \
+            for (int j = 0; j < H; j++) {                                                                  \
+                a1v[j] = sigm_##SUF(g1[j]); a2v[j] = sigm_##SUF(g2[j]); ff[j] = gf[j] * a2v[j];            \
+            }                                                                                              \
         } else {                                                                                           \
             _Pragma("omp simd")                                                                            \
             for (int j = 0; j < H; j++) { a1v[j] = (T)1; a2v[j] = (T)1; }                                  \
@@ -153,7 +155,10 @@ void lstm_fwd_##SUF(int k, int H, T *g, int ld_g, const T *x, int ld_x, const T 
             if (Q) {                                                                                       \
                 T *restrict q = Q + (long)i * ld_q;                                                        \
                 _Pragma("omp simd")                                                                        \
-                for (int j = 0; j < H; j++) { q[j] = gj[j] * gi[j]; q[H + j] = cc[j] * gf[j]; }            \
+                for (int j = 0; j < H; j++) {                                                              \
+                    q[j] = gj[j] * gi[j] * (a1v[j] - a1v[j] * a1v[j]);                                     \
+                    q[H + j] = cc[j] * gf[j] * (a2v[j] - a2v[j] * a2v[j]);                                 \
+                }                                                                                          \
             }                                                                                              \
         }                                                                                                  \
         _Pragma("omp simd")                                                                                \
@@ -162,21 +167,23 @@ void lstm_fwd_##SUF(int k, int H, T *g, int ld_g, const T *x, int ld_x, const T 
 }                                                                                                          \
                                                                                                            \
 /* LSTM backward, everything before the carried dh_{t-1} = DG W^T: dh = d_out + dh_carry,                 \
-   dc = dc_carry + dh KC (also to DC when given), DG = [dc, dc, dc, dh] * PD, dc_carry <- dc f. */          \
+   dc = dc_carry + dh KC, DG = [dc, dc, dc, dh] * PD, dc_carry <- dc f; with Q (time gates) also the      \
+   time gates' pre-activation gradients DS = [dc, dc] * Q. */                                              \
 void lstm_bwd_##SUF(int k, int H, const T *d_out, int ld_do, const T *dh_carry, int ld_dh, T *dc_carry,    \
                     int ld_dc, const T *KC, int ld_kc, const T *PD, int ld_pd, const T *F, int ld_f,       \
-                    T *DG, int ld_dg, T *DC, int ld_dcs) {                                                 \
+                    T *DG, int ld_dg, const T *Q, int ld_q, T *DS, int ld_ds) {                            \
     _Pragma("omp parallel for schedule(static) if(k * H >= 8192)")                                      \
     for (int i = 0; i < k; i++) {                                                                          \
         const T *g = d_out + (long)i * ld_do, *hc = dh_carry + (long)i * ld_dh, *kc = KC + (long)i * ld_kc;\
         const T *pd = PD + (long)i * ld_pd, *f = F + (long)i * ld_f;                                       \
         T *cc = dc_carry + (long)i * ld_dc, *dg = DG + (long)i * ld_dg;                                    \
-        T *dcs = DC ? DC + (long)i * ld_dcs : 0;                                                           \
+        const T *q = Q ? Q + (long)i * ld_q : 0;                                                           \
+        T *ds = Q ? DS + (long)i * ld_ds : 0;                                                              \
         _Pragma("omp simd")                                                                                \
         for (int j = 0; j < H; j++) {                                                                      \
             T dh = g[j] + hc[j];                                                                           \
             T dc = cc[j] + dh * kc[j];                                                                     \
-            if (dcs) dcs[j] = dc;                                                                          \
+            if (q) { ds[j] = dc * q[j]; ds[H + j] = dc * q[H + j]; }                                     \
             dg[j] = dc * pd[j];                                                                            \
             dg[H + j] = dc * pd[H + j];                                                                    \
             dg[2 * H + j] = dc * pd[2 * H + j];                                                            \
@@ -709,6 +716,20 @@ void bn_relu_ragged_bwd_##SUF(long B, int Q, int L, int C, const long *n, const 
     }                                                                                                      \
 }
 
+/* Embedding backward: dst[idx[i]] += src[i] for the n rows of src, in row order (one thread: the rows
+   collide; torch's index_add_ takes ~1 ms for 25k rows into a 20-row table, this a few microseconds). */
+#define DEFINE_INDEX_KERNELS(T, SUF)                                                                       \
+void index_add_rows_##SUF(long n, int d, const long *idx, const T *src, long ld_src, T *dst, long ld_dst) {  \
+    for (long i = 0; i < n; i++) {                                                                         \
+        T *restrict o = dst + idx[i] * ld_dst;                                                             \
+        const T *restrict s = src + i * ld_src;                                                            \
+        _Pragma("omp simd")                                                                                \
+        for (int j = 0; j < d; j++) o[j] += s[j];                                                          \
+    }                                                                                                      \
+}
+
+DEFINE_INDEX_KERNELS(float, f32)
+DEFINE_INDEX_KERNELS(double, f64)
 DEFINE_BN_COMMON(float, f32)
 DEFINE_BN_COMMON(double, f64)
 DEFINE_KERNELS(float, f32, expf, tanhf)

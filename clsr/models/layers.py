@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clsr.models import native
-from clsr.models.recurrence import GRUSequence, LSTMSequence
+from clsr.models.recurrence import GRUSequence, LSTMSequence, Time4Inputs
 
 #: score given to padded positions before the softmax, as released: ``-(2**32) + 1``
 PAD_SCORE = float(-(2**32) + 1)
@@ -281,24 +281,27 @@ def din_first_layer(
     W_k, bias, W_qs, W_qr, W_ps, W_pr = din_weight_blocks(first, d, d_s)
     K = F.linear(keys, W_k, bias)  # (B, L, h): (W_a + W_d) a_t + b, once per history position
     Q = F.linear(r, W_qr)  # (B, C, h): (W_q − W_d)_r r, once per query
+    # split, not slices: a slice (even keys[..., 0:]) backpropagates as a zero fill of the whole key
+    # tensor plus a copy, per slice; split's backward is one cat
+    keys_s, keys_r = keys.split([d_s, d - d_s], dim=-1) if d_s else (None, keys)
     if d_s:  # the shared query part s: its product term is per position, its linear term per instance
         s = query_shared
-        K = K + F.linear(keys[..., :d_s] * s.unsqueeze(1), W_ps)
+        K = K + F.linear(keys_s * s.unsqueeze(1), W_ps)
         Q = Q + F.linear(s, W_qs).unsqueeze(1)
     # per (query, position): W_p,r (a_r,t ⊙ r_c), one GEMM over all B·C·L rows, then + K + Q in place
     if rows is not None:  # ragged rows: the product for the valid positions and one padding row per query
-        prod = native.RaggedProduct.apply(keys[..., d_s:], r, rows)
+        prod = native.RaggedProduct.apply(keys_r, r, rows)
         return torch.mm(prod, W_pr.t().contiguous()), K, Q
     if split:
-        P = native.din_pair_layer(keys[..., d_s:], r, W_pr)
+        P = native.din_pair_layer(keys_r, r, W_pr)
         if P is None:
-            prod = keys[..., d_s:].unsqueeze(1) * r.unsqueeze(2)
+            prod = keys_r.unsqueeze(1) * r.unsqueeze(2)
             P = torch.mm(prod.view(-1, prod.shape[-1]), W_pr.t().contiguous())
         return P, K, Q
-    z = native.din_pair_layer(keys[..., d_s:], r, W_pr, K, Q)  # the same in fused kernels, when available
+    z = native.din_pair_layer(keys_r, r, W_pr, K, Q)  # the same in fused kernels, when available
     if z is not None:
         return z
-    prod = keys[..., d_s:].unsqueeze(1) * r.unsqueeze(2)  # (B, C, L, d_r)
+    prod = keys_r.unsqueeze(1) * r.unsqueeze(2)  # (B, C, L, d_r)
     # W_prᵀ made contiguous: a transposed column block sends this GEMM to a path twice as slow on CPU
     z = torch.mm(prod.view(-1, prod.shape[-1]), W_pr.t().contiguous())
     return _AddPositionAndQueryTerms.apply(z, K, Q)
@@ -593,23 +596,18 @@ class TFLSTMCell(nn.Module):
         z = like.new_zeros(batch, self.hidden_size)
         return (z if h0 is None else h0), z
 
-    def project_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (R, d) -> (gates' input part x W_x + b (R, 4H), forget bias folded into the f block;
-        time gates: None for the plain LSTM)."""
+    def project_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x (R, d) -> the gates' input part x W_x + b (R, 4H), forget bias folded into the f block."""
         D, H = self.input_dim, self.hidden_size
         shift = torch.zeros_like(self.bias)
         shift[2 * H : 3 * H] = self.forget_bias
-        return torch.addmm(self.bias + shift, x, self.kernel[:D]), None
-
-    def input_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Time-major (gates' input part (L, B, 4H), time gates [σ(g1) ‖ σ(g2)] (L, B, 2H) or None)."""
-        B, L = x.shape[0], x.shape[1]
-        gx, s12 = self.project_rows(x.transpose(0, 1).reshape(L * B, x.shape[2]))
-        return gx.view(L, B, -1), (None if s12 is None else s12.view(L, B, -1))
+        return torch.addmm(self.bias + shift, x, self.kernel[:D])
 
     def precompute(self, x: torch.Tensor):
         """Per step (gates' input part (B, 4H), None): no scaling of the gates."""
-        return [(g, None) for g in self.input_projection(x)[0].unbind(0)]
+        B, L = x.shape[0], x.shape[1]
+        gx = self.project_rows(x.transpose(0, 1).reshape(L * B, x.shape[2])).view(L, B, -1)
+        return [(g, None) for g in gx.unbind(0)]
 
     def step_weights(self):
         return self.kernel[self.input_dim :]
@@ -675,46 +673,59 @@ class Time4LSTMCell(TFLSTMCell):
         c = torch.sigmoid(f + self.forget_bias) * s2 * c + torch.sigmoid(i) * s1 * torch.tanh(j)
         return torch.sigmoid(o) * torch.tanh(c), c
 
-    def project_rows(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """inputs (R, d+2) -> (gates' input part (R, 4H), [σ(g1) ‖ σ(g2)] (R, 2H)).
-
-        Everything that does not depend on h, for all rows (steps) at once, in a few wide ops:
-            [T1 ‖ T2] = tanh([τ^first, τ^now] [[0, w2], [w1, 0]] + [b1 ‖ b2])      one (R × 2 × 2H) GEMM
-            A = x [W_lstm,x | W_x1 | W_x2] + [b (+1 on f) | c1 | c2]                one GEMM, 6H columns
-            [o | g1 | g2] = A[:, 3H:] + [T1 ‖ T2] [[W_o1, W_t1, 0], [W_o2, 0, W_t2]]    one GEMM
-        """
+    def projection_weights(self):
+        """The input side of the cell as three linear maps (rows τ = [τ^first, τ^now]):
+            [T1 ‖ T2] = tanh(τ W_τ + b_τ),           W_τ = [[0, w2], [w1, 0]] (2 × 2H), b_τ = [b1 ‖ b2]
+            A = x W_x + b_x,                          W_x = [W_lstm,x | W_x1 | W_x2] (D × 6H),
+                                                      b_x = [b (+1 on f) | c1 | c2]
+            [o | g1 | g2] += [T1 ‖ T2] W_T,           W_T = [[W_o1, W_t1, 0], [W_o2, 0, W_t2]] (2H × 3H)
+        so that A's columns are the pre-activations [i, j, f, o, g1, g2] minus their h part.
+        Returns (W_x, b_x, W_τ, b_τ, W_T)."""
         D, H = self.input_dim, self.hidden_size
-        # split, not slices: a slice backpropagates as a zero fill of the whole tensor plus a copy
-        x, tau = inputs.split([D, 2], dim=1)  # tau = [τ^first, τ^now]
         zH = self.time_input_w1.new_zeros(H)
         W_tau = torch.stack([torch.cat([zH, self.time_input_w2]), torch.cat([self.time_input_w1, zH])])
-        T = torch.tanh(torch.addmm(torch.cat([self.time_input_b1, self.time_input_b2]), tau, W_tau))
+        b_tau = torch.cat([self.time_input_b1, self.time_input_b2])
         shift = torch.zeros_like(self.bias)
         shift[2 * H : 3 * H] = self.forget_bias
-        W_x = torch.cat([self.kernel[:D], self.time_kernel_w1, self.time_kernel_w2], dim=1)  # (D, 6H)
+        W_x = torch.cat([self.kernel[:D], self.time_kernel_w1, self.time_kernel_w2], dim=1)
         b_x = torch.cat([self.bias + shift, self.time_bias1, self.time_bias2])
-        A_ijf, A_og = torch.addmm(b_x, x, W_x).split([3 * H, 3 * H], dim=1)  # [i, j, f | o, g1, g2] w/o T
         zHH = self.o_kernel_t1.new_zeros(H, H)
         W_T = torch.cat(
             [torch.cat([self.o_kernel_t1, self.time_kernel_t1, zHH], 1),
              torch.cat([self.o_kernel_t2, zHH, self.time_kernel_t2], 1)], 0
-        )  # (2H, 3H)
-        o, g12 = torch.addmm(A_og, T, W_T).split([H, 2 * H], dim=1)  # (R, 3H): [o, g1, g2]
-        return torch.cat([A_ijf, o], dim=1), torch.sigmoid(g12)
+        )
+        return W_x, b_x, W_tau, b_tau, W_T
+
+    def project_rows(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """x (R, d), tau (R, 2) = [τ^first, τ^now] -> the input part of every pre-activation
+        [i, j, f, o, g1, g2] (R, 6H) (`projection_weights`), for all rows (steps) at once, in one
+        hand-differentiated Function (`recurrence.Time4Inputs`: no concatenations either way)."""
+        return Time4Inputs.apply(x, tau, *self.projection_weights())
 
     def precompute(self, inputs: torch.Tensor):
-        """Per step (gates' input part (B, 4H), scale [σ(g1), 1, σ(g2), 1] (B, 4H)) for `step`."""
-        gx, s12 = self.input_projection(inputs)
-        s1, s2 = s12.chunk(2, dim=-1)
+        """Per step (gates' input part (B, 4H), scale [σ(g1), 1, σ(g2), 1] (B, 4H)) for `step`, with torch
+        ops (the reference path; the fused one uses `project_rows`)."""
+        B, L, H = inputs.shape[0], inputs.shape[1], self.hidden_size
+        x, tau = inputs.transpose(0, 1).reshape(L * B, -1).split([self.input_dim, 2], dim=1)
+        W_x, b_x, W_tau, b_tau, W_T = self.projection_weights()
+        T = torch.tanh(tau @ W_tau + b_tau)
+        A = x @ W_x + b_x
+        A = torch.cat([A[:, : 3 * H], A[:, 3 * H :] + T @ W_T], dim=1).view(L, B, 6 * H)
+        s1, s2 = torch.sigmoid(A[..., 4 * H : 5 * H]), torch.sigmoid(A[..., 5 * H :])
         ones = torch.ones_like(s1)
         scale = torch.cat([s1, ones, s2, ones], dim=-1)
-        return list(zip(gx.unbind(0), scale.unbind(0)))
+        return list(zip(A[..., : 4 * H].unbind(0), scale.unbind(0)))
 
 
 def lookup(table: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
     """table(idx) as an index_select of its weight: the same values and the same gradient (an index_add),
-    which on CPU takes a third of nn.Embedding's backward time (0.5 vs 1.7 ms for 25k lookups).
-    Only for plain tables (no padding_idx, max_norm or sparse gradients)."""
+    which on CPU takes a third of nn.Embedding's backward time (0.5 vs 1.7 ms for 25k lookups); with the
+    kernels, the index_add is a plain loop (`native.EmbeddingLookup`: 25k rows into the 20-row category
+    table, ~1 ms with torch's index_add_). Only for plain tables (no padding_idx, max_norm or sparse
+    gradients)."""
+    out = native.lookup(table.weight, idx)
+    if out is not None:
+        return out
     return table.weight.index_select(0, idx.reshape(-1)).view(*idx.shape, table.embedding_dim)
 
 
@@ -746,10 +757,17 @@ class Packing:
         self.batch_sizes, self.rows_b, self.rows_t = batch_sizes, rows_b, rows_t
         self.prev_idx, self.last, self.width = prev_idx, last, width
         self.flat = rows_b * width + rows_t  # position in a (B·L, ...) view
+        self._packed = None  # (input, its packed rows) of the last `pack`
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, d) -> (P, d). index_select, whose backward is an index_add (the positions are distinct)."""
-        return x.reshape(-1, x.shape[-1]).index_select(0, self.flat)
+        """(B, L, d) -> (P, d). index_select, whose backward is an index_add (the positions are distinct).
+        The last result is kept: the forward's recurrent nets that read the same tensor share one packed
+        copy (and its gradients add up there, before one index_add)."""
+        if self._packed is not None and self._packed[0] is x:
+            return self._packed[1]
+        packed = x.reshape(-1, x.shape[-1]).index_select(0, self.flat)
+        self._packed = (x, packed)
+        return packed
 
     @classmethod
     def plan(cls, lengths: torch.Tensor, n_steps: int, width: int) -> "Packing":
@@ -789,6 +807,7 @@ def run_rnn(
     n_steps: int | None = None,
     fused: bool = True,
     plan: Packing | None = None,
+    times: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``tf.nn.dynamic_rnn(cell, inputs, sequence_length=lengths, initial_state=h0)`` for left-aligned
     sequences (valid steps 0..n_b−1, padding after).
@@ -809,6 +828,8 @@ def run_rnn(
     ``fused=False`` and any other cell step the cell's `step` under autograd (the reference).
     ``plan``: a `Packing.plan(lengths, n_steps, L)` the caller already built for these lengths (one per
     forward serves all the recurrent nets reading the same histories).
+    ``times`` (B, L, 2) = [τ^first, τ^now] for a `Time4LSTMCell`, whose inputs are then x alone (without
+    it, the last two input columns are the times, as in the cell's own `forward`).
     """
     B, L = inputs.shape[0], inputs.shape[1]
     n_steps = L if n_steps is None else min(int(n_steps), L)
@@ -820,19 +841,19 @@ def run_rnn(
         plan = Packing.plan(lengths, n_steps, L) if plan is None else plan
         if not plan.batch_sizes:  # every history empty
             return inputs.new_zeros(B, L, H), start
-        x = plan.pack(inputs)  # (P, d): the valid positions, packed step after step
         h0_sorted = start[plan.perm]
-        if isinstance(cell, TFGRUCell):
-            out = GRUSequence.apply(
-                cell.project_rows(x), h0_sorted, *cell.step_weights(), plan.batch_sizes, plan.prev_idx,
-                torch.is_grad_enabled(),
-            )
+        if isinstance(cell, Time4LSTMCell):
+            if times is None:
+                inputs, times = inputs.split([cell.input_dim, 2], dim=-1)
+            gx = cell.project_rows(plan.pack(inputs), plan.pack(times))  # (P, 6H), packed
         else:
-            gx, s12 = cell.project_rows(x)
-            out = LSTMSequence.apply(
-                gx, s12, h0_sorted, cell.step_weights(), plan.batch_sizes, plan.prev_idx, torch.is_grad_enabled()
-            )
+            gx = cell.project_rows(plan.pack(inputs))  # the valid positions, packed step after step
+        W_h = cell.step_weights()  # GRU: (W_g, W_c); LSTM: W
+        sequence, W_h = (GRUSequence, W_h) if isinstance(cell, TFGRUCell) else (LSTMSequence, (W_h,))
+        out = sequence.apply(gx, h0_sorted, *W_h, plan.batch_sizes, plan.prev_idx, torch.is_grad_enabled())
         return plan.unpack(out), plan.final(out, h0_sorted)
+    if times is not None:
+        inputs = torch.cat([inputs, times], dim=-1)
     pre = cell.precompute(inputs[:, :n_steps])
     weights = cell.step_weights()
     state = cell.init_state(h0, B, inputs)

@@ -44,7 +44,8 @@ _FUNCS = {
     "gru_bwd_a": _RNN + [_P, _I] * 5,
     "gru_bwd_b": _RNN + [_P, _I] * 6,
     "lstm_fwd": _RNN + [_P, _I] * 9,
-    "lstm_bwd": _RNN + [_P, _I] * 8,
+    "lstm_bwd": _RNN + [_P, _I] * 9,
+    "index_add_rows": [_L, _I, _P, _P, _L, _P, _L],
     "bn_relu_fwd": [_L, _I, _I, _I, _P, _P, _P, _P, _P, _D, _P, _P, _P, _P],
     "bn_relu_bwd": [_L, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P],
     "bn_relu_dot_fwd": [_L, _I, _P, _L, _P, _P, _D, _P, _D, _P, _P, _P, _P, _P, _D],
@@ -407,3 +408,33 @@ class RaggedProduct(torch.autograd.Function):
         nk.ragged_prod_bwd(B, rows.Q, L, d, ptr(rows.n), ptr(rows.off), rows.V, ptr(dprod), ptr(a), a.stride(0),
                            a.stride(1), ptr(r), r.stride(0), r.stride(1), ptr(da), ptr(dr))
         return da, dr, None
+
+
+class EmbeddingLookup(torch.autograd.Function):
+    """weight[idx] (``idx.shape + (d,)``) whose backward adds the rows with the `index_add_rows` kernel
+    (the same sums as ``index_select``'s backward, an index_add, in row order)."""
+
+    @staticmethod
+    def forward(ctx, weight, idx):
+        ctx.nk, ctx.shape = kernels(weight), weight.shape
+        flat = idx.reshape(-1)
+        ctx.save_for_backward(flat)
+        return weight.index_select(0, flat).view(*idx.shape, weight.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (flat,) = ctx.saved_tensors
+        N, d = ctx.shape
+        g = grad.reshape(-1, d)
+        if g.stride(1) != 1:
+            g = g.contiguous()
+        dW = grad.new_zeros(N, d)
+        ctx.nk.index_add_rows(len(flat), d, ptr(flat), ptr(g), g.stride(0), ptr(dW), d)
+        return dW, None
+
+
+def lookup(weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
+    """`EmbeddingLookup` when the kernels can take this table (CPU float, long indices), else None."""
+    if kernels(weight) is None or idx.dtype != torch.long or weight.dim() != 2 or weight.stride(1) != 1:
+        return None
+    return EmbeddingLookup.apply(weight, idx.contiguous())

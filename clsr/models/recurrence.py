@@ -157,47 +157,54 @@ class LSTMSequence(torch.autograd.Function):
         [ĩ, j̃, f̃, õ] = gx_t + h_{t−1} W,   i = σ(ĩ) s1_t,  f = σ(f̃) s2_t,  j = tanh(j̃),  o = σ(õ)
         c_t = f ⊙ c_{t−1} + i ⊙ j,   h_t = o ⊙ tanh(c_t)          (c_0 = 0; s1 = s2 = 1 without time gates)
 
+    with s1, s2 = σ(g̃1), σ(g̃2), the time gates' pre-activations given as gx's columns 4H..6H.
     Backward, with ∂h = ∂out_t + carried ∂h, ∂c = carried ∂c + ∂h ⊙ o (1 − tanh² c_t):
         ∂ĩ = ∂c ⊙ j s1 σ(ĩ)(1−σ(ĩ)),   ∂j̃ = ∂c ⊙ i (1 − j²),   ∂f̃ = ∂c ⊙ c_{t−1} s2 σ(f̃)(1−σ(f̃)),
         ∂õ = ∂h ⊙ tanh c_t ⊙ o(1−o),   carried ∂c_{t−1} = ∂c ⊙ f,   carried ∂h_{t−1} = ∂g Wᵀ,
-        ∂s1_t = ∂c ⊙ j σ(ĩ),   ∂s2_t = ∂c ⊙ c_{t−1} σ(f̃),   ∂W = Σ_t h_{t−1}ᵀ ∂g.
-    The factors multiplying ∂c (three blocks) and ∂h (one block) are formed in the forward loop.
+        ∂g̃1 = ∂c ⊙ j σ(ĩ) s1(1−s1),   ∂g̃2 = ∂c ⊙ c_{t−1} σ(f̃) s2(1−s2),   ∂W = Σ_t h_{t−1}ᵀ ∂g.
+    The factors multiplying ∂c (three blocks, and the two time-gate blocks) and ∂h (one block) are
+    formed in the forward loop.
 
-    Inputs: gx (P, 4H) packed (forget bias folded in), s12 (P, 2H) = [s1 ‖ s2] or None, h0 (B, H),
-    W (H, 4H), batch_sizes, prev_idx and ``train`` as in `GRUSequence`. Returns the packed h_t (P, H).
+    Inputs: gx (P, 4H), or (P, 6H) = [gates' input part ‖ g̃1 ‖ g̃2] with time gates (forget bias folded
+    in either way), h0 (B, H), W (H, 4H), batch_sizes, prev_idx and ``train`` as in `GRUSequence`.
+    Returns the packed h_t (P, H); the gradient of gx has gx's width.
     """
 
     @staticmethod
-    def forward(ctx, gx, s12, h0, W, batch_sizes, prev_idx, train: bool = True):
-        P, H4 = gx.shape
-        H = H4 // 4
+    def forward(ctx, gx, h0, W, batch_sizes, prev_idx, train: bool = True):
+        P, width = gx.shape
+        H = W.shape[0]
+        if width not in (4 * H, 6 * H):
+            raise ValueError(f"LSTMSequence: gx has {width} columns, expected 4H or 6H with H = {H}")
+        timed = width == 6 * H
         B = h0.shape[0]
         out = gx.new_empty(P, H)
         G = gx.new_empty(P, 4 * H)  # [σ(ĩ), j, σ(f̃), σ(õ)]
-        F_eff = gx.new_empty(P, H) if s12 is not None else None  # f = σ(f̃) s2
+        F_eff = gx.new_empty(P, H) if timed else None  # f = σ(f̃) s2
         PD = gx.new_empty(P, 4 * H) if train else None  # ∂g = [∂c, ∂c, ∂c, ∂h] ⊙ PD
         KC = gx.new_empty(P, H) if train else None  # ∂c += ∂h ⊙ KC
-        Q = gx.new_empty(P, 2, H) if (train and s12 is not None) else None  # ∂s = ∂c ⊙ Q
+        Q = gx.new_empty(P, 2 * H) if (train and timed) else None  # [∂g̃1 ‖ ∂g̃2] = [∂c ‖ ∂c] ⊙ Q
         i_buf, tc_buf = gx.new_empty(B, H), gx.new_empty(B, H)
         one = _one(gx)
         h, c = h0, torch.zeros_like(h0)
         nk = native.kernels(gx)
         if nk is not None:  # the element-wise work of a step as one call (kernels.c), same values
             gx = gx if gx.stride(1) == 1 else gx.contiguous()  # the kernel reads rows with unit stride
-            if s12 is not None:
-                s12 = s12.contiguous()
+            g12 = gx[:, 4 * H :] if timed else None
             for off, k in step_slices(batch_sizes):
                 rows = slice(off, off + k)
                 torch.mm(h[:k], W, out=G[rows])  # h W alone; the kernel adds the input part gx
-                nk.lstm_fwd(k, H, ptr(G, off), 4 * H, ptr(gx, off), ld(gx), ptr(s12, off), ld(s12), ptr(F_eff, off), ld(F_eff),
+                nk.lstm_fwd(k, H, ptr(G, off), 4 * H, ptr(gx, off), ld(gx), ptr(g12, off), ld(g12), ptr(F_eff, off), ld(F_eff),
                             ptr(c), H, ptr(out, off), H, ptr(PD, off), ld(PD), ptr(KC, off), ld(KC),
                             ptr(Q, off), ld(Q))
                 h = out[rows]
         else:
+            s12 = torch.sigmoid(gx[:, 4 * H :]) if timed else None  # [s1 ‖ s2]
+            Qv = Q.view(P, 2, H) if Q is not None else None
             for off, k in step_slices(batch_sizes):
                 rows = slice(off, off + k)
                 hp, cp, tc = h[:k], c[:k], tc_buf[:k]
-                g = torch.addmm(gx[rows], hp, W, out=G[rows])
+                g = torch.addmm(gx[rows, : 4 * H], hp, W, out=G[rows])
                 s_i, j, s_f, s_o = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H :]
                 j.tanh_()
                 s_i.sigmoid_()
@@ -217,8 +224,8 @@ class LSTMSequence(torch.autograd.Function):
                         pd[:, :H].mul_(j)  # j σ'(ĩ)
                         pd[:, 2 * H : 3 * H].mul_(cp)  # c_{t−1} σ'(f̃)
                     else:
-                        q = Q[rows]
-                        torch.mul(j, s_i, out=q[:, 0])
+                        q = Qv[rows]
+                        torch.mul(j, s_i, out=q[:, 0])  # ∂g̃1 / ∂c before σ'(g̃1), applied after the loop
                         torch.mul(cp, s_f, out=q[:, 1])
                         pd[:, :H].mul_(j).mul_(s1)
                         pd[:, 2 * H : 3 * H].mul_(cp).mul_(s2)
@@ -228,7 +235,9 @@ class LSTMSequence(torch.autograd.Function):
                     pd[:, 3 * H :].mul_(tc)  # tanh(c_t) σ'(õ)
                     torch.addcmul(one, tc, tc, value=-1.0, out=KC[rows]).mul_(s_o)  # σ(õ)(1 − tanh² c_t)
                 h = torch.mul(s_o, tc, out=out[rows])
-        f_all = G[:, 2 * H : 3 * H] if s12 is None else F_eff
+            if Q is not None:
+                Q.mul_(s12 - s12 * s12)  # σ'(g̃) = s (1 − s)
+        f_all = G[:, 2 * H : 3 * H] if not timed else F_eff
         ctx.batch_sizes = batch_sizes
         ctx.save_for_backward(out, f_all, PD, KC, Q, h0, W, prev_idx)
         return out
@@ -239,8 +248,9 @@ class LSTMSequence(torch.autograd.Function):
         batch_sizes = ctx.batch_sizes
         P, H = out.shape
         B = h0.shape[0]
-        DG = out.new_empty(P, 4 * H)  # ∂ of the pre-activations [ĩ, j̃, f̃, õ]
-        DC = out.new_empty(P, 1, H) if Q is not None else None  # ∂c_t, kept for the time gates
+        DX = out.new_empty(P, 6 * H if Q is not None else 4 * H)  # ∂gx: [∂ĩ, ∂j̃, ∂f̃, ∂õ (‖ ∂g̃1, ∂g̃2)]
+        DG = DX[:, : 4 * H]  # ∂ of the pre-activations [ĩ, j̃, f̃, õ]
+        DS = DX[:, 4 * H :] if Q is not None else None
         M_buf = out.new_empty(B, 4, H)  # [∂c, ∂c, ∂c, ∂h]
         W_t = W.t().contiguous()  # a transposed view takes a slower GEMM path
         dh_carry = torch.zeros_like(h0)  # rows not started (backwards) yet carry exact zeros
@@ -251,8 +261,8 @@ class LSTMSequence(torch.autograd.Function):
             for off, k in reversed(step_slices(batch_sizes)):
                 rows = slice(off, off + k)
                 nk.lstm_bwd(k, H, ptr(d_out, off), H, ptr(dh_carry), H, ptr(dc_carry), H, ptr(KC, off), ld(KC),
-                            ptr(PD, off), ld(PD), ptr(f_all, off), ld(f_all), ptr(DG, off), 4 * H,
-                            ptr(DC, off), ld(DC))
+                            ptr(PD, off), ld(PD), ptr(f_all, off), ld(f_all), ptr(DG, off), ld(DG),
+                            ptr(Q, off), ld(Q), ptr(DS, off), ld(DS))
                 torch.mm(DG[rows], W_t, out=dh_carry[:k])
         else:
             for off, k in reversed(step_slices(batch_sizes)):
@@ -261,11 +271,50 @@ class LSTMSequence(torch.autograd.Function):
                 dh = torch.add(d_out[rows], dh_carry[:k], out=M[:, 3])
                 dc = torch.addcmul(dc_carry[:k], dh, KC[rows], out=M[:, 0])
                 M[:, 1:3] = dc.unsqueeze(1)
-                if DC is not None:
-                    DC[rows, 0] = dc
+                if Q is not None:
+                    torch.mul(dc.unsqueeze(1), Q[rows].view(k, 2, H), out=DS[rows].view(k, 2, H))
                 torch.mul(M.view(k, 4 * H), PD[rows], out=DG[rows])
                 torch.mul(dc, f_all[rows], out=dc_carry[:k])
                 torch.mm(DG[rows], W_t, out=dh_carry[:k])
-        d_s12 = (DC * Q).view(P, 2 * H) if (Q is not None and ctx.needs_input_grad[1]) else None
-        dW = _weight_grad(h0, out, DG, batch_sizes, prev_idx) if ctx.needs_input_grad[3] else None
-        return DG, d_s12, dh_carry, dW, None, None, None
+        dW = _weight_grad(h0, out, DG, batch_sizes, prev_idx) if ctx.needs_input_grad[2] else None
+        return DX, dh_carry, dW, None, None, None
+
+
+class Time4Inputs(torch.autograd.Function):
+    """The input side of a Time4LSTM for all packed rows at once (`layers.Time4LSTMCell.projection_weights`):
+
+        T = tanh(τ W_τ + b_τ)  (P, 2H),    Y = x W_x + b_x  (P, 6H),    Y[:, 3H:] += T W_T
+
+    Y's columns are the pre-activations [i, j, f, o, g1, g2] without their h part, as `LSTMSequence`
+    takes them. Backward, with ∂Y_T = ∂Y[:, 3H:]:
+        ∂W_x = xᵀ ∂Y,  ∂b_x = Σ ∂Y,  ∂x = ∂Y W_xᵀ,  ∂W_T = Tᵀ ∂Y_T,  ∂T̃ = ∂Y_T W_Tᵀ ⊙ (1 − T²),
+        ∂W_τ = τᵀ ∂T̃,  ∂b_τ = Σ ∂T̃,  ∂τ = ∂T̃ W_τᵀ.
+    Why a Function: written with autograd ops, the slices, splits and concatenations of this layout
+    cost a pass over a (P, ≥ 3H) tensor each, forward and backward (≈ 10 % of a CLSR step on CPU).
+    """
+
+    @staticmethod
+    def forward(ctx, x, tau, W_x, b_x, W_tau, b_tau, W_T):
+        T = torch.addmm(b_tau, tau, W_tau).tanh_()
+        Y = torch.addmm(b_x, x, W_x)
+        Y[:, Y.shape[1] - W_T.shape[1] :].addmm_(T, W_T)  # the o, g1, g2 columns: + T W_T
+        ctx.save_for_backward(x, tau, T, W_x, W_tau, W_T)
+        return Y
+
+    @staticmethod
+    def backward(ctx, dY):
+        x, tau, T, W_x, W_tau, W_T = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dY = dY.contiguous()
+        dY_T = dY[:, dY.shape[1] - W_T.shape[1] :]
+        dT = torch.mm(dY_T, W_T.t().contiguous())  # (P, 2H); a transposed view takes a slower GEMM path
+        dT.mul_(torch.addcmul(_one(T), T, T, value=-1.0))  # ∂ of tanh's pre-activation
+        return (
+            torch.mm(dY, W_x.t().contiguous()) if need[0] else None,
+            torch.mm(dT, W_tau.t()) if need[1] else None,
+            torch.mm(x.t(), dY) if need[2] else None,
+            dY.sum(0) if need[3] else None,
+            torch.mm(tau.t(), dT) if need[4] else None,
+            dT.sum(0) if need[5] else None,
+            torch.mm(T.t(), dY_T) if need[6] else None,
+        )

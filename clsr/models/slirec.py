@@ -124,10 +124,8 @@ class SLiRec(Recommender):
         lengths = batch.length
         n_steps = int(lengths.max()) if lengths.numel() else 0  # one host sync per forward
         dt = E_item.dtype
-        inputs = torch.cat(
-            [E_item, batch.time_from_first.to(dt).unsqueeze(-1), batch.time_to_now.to(dt).unsqueeze(-1)], dim=-1
-        )
-        O, _ = run_rnn(self.lstm, inputs, lengths, n_steps=n_steps)  # (B, L, H), zero beyond n
+        times = torch.stack([batch.time_from_first.to(dt), batch.time_to_now.to(dt)], dim=-1)  # (B, L, 2)
+        O, _ = run_rnn(self.lstm, E_item, lengths, n_steps=n_steps, times=times)  # (B, L, H), zero beyond n
         a = self.short_att(O @ self.short_proj, mask, e_v)  # (B, C, L)
         return attention_pool(a, O), a
 
