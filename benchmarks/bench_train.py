@@ -111,6 +111,26 @@ def recurrence_timing(model, batch, repeats: int = 5) -> dict:
     return out
 
 
+def machine_reference() -> dict:
+    """Two fixed measurements of this machine's speed at bench time, so that runs on different days (shared
+    cloud CPUs vary by tens of percent) can be compared: a 2048³ float32 GEMM (compute) and a 256 MB
+    tensor copy into a reused buffer (memory bandwidth, bytes read + written)."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    x, y = torch.randn(32 << 20), torch.empty(32 << 20)
+    for _ in range(3):
+        a @ b
+        y.copy_(x)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    gemm = 10 * 2 * 2048**3 / (time.perf_counter() - t0) / 1e9
+    t0 = time.perf_counter()
+    for _ in range(10):
+        y.copy_(x)
+    copy = 10 * 2 * x.numel() * 4 / (time.perf_counter() - t0) / 1e9
+    return {"gemm_gflops": gemm, "copy_gb_per_s": copy}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
@@ -129,6 +149,9 @@ def main(argv=None):
         "dataset": {"train_instances": len(data.instances["train"]), "test_instances": len(data.instances["test"]),
                     "max_len": L},
     }
+
+    res["machine"]["reference"] = ref = machine_reference()
+    print(f"machine reference: GEMM {ref['gemm_gflops']:.0f} GFLOP/s, copy {ref['copy_gb_per_s']:.1f} GB/s", flush=True)
 
     # data layer alone
     rng = np.random.default_rng(0)
@@ -218,7 +241,10 @@ def main(argv=None):
         "# Training and evaluation speed (ml100k, default configuration)", "",
         f"Machine: {res['machine']['cpu_threads']} torch threads, torch {res['machine']['torch']}, glibc large blocks "
         f"kept (clsr.runtime): {res['machine']['glibc_large_blocks_kept']}. "
-        f"Command: `python benchmarks/bench_train.py{' --skip-epoch' if a.skip_epoch else ''}`.", "",
+        f"Command: `python benchmarks/bench_train.py{' --skip-epoch' if a.skip_epoch else ''}`. "
+        f"Machine speed at bench time (shared CPUs vary from day to day; compare runs by these): 2048³ GEMM "
+        f"{res['machine']['reference']['gemm_gflops']:.0f} GFLOP/s, 256 MB copy "
+        f"{res['machine']['reference']['copy_gb_per_s']:.1f} GB/s, batch building (below, pure Python/numpy).", "",
         "| measurement | value |", "|---|---|",
         f"| batch building | {res['batches']['batches_per_s']:.0f} batches/s |",
         f"| CLSR training, shared encoders | {res['clsr_shared']['instances_per_s']:.0f} instances/s; epoch "

@@ -279,8 +279,9 @@ def din_first_layer(
             f"do not match key width {d} (expected 4·{d})"
         )
     W_k, bias, W_qs, W_qr, W_ps, W_pr = din_weight_blocks(first, d, d_s)
-    K = F.linear(keys, W_k, bias)  # (B, L, h): (W_a + W_d) a_t + b, once per history position
-    Q = F.linear(r, W_qr)  # (B, C, h): (W_q − W_d)_r r, once per query
+    K = F.linear(keys, W_k)  # (B, L, h): (W_a + W_d) a_t, once per history position
+    # the bias rides with the small per-query term (a bias in the (B·L, h) GEMM costs a copy pass)
+    Q = F.linear(r, W_qr, bias)  # (B, C, h): (W_q − W_d)_r r + b, once per query
     # split, not slices: a slice (even keys[..., 0:]) backpropagates as a zero fill of the whole key
     # tensor plus a copy, per slice; split's backward is one cat
     keys_s, keys_r = keys.split([d_s, d - d_s], dim=-1) if d_s else (None, keys)
@@ -336,8 +337,8 @@ class DinAttention(nn.Module):
 
     and with q = [s ‖ r], a = [a_s ‖ a_r], W_p (a ⊙ q) = W_p,s (a_s ⊙ s) + W_p,r (a_r ⊙ r). So
 
-        K[b, t]    = (W_a + W_d) a_t + W_p,s (a_s,t ⊙ s) + b    once per history position,
-        Q[b, c]    = (W_q − W_d) q_c                             once per query,
+        K[b, t]    = (W_a + W_d) a_t + W_p,s (a_s,t ⊙ s)        once per history position,
+        Q[b, c]    = (W_q − W_d) q_c + b                         once per query,
         P[b, c, t] = W_p,r (a_r,t ⊙ r_c)                         the only per-(position, query) product,
 
     z = K + Q + P. The 4d-wide concatenation is never built and the per-candidate matmul is d_r wide
