@@ -96,6 +96,29 @@ def test_bn_relu_dot_equals_batchnorm_relu_linear(dtype, threads):
 
 
 @DTYPES
+def test_bn_relu_dot_takes_the_linear_bias_on_the_side(dtype, threads):
+    """x_bias: out(relu(bn(x + b))) with b's gradient (Σ_rows of BN's input gradient: ~0, but not exactly,
+    as with the bias inside the GEMM) and the running mean moved by b."""
+    bn_k, bn_t = _bn(40, dtype), _bn(40, dtype)
+    out = nn.Linear(40, 1).to(dtype)
+    out_t = copy.deepcopy(out)
+    x = torch.randn(999, 40, dtype=dtype, requires_grad=True)
+    b_k = torch.randn(40, dtype=dtype, requires_grad=True)
+    b_t = b_k.detach().clone().requires_grad_()
+    s_k = native.bn_relu_dot(bn_k, x, out, x_bias=b_k)
+    s_t = out_t(torch.relu(bn_t(x + b_t)))
+    _close(s_k, s_t, dtype)
+    (dx_k, db_k, *rest_k) = _grads(s_k, [x, b_k, bn_k.weight, bn_k.bias, out.weight])
+    (dx_t, db_t, *rest_t) = _grads(s_t, [x, b_t, bn_t.weight, bn_t.bias, out_t.weight])
+    for a, b in zip([dx_k, *rest_k], [dx_t, *rest_t]):
+        _close(a, b, dtype)
+    # db is a sum of 999 terms that cancel to rounding noise: an absolute bound, relative to the terms' size
+    assert (db_k - db_t).abs().max() <= 1e3 * torch.finfo(dtype).eps * dx_t.abs().sum(0).max()
+    _close(bn_k.running_mean, bn_t.running_mean, dtype)
+    _close(bn_k.running_var, bn_t.running_var, dtype)
+
+
+@DTYPES
 @pytest.mark.parametrize("with_kq", [True, False])
 def test_din_pair_layer_equals_product_matmul_and_broadcast_adds(dtype, with_kq, threads):
     B, C, L, d, h = 5, 4, 6, 3, 7

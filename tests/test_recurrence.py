@@ -57,7 +57,7 @@ def test_gru_sequence_gradcheck(native):
     torch.manual_seed(0)
     P, B, H = sum(BATCH_SIZES), 3, 2
     prev = previous_rows(BATCH_SIZES)
-    args = (_randn(P, 3 * H), _randn(B, H), _randn(H, 2 * H), _randn(H, H))
+    args = (_randn(P, 3 * H), _randn(3 * H), _randn(B, H), _randn(H, 2 * H), _randn(H, H))  # proj, bias, h0, W_g, W_c
     with _native(native):
         assert torch.autograd.gradcheck(lambda *a: GRUSequence.apply(*a, BATCH_SIZES, prev, True), args)
 
@@ -68,7 +68,8 @@ def test_lstm_sequence_gradcheck(time_gates, native):
     torch.manual_seed(1)
     P, B, H = sum(BATCH_SIZES), 3, 2
     prev = previous_rows(BATCH_SIZES)
-    args = (_randn(P, (6 if time_gates else 4) * H), _randn(B, H), _randn(H, 4 * H))  # 6H: + time gates g̃1, g̃2
+    width = (6 if time_gates else 4) * H  # 6H: + time gates g̃1, g̃2
+    args = (_randn(P, width), _randn(width), _randn(B, H), _randn(H, 4 * H))  # gx, bias, h0, W
     with _native(native):
         assert torch.autograd.gradcheck(lambda *a: LSTMSequence.apply(*a, BATCH_SIZES, prev, True), args)
 
@@ -77,18 +78,18 @@ def test_time4_inputs_gradcheck():
     """`Time4Inputs` (the Time4LSTM's input side, hand-written backward) against autograd's numerics."""
     torch.manual_seed(4)
     P, D, H = 7, 3, 2
-    args = (_randn(P, D), _randn(P, 2), _randn(D, 6 * H), _randn(6 * H), _randn(2, 2 * H), _randn(2 * H),
-            _randn(2 * H, 3 * H))
+    args = (_randn(P, D), _randn(P, 2), _randn(D, 6 * H), _randn(2, 2 * H), _randn(2 * H), _randn(2 * H, 3 * H))
     assert torch.autograd.gradcheck(Time4Inputs.apply, args)
 
 
 def test_time4_inputs_equals_the_cell_equations():
-    """Y's columns are the pre-activations [i, j, f, o, g1, g2] of `Time4LSTMCell.forward` without h W."""
+    """Y + b_x's columns are the pre-activations [i, j, f, o, g1, g2] of `Time4LSTMCell.forward` without h W."""
     torch.manual_seed(5)
     D, H, R = 3, 4, 6
     cell = Time4LSTMCell(D, H).double()
     x, tau = torch.randn(R, D, dtype=f64), torch.rand(R, 2, dtype=f64) * 5
-    Y = cell.project_rows(x, tau)
+    Y, b_x = cell.input_part(x, tau)
+    Y = Y + b_x
     t_first, t_now = tau[:, :1], tau[:, 1:]
     T1 = torch.tanh(t_now * cell.time_input_w1 + cell.time_input_b1)
     T2 = torch.tanh(t_first * cell.time_input_w2 + cell.time_input_b2)

@@ -33,10 +33,13 @@ Re-recorded both pairs, on purpose (session 4), after changes that keep the func
 rounding: the Time4LSTM's input side as one hand-differentiated Function (`recurrence.Time4Inputs`, the
 time gates' sigmoid inside the LSTM kernel), one packed copy of the history shared by the recurrent nets
 (gradients summed before one index_add), the embedding backward as a plain loop, the DIN first layer's
-bias added with the per-query term instead of the per-position one. Proven equal first in
+bias added with the per-query term instead of the per-position one, and the biases of the recurrent nets'
+input projections and of the scorers' second layer added inside the kernels instead of inside the GEMMs.
+Proven equal first in
 float64: tests/test_native.py (a whole CLSR step, kernels vs torch ops, to 1e-9), tests/test_recurrence.py
 (gradcheck of `Time4Inputs` and `LSTMSequence` with time gates; fused vs autograd runner for Time4LSTM).
-Torch ops 0.7333 / 0.6702 -> 0.7292 / 0.6732; kernels 0.6875 / 0.6535 -> 0.7521 / 0.6509.
+Torch ops 0.7333 / 0.6702 -> 0.7104 / 0.6667; kernels 0.6875 / 0.6535 -> 0.7313 / 0.6430 (each step of
+the session moved them by up to 0.05 in either direction; rounding only).
 """
 from __future__ import annotations
 
@@ -48,8 +51,8 @@ from clsr.data.synthetic import generate
 from clsr.models import native
 from clsr.train import fit
 
-RECORDED_TORCH_OPS = {"valid_gauc": 0.7291666666666666, "test_gauc": 0.6732456140350876}
-RECORDED_NATIVE = {"valid_gauc": 0.7520833333333333, "test_gauc": 0.6508771929824562}
+RECORDED_TORCH_OPS = {"valid_gauc": 0.7104166666666667, "test_gauc": 0.6666666666666666}
+RECORDED_NATIVE = {"valid_gauc": 0.73125, "test_gauc": 0.6429824561403509}
 RECORDED = RECORDED_NATIVE if native.available() else RECORDED_TORCH_OPS
 TOLERANCE = 0.01
 

@@ -24,26 +24,31 @@ double tanh(double);
                                                                                                            \
 static inline T sigm_##SUF(T x) { return (T)1 / ((T)1 + EXP(-x)); }                                       \
                                                                                                            \
-/* GRU forward, first half: rz <- sigma(rz + x) (k x 2H: h_prev W_g in, gates out; x = the input part);   \
-   rh = r * h_prev. */                                                                                     \
+/* GRU forward, first half: rz <- sigma(rz + x + b) (k x 2H: h_prev W_g in, gates out; x + b = the input   \
+   part, b (2H) may be NULL); rh = r * h_prev. */                                                          \
 void gru_fwd_gates_##SUF(int k, int H, T *rz, int ld_rz, const T *x, int ld_x, const T *hp, int ld_hp,    \
-                         T *rh, int ld_rh) {                                                               \
+                         T *rh, int ld_rh, const T *b) {                                                   \
+    T bv[2 * H];                                                                                           \
+    for (int j = 0; j < 2 * H; j++) bv[j] = b ? b[j] : (T)0;                                               \
     _Pragma("omp parallel for schedule(static) if(k * H >= 8192)")                                      \
     for (int i = 0; i < k; i++) {                                                                          \
         T *g = rz + (long)i * ld_rz;                                                                       \
         const T *h = hp + (long)i * ld_hp, *xi = x + (long)i * ld_x;                                       \
         T *o = rh + (long)i * ld_rh;                                                                       \
         _Pragma("omp simd")                                                                                \
-        for (int j = 0; j < 2 * H; j++) g[j] = sigm_##SUF(g[j] + xi[j]);                                   \
+        for (int j = 0; j < 2 * H; j++) g[j] = sigm_##SUF(g[j] + xi[j] + bv[j]);                           \
         _Pragma("omp simd")                                                                                \
         for (int j = 0; j < H; j++) o[j] = g[j] * h[j];                                                    \
     }                                                                                                      \
 }                                                                                                          \
                                                                                                            \
-/* GRU forward, second half: c <- tanh(c + x) ((r * h_prev) W_c in, x = the input part), h = c + z (h_prev  \
-   - c); with K (k x 3H): the backward's factors [h_prev r(1-r), (h_prev - c) z(1-z), (1-z)(1-c^2)]. */    \
+/* GRU forward, second half: c <- tanh(c + x + b) ((r * h_prev) W_c in, x + b = the input part, b (H) may  \
+   be NULL), h = c + z (h_prev - c); with K (k x 3H): the backward's factors                              \
+   [h_prev r(1-r), (h_prev - c) z(1-z), (1-z)(1-c^2)]. */                                                  \
 void gru_fwd_state_##SUF(int k, int H, T *c, int ld_c, const T *x, int ld_x, const T *hp, int ld_hp,      \
-                         const T *rz, int ld_rz, T *out, int ld_out, T *K, int ld_k) {                     \
+                         const T *rz, int ld_rz, T *out, int ld_out, T *K, int ld_k, const T *b) {         \
+    T bv[H];                                                                                               \
+    for (int j = 0; j < H; j++) bv[j] = b ? b[j] : (T)0;                                                   \
     _Pragma("omp parallel for schedule(static) if(k * H >= 8192)")                                      \
     for (int i = 0; i < k; i++) {                                                                          \
         T *cc = c + (long)i * ld_c;                                                                        \
@@ -51,7 +56,7 @@ void gru_fwd_state_##SUF(int k, int H, T *c, int ld_c, const T *x, int ld_x, con
         T *o = out + (long)i * ld_out;                                                                     \
         _Pragma("omp simd")                                                                                \
         for (int j = 0; j < H; j++) {                                                                      \
-            T cj = TANH(cc[j] + xi[j]);                                                                    \
+            T cj = TANH(cc[j] + xi[j] + bv[j]);                                                            \
             cc[j] = cj;                                                                                    \
             o[j] = cj + z[j] * (h[j] - cj);                                                                \
         }                                                                                                  \
@@ -103,13 +108,17 @@ void gru_bwd_b_##SUF(int k, int H, const T *drh, int ld_drh, const T *K, int ld_
 }                                                                                                          \
                                                                                                            \
 /* LSTM forward, everything after h_prev W: g (k x 4H, blocks i, j, f, o; h_prev W in) becomes, with the   \
-   input part x added, [sigma(i~), tanh(j~), sigma(f~), sigma(o~)] in place; with g12 (k x 2H, the time     \
-   gates' pre-activations) s1, s2 = sigma(g12), i = sigma(i~) s1, f = sigma(f~) s2 (f also written to F);   \
+   input part x + b added (b: 4H, or 6H with time gates, may be NULL), [sigma(i~), tanh(j~), sigma(f~),      \
+   sigma(o~)] in place; with g12 (k x 2H, the time gates' pre-activations without their bias b[4H..6H))    \
+   s1, s2 = sigma(g12 + b), i = sigma(i~) s1, f = sigma(f~) s2 (f also written to F);                     \
    c (k x H) holds c_{t-1} on entry and c_t on exit, h = o tanh(c_t) goes to out. With PD (k x 4H), KC,    \
    Q (k x 2H, time gates only): the backward's factors, see recurrence.LSTMSequence. */                     \
 void lstm_fwd_##SUF(int k, int H, T *g, int ld_g, const T *x, int ld_x, const T *g12, int ld_s, T *F,       \
                     int ld_f, T *c, int ld_c,                                                              \
-                    T *out, int ld_out, T *PD, int ld_pd, T *KC, int ld_kc, T *Q, int ld_q) {               \
+                    T *out, int ld_out, T *PD, int ld_pd, T *KC, int ld_kc, T *Q, int ld_q, const T *b) {   \
+    int nb = g12 ? 6 * H : 4 * H;                                                                          \
+    T bv[nb];                                                                                              \
+    for (int j = 0; j < nb; j++) bv[j] = b ? b[j] : (T)0;                                                  \
     _Pragma("omp parallel for schedule(static) if(k * H >= 8192)")                                      \
     for (int i = 0; i < k; i++) {                                                                          \
         T cnv[H], tcv[H], a1v[H], a2v[H];                                                                  \
@@ -119,17 +128,18 @@ void lstm_fwd_##SUF(int k, int H, T *g, int ld_g, const T *x, int ld_x, const T 
         T *restrict cc = c + (long)i * ld_c, *restrict o = out + (long)i * ld_out;                         \
         _Pragma("omp simd")                                                                                \
         for (int j = 0; j < H; j++) {                                                                      \
-            gi[j] = sigm_##SUF(gi[j] + xi[j]);                                                             \
-            gj[j] = TANH(gj[j] + xi[H + j]);                                                               \
-            gf[j] = sigm_##SUF(gf[j] + xi[2 * H + j]);                                                     \
-            go[j] = sigm_##SUF(go[j] + xi[3 * H + j]);                                                     \
+            gi[j] = sigm_##SUF(gi[j] + xi[j] + bv[j]);                                                     \
+            gj[j] = TANH(gj[j] + xi[H + j] + bv[H + j]);                                                   \
+            gf[j] = sigm_##SUF(gf[j] + xi[2 * H + j] + bv[2 * H + j]);                                     \
+            go[j] = sigm_##SUF(go[j] + xi[3 * H + j] + bv[3 * H + j]);                                     \
         }                                                                                                  \
         if (g12) {                                                                                         \
             const T *restrict g1 = g12 + (long)i * ld_s, *restrict g2 = g1 + H;                            \
             T *restrict ff = F + (long)i * ld_f;                                                           \
             _Pragma("omp simd")                                                                            \
             for (int j = 0; j < H; j++) {                                                                  \
-                a1v[j] = sigm_##SUF(g1[j]); a2v[j] = sigm_##SUF(g2[j]); ff[j] = gf[j] * a2v[j];            \
+                a1v[j] = sigm_##SUF(g1[j] + bv[4 * H + j]); a2v[j] = sigm_##SUF(g2[j] + bv[5 * H + j]);    \
+                ff[j] = gf[j] * a2v[j];                                                                    \
             }                                                                                              \
         } else {                                                                                           \
             _Pragma("omp simd")                                                                            \

@@ -166,11 +166,18 @@ class MLP(nn.Module):
         x = z if z.dim() == 2 else z.reshape(-1, z.shape[-1])
         last = len(self.linears) - 1
         for k in range(last + 1):
-            if k:
-                x = self.linears[k](x)
             bn = self.norms[k] if self.norms is not None else None
+            fusable = bn is not None and self._act_names[k] == "relu" and native.can_fuse_bn_relu(bn, x)
+            if k:
+                lin = self.linears[k]
+                if fusable and k == last and self.out is not None:
+                    # the kernel takes the linear bias on the side (BN only moves its mean by it)
+                    fused = native.bn_relu_dot(bn, torch.mm(x, lin.weight.t()), self.out, x_bias=lin.bias)
+                    if fused is not None:
+                        return fused.view(*lead, 1)
+                x = lin(x)
             fused = None
-            if bn is not None and self._act_names[k] == "relu" and native.can_fuse_bn_relu(bn, x):
+            if fusable:
                 K, Q, dims = din_terms if din_terms is not None else (None, None, None)
                 if k == last and self.out is not None and din_terms is None:
                     fused = native.bn_relu_dot(bn, x, self.out)
@@ -409,7 +416,8 @@ class DinAttention(nn.Module):
         rows = native.RaggedRows(lengths, C, L)
         P, K, Q = din_first_layer(mlp.linears[0], keys, query, query_shared, rows=rows)
         y = native.bn_relu(mlp.norms[0], P, K, Q, rows=rows)
-        s_rows = native.bn_relu_dot(mlp.norms[1], mlp.linears[1](y), mlp.out, rows=rows)
+        lin = mlp.linears[1]  # its bias goes to the kernel on the side (no copy pass over the rows)
+        s_rows = native.bn_relu_dot(mlp.norms[1], torch.mm(y, lin.weight.t()), mlp.out, rows=rows, x_bias=lin.bias)
         s = keys.new_full((B, C, L), PAD_SCORE)
         return s.index_put((rows.b_row, rows.q_row, rows.t_row), s_rows[: rows.V, 0])
 
@@ -531,11 +539,17 @@ class TFGRUCell(nn.Module):
     def init_state(self, h0: torch.Tensor | None, batch: int, like: torch.Tensor):
         return like.new_zeros(batch, self.hidden_size) if h0 is None else h0
 
-    def project_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """x (R, d) -> [x W_g,x + b_g ‖ x W_c,x + b_c] (R, 3H), one matmul."""
+    def input_part(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (R, d) -> ([x W_g,x ‖ x W_c,x] (R, 3H), one matmul; its bias [b_g ‖ b_c] (3H,)), for the
+        fused recurrence, which adds the bias itself."""
         D = self.input_dim
         W_x = torch.cat([self.gate_kernel[:D], self.cand_kernel[:D]], dim=1)  # (D, 3H)
-        return torch.addmm(torch.cat([self.gate_bias, self.cand_bias]), x, W_x)
+        return torch.mm(x, W_x), torch.cat([self.gate_bias, self.cand_bias])
+
+    def project_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x (R, d) -> [x W_g,x + b_g ‖ x W_c,x + b_c] (R, 3H)."""
+        proj, bias = self.input_part(x)
+        return proj + bias
 
     def input_projection(self, x: torch.Tensor):
         """x (B, L, d) -> time-major (x_t W_g,x + b_g (L, B, 2H), x_t W_c,x + b_c (L, B, H))."""
@@ -597,12 +611,18 @@ class TFLSTMCell(nn.Module):
         z = like.new_zeros(batch, self.hidden_size)
         return (z if h0 is None else h0), z
 
-    def project_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """x (R, d) -> the gates' input part x W_x + b (R, 4H), forget bias folded into the f block."""
+    def input_part(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (R, d) -> (x W_x (R, 4H), its bias b with the forget bias folded into the f block (4H,)),
+        for the fused recurrence, which adds the bias itself."""
         D, H = self.input_dim, self.hidden_size
         shift = torch.zeros_like(self.bias)
         shift[2 * H : 3 * H] = self.forget_bias
-        return torch.addmm(self.bias + shift, x, self.kernel[:D])
+        return torch.mm(x, self.kernel[:D]), self.bias + shift
+
+    def project_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x (R, d) -> the gates' input part x W_x + b (R, 4H), forget bias folded into the f block."""
+        gx, bias = self.input_part(x)
+        return gx + bias
 
     def precompute(self, x: torch.Tensor):
         """Per step (gates' input part (B, 4H), None): no scaling of the gates."""
@@ -697,11 +717,13 @@ class Time4LSTMCell(TFLSTMCell):
         )
         return W_x, b_x, W_tau, b_tau, W_T
 
-    def project_rows(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        """x (R, d), tau (R, 2) = [τ^first, τ^now] -> the input part of every pre-activation
-        [i, j, f, o, g1, g2] (R, 6H) (`projection_weights`), for all rows (steps) at once, in one
-        hand-differentiated Function (`recurrence.Time4Inputs`: no concatenations either way)."""
-        return Time4Inputs.apply(x, tau, *self.projection_weights())
+    def input_part(self, x: torch.Tensor, tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (R, d), tau (R, 2) = [τ^first, τ^now] -> (the input part of every pre-activation
+        [i, j, f, o, g1, g2] without its bias (R, 6H), that bias b_x (6H,)) (`projection_weights`), for all
+        rows (steps) at once, in one hand-differentiated Function (`recurrence.Time4Inputs`: no
+        concatenations either way); the fused recurrence adds the bias itself."""
+        W_x, b_x, W_tau, b_tau, W_T = self.projection_weights()
+        return Time4Inputs.apply(x, tau, W_x, W_tau, b_tau, W_T), b_x
 
     def precompute(self, inputs: torch.Tensor):
         """Per step (gates' input part (B, 4H), scale [σ(g1), 1, σ(g2), 1] (B, 4H)) for `step`, with torch
@@ -846,12 +868,12 @@ def run_rnn(
         if isinstance(cell, Time4LSTMCell):
             if times is None:
                 inputs, times = inputs.split([cell.input_dim, 2], dim=-1)
-            gx = cell.project_rows(plan.pack(inputs), plan.pack(times))  # (P, 6H), packed
+            gx, bias = cell.input_part(plan.pack(inputs), plan.pack(times))  # (P, 6H), packed
         else:
-            gx = cell.project_rows(plan.pack(inputs))  # the valid positions, packed step after step
+            gx, bias = cell.input_part(plan.pack(inputs))  # the valid positions, packed step after step
         W_h = cell.step_weights()  # GRU: (W_g, W_c); LSTM: W
         sequence, W_h = (GRUSequence, W_h) if isinstance(cell, TFGRUCell) else (LSTMSequence, (W_h,))
-        out = sequence.apply(gx, h0_sorted, *W_h, plan.batch_sizes, plan.prev_idx, torch.is_grad_enabled())
+        out = sequence.apply(gx, bias, h0_sorted, *W_h, plan.batch_sizes, plan.prev_idx, torch.is_grad_enabled())
         return plan.unpack(out), plan.final(out, h0_sorted)
     if times is not None:
         inputs = torch.cat([inputs, times], dim=-1)
@@ -919,7 +941,7 @@ def run_gru_pair(
     plan = Packing.plan(lengths, n_steps, L) if plan is None else plan  # as in run_rnn
     if not plan.batch_sizes:
         return start_a, start_b
-    proj = torch.addmm(bias, plan.pack(x), W_x)  # (P, 3 (Ha + Hb)), packed
+    proj = torch.mm(plan.pack(x), W_x)  # (P, 3 (Ha + Hb)), packed; the recurrence adds the bias
     Wg_a, Wg_b = cell_a.gate_kernel[D:], cell_b.gate_kernel[D:]
     zab, zba_ = Wg_a.new_zeros(Ha, Hb), Wg_a.new_zeros(Hb, Ha)
     W_g = torch.cat(
@@ -928,6 +950,6 @@ def run_gru_pair(
     )  # (Ha + Hb, 2 (Ha + Hb)), columns [r_a r_b z_a z_b]
     W_c = torch.block_diag(cell_a.cand_kernel[D:], cell_b.cand_kernel[D:])
     h0 = torch.cat([start_a, start_b], dim=1)[plan.perm]
-    out = GRUSequence.apply(proj, h0, W_g, W_c, plan.batch_sizes, plan.prev_idx, torch.is_grad_enabled())
+    out = GRUSequence.apply(proj, bias, h0, W_g, W_c, plan.batch_sizes, plan.prev_idx, torch.is_grad_enabled())
     final = plan.final(out, h0)
     return final[:, :Ha], final[:, Ha:]

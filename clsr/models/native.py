@@ -39,11 +39,11 @@ LIBS = ["-lmvec", "-lm"]
 _I, _L, _D, _P = ctypes.c_int, ctypes.c_long, ctypes.c_double, ctypes.c_void_p
 _RNN = [_I, _I]  # (k rows, H) then (pointer, leading dimension) pairs
 _FUNCS = {
-    "gru_fwd_gates": _RNN + [_P, _I] * 4,
-    "gru_fwd_state": _RNN + [_P, _I] * 6,
+    "gru_fwd_gates": _RNN + [_P, _I] * 4 + [_P],  # ..., input bias (or None)
+    "gru_fwd_state": _RNN + [_P, _I] * 6 + [_P],
     "gru_bwd_a": _RNN + [_P, _I] * 5,
     "gru_bwd_b": _RNN + [_P, _I] * 6,
-    "lstm_fwd": _RNN + [_P, _I] * 9,
+    "lstm_fwd": _RNN + [_P, _I] * 9 + [_P],
     "lstm_bwd": _RNN + [_P, _I] * 9,
     "index_add_rows": [_L, _I, _P, _P, _L, _P, _L],
     "bn_relu_fwd": [_L, _I, _I, _I, _P, _P, _P, _P, _P, _D, _P, _P, _P, _P],
@@ -229,11 +229,15 @@ class BatchNormReLU(torch.autograd.Function):
 
 
 class BatchNormReLUDot(torch.autograd.Function):
-    """s = relu(BN(x)) w + b0 for a 2-D x in training mode, (N, 1), without materialising relu(BN(x))
-    (`kernels.c`). Returns (s, mean, var), mean / var detached."""
+    """s = relu(BN(x + x_bias)) w + b0 for a 2-D x in training mode, (N, 1), without materialising
+    relu(BN(·)) (`kernels.c`). Returns (s, mean, var) of x + x_bias, mean / var detached.
+
+    x_bias (C,) or None is the preceding linear layer's bias, taken on the side (a bias in that GEMM costs
+    a copy pass over (N, C)): BN subtracts the batch mean, so BN(x + x_bias) = BN(x) and only the mean
+    (for the running statistics) moves; its gradient is Σ_rows ∂x, as for a bias inside the GEMM."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, w, b0, eps: float, row_weights=None, n_eff=None):
+    def forward(ctx, x, weight, bias, w, b0, eps: float, row_weights=None, n_eff=None, x_bias=None):
         nk = kernels(x)
         ctx.nk = nk  # the backward needs the kernels even if they are switched off meanwhile
         N, C = x.shape
@@ -244,8 +248,9 @@ class BatchNormReLUDot(torch.autograd.Function):
         nk.bn_relu_dot_fwd(N, C, ptr(x), ld(x), ptr(gw), ptr(gb), float(eps), ptr(w), float(b0), ptr(s), ptr(mean),
                            ptr(invstd), ptr(var), ptr(row_weights), ctx.n_eff)
         ctx.save_for_backward(x, mean, invstd, gw, gb, w, row_weights)
-        ctx.mark_non_differentiable(mean, var)
-        return s, mean, var
+        mean_out = mean if x_bias is None else mean + x_bias
+        ctx.mark_non_differentiable(mean_out, var)
+        return s, mean_out, var
 
     @staticmethod
     def backward(ctx, ds, _dmean, _dvar):
@@ -256,7 +261,8 @@ class BatchNormReLUDot(torch.autograd.Function):
         dx, dgw, dgb, dw = torch.empty_like(x), x.new_empty(C), x.new_empty(C), x.new_empty(C)
         nk.bn_relu_dot_bwd(N, C, ptr(ds), ptr(x), ld(x), ptr(mean), ptr(invstd), ptr(gw), ptr(gb), ptr(w), ptr(dx), ld(dx),
                            ptr(dgw), ptr(dgb), ptr(dw), ptr(row_weights), ctx.n_eff)
-        return dx, dgw, dgb, dw.view(1, C), ds.sum().reshape(1), None, None, None
+        d_xb = dx.sum(0) if ctx.needs_input_grad[8] else None
+        return dx, dgw, dgb, dw.view(1, C), ds.sum().reshape(1), None, None, None, d_xb
 
 
 def _update_running_stats(bn: torch.nn.BatchNorm1d, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
@@ -273,14 +279,16 @@ def _fusable(bn: torch.nn.BatchNorm1d, x: torch.Tensor) -> bool:
             and x.stride(1) == 1 and kernels(x) is not None)
 
 
-def bn_relu_dot(bn, x, out: torch.nn.Linear, rows: "RaggedRows | None" = None) -> torch.Tensor | None:
-    """out(relu(bn(x))) for a one-unit `out` through `BatchNormReLUDot` (training-mode `bn`, running
-    statistics updated as nn.BatchNorm1d does; ``rows``: x has the rows of a `RaggedRows`, weighted in the
-    statistics), or None when the kernels cannot take it."""
+def bn_relu_dot(bn, x, out: torch.nn.Linear, rows: "RaggedRows | None" = None,
+                x_bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """out(relu(bn(x + x_bias))) for a one-unit `out` through `BatchNormReLUDot` (training-mode `bn`,
+    running statistics updated as nn.BatchNorm1d does; ``rows``: x has the rows of a `RaggedRows`, weighted
+    in the statistics; ``x_bias``: the preceding linear layer's bias, see `BatchNormReLUDot`), or None
+    when the kernels cannot take it."""
     if out.out_features != 1 or out.bias is None or not _fusable(bn, x):
         return None
     wts, n_eff = (None, x.shape[0]) if rows is None else (rows.weights.to(x.dtype), rows.n_total)
-    s, mean, var = BatchNormReLUDot.apply(x, bn.weight, bn.bias, out.weight, out.bias, bn.eps, wts, n_eff)
+    s, mean, var = BatchNormReLUDot.apply(x, bn.weight, bn.bias, out.weight, out.bias, bn.eps, wts, n_eff, x_bias)
     _update_running_stats(bn, mean, var, n_eff)
     return s
 

@@ -61,14 +61,15 @@ class GRUSequence(torch.autograd.Function):
         ∂proj_t = [∂r̃ ‖ ∂z̃ ‖ ∂c̃],  ∂W_g = Σ_t h_{t−1}ᵀ [∂r̃ ‖ ∂z̃],  ∂W_c = Σ_t (r⊙h_{t−1})ᵀ ∂c̃.
     The factors [h_{t−1} r(1−r), (h_{t−1} − c) z(1−z), (1−z)(1−c²)] are formed in the forward loop.
 
-    Inputs: proj (P, 3H) = [gx ‖ cx] packed; h0 (B, H) in packed (sorted) row order; W_g (H, 2H),
+    Inputs: proj (P, 3H) = [gx ‖ cx] packed and its bias (3H,) or None (added inside the loop: a bias in
+    the projection GEMM costs a copy pass over (P, 3H)); h0 (B, H) in packed (sorted) row order; W_g (H, 2H),
     W_c (H, H); batch_sizes (k_t per step); prev_idx from `layers.Packing` (each row's packed row at the step before); ``train`` False skips the
     backward's factors (no gradient will be asked for: the caller knows, the function cannot see the
     grad mode). Returns the packed states h_t (P, H).
     """
 
     @staticmethod
-    def forward(ctx, proj, h0, W_g, W_c, batch_sizes, prev_idx, train: bool = True):
+    def forward(ctx, proj, bias, h0, W_g, W_c, batch_sizes, prev_idx, train: bool = True):
         P, H3 = proj.shape
         H = H3 // 3
         B = h0.shape[0]
@@ -83,18 +84,24 @@ class GRUSequence(torch.autograd.Function):
         nk = native.kernels(proj)
         if nk is not None:  # the element-wise work of a step as two calls (kernels.c), same values
             proj = proj if proj.stride(1) == 1 else proj.contiguous()  # the kernels read rows with unit stride
+            b_rz = b_c = None
+            if bias is not None:
+                bias = bias.contiguous()
+                b_rz, b_c = ptr(bias), ptr(bias) + 2 * H * bias.element_size()
             prev_off = None
             for off, k in step_slices(batch_sizes):
                 rows = slice(off, off + k)
                 hp_p = ptr(h0) if prev_off is None else ptr(out, prev_off)
                 # the matmuls write h W alone; the kernels add the input part (no copy of it first)
                 torch.mm(h[:k], W_g, out=RZ[rows])
-                nk.gru_fwd_gates(k, H, ptr(RZ, off), 2 * H, ptr(proj, off), ld(proj), hp_p, H, ptr(RH, off), H)
+                nk.gru_fwd_gates(k, H, ptr(RZ, off), 2 * H, ptr(proj, off), ld(proj), hp_p, H, ptr(RH, off), H, b_rz)
                 torch.mm(RH[rows], W_c, out=c_buf[:k])
                 nk.gru_fwd_state(k, H, ptr(c_buf), H, ptr(proj, off) + 2 * H * proj.element_size(), ld(proj), hp_p, H,
-                                 ptr(RZ, off), 2 * H, ptr(out, off), H, ptr(K, off), ld(K))
+                                 ptr(RZ, off), 2 * H, ptr(out, off), H, ptr(K, off), ld(K), b_c)
                 h, prev_off = out[rows], off
         else:
+            if bias is not None:
+                proj = proj + bias
             for off, k in step_slices(batch_sizes):
                 rows = slice(off, off + k)
                 hp, c, hc = h[:k], c_buf[:k], hc_buf[:k]
@@ -146,9 +153,10 @@ class GRUSequence(torch.autograd.Function):
                 torch.mul(d_rh, kk[:, 0], out=d[:, :H])  # ∂r̃
                 r, z = RZ[rows, :H], RZ[rows, H:]
                 torch.addmm(torch.addcmul(dh * z, d_rh, r), d[:, : 2 * H], W_g_t, out=carry[:k])
-        dW_g = _weight_grad(h0, out, D[:, : 2 * H], batch_sizes, prev_idx) if ctx.needs_input_grad[2] else None
-        dW_c = torch.mm(RH.t(), D[:, 2 * H :]) if ctx.needs_input_grad[3] else None
-        return D, carry, dW_g, dW_c, None, None, None
+        dW_g = _weight_grad(h0, out, D[:, : 2 * H], batch_sizes, prev_idx) if ctx.needs_input_grad[3] else None
+        dW_c = torch.mm(RH.t(), D[:, 2 * H :]) if ctx.needs_input_grad[4] else None
+        d_bias = D.sum(0) if ctx.needs_input_grad[1] else None
+        return D, d_bias, carry, dW_g, dW_c, None, None, None
 
 
 class LSTMSequence(torch.autograd.Function):
@@ -166,12 +174,13 @@ class LSTMSequence(torch.autograd.Function):
     formed in the forward loop.
 
     Inputs: gx (P, 4H), or (P, 6H) = [gates' input part ‖ g̃1 ‖ g̃2] with time gates (forget bias folded
-    in either way), h0 (B, H), W (H, 4H), batch_sizes, prev_idx and ``train`` as in `GRUSequence`.
+    in either way), its bias (gx's width) or None (added inside the loop, as in `GRUSequence`), h0 (B, H),
+    W (H, 4H), batch_sizes, prev_idx and ``train`` as in `GRUSequence`.
     Returns the packed h_t (P, H); the gradient of gx has gx's width.
     """
 
     @staticmethod
-    def forward(ctx, gx, h0, W, batch_sizes, prev_idx, train: bool = True):
+    def forward(ctx, gx, bias, h0, W, batch_sizes, prev_idx, train: bool = True):
         P, width = gx.shape
         H = W.shape[0]
         if width not in (4 * H, 6 * H):
@@ -191,14 +200,17 @@ class LSTMSequence(torch.autograd.Function):
         if nk is not None:  # the element-wise work of a step as one call (kernels.c), same values
             gx = gx if gx.stride(1) == 1 else gx.contiguous()  # the kernel reads rows with unit stride
             g12 = gx[:, 4 * H :] if timed else None
+            bias = bias.contiguous() if bias is not None else None
             for off, k in step_slices(batch_sizes):
                 rows = slice(off, off + k)
                 torch.mm(h[:k], W, out=G[rows])  # h W alone; the kernel adds the input part gx
                 nk.lstm_fwd(k, H, ptr(G, off), 4 * H, ptr(gx, off), ld(gx), ptr(g12, off), ld(g12), ptr(F_eff, off), ld(F_eff),
                             ptr(c), H, ptr(out, off), H, ptr(PD, off), ld(PD), ptr(KC, off), ld(KC),
-                            ptr(Q, off), ld(Q))
+                            ptr(Q, off), ld(Q), ptr(bias))
                 h = out[rows]
         else:
+            if bias is not None:
+                gx = gx + bias
             s12 = torch.sigmoid(gx[:, 4 * H :]) if timed else None  # [s1 ‖ s2]
             Qv = Q.view(P, 2, H) if Q is not None else None
             for off, k in step_slices(batch_sizes):
@@ -276,27 +288,28 @@ class LSTMSequence(torch.autograd.Function):
                 torch.mul(M.view(k, 4 * H), PD[rows], out=DG[rows])
                 torch.mul(dc, f_all[rows], out=dc_carry[:k])
                 torch.mm(DG[rows], W_t, out=dh_carry[:k])
-        dW = _weight_grad(h0, out, DG, batch_sizes, prev_idx) if ctx.needs_input_grad[2] else None
-        return DX, dh_carry, dW, None, None, None
+        dW = _weight_grad(h0, out, DG, batch_sizes, prev_idx) if ctx.needs_input_grad[3] else None
+        d_bias = DX.sum(0) if ctx.needs_input_grad[1] else None
+        return DX, d_bias, dh_carry, dW, None, None, None
 
 
 class Time4Inputs(torch.autograd.Function):
     """The input side of a Time4LSTM for all packed rows at once (`layers.Time4LSTMCell.projection_weights`):
 
-        T = tanh(τ W_τ + b_τ)  (P, 2H),    Y = x W_x + b_x  (P, 6H),    Y[:, 3H:] += T W_T
+        T = tanh(τ W_τ + b_τ)  (P, 2H),    Y = x W_x  (P, 6H),    Y[:, 3H:] += T W_T
 
-    Y's columns are the pre-activations [i, j, f, o, g1, g2] without their h part, as `LSTMSequence`
-    takes them. Backward, with ∂Y_T = ∂Y[:, 3H:]:
-        ∂W_x = xᵀ ∂Y,  ∂b_x = Σ ∂Y,  ∂x = ∂Y W_xᵀ,  ∂W_T = Tᵀ ∂Y_T,  ∂T̃ = ∂Y_T W_Tᵀ ⊙ (1 − T²),
+    Y's columns are the pre-activations [i, j, f, o, g1, g2] without their h part and without their bias
+    b_x, as `LSTMSequence` takes them (it adds b_x). Backward, with ∂Y_T = ∂Y[:, 3H:]:
+        ∂W_x = xᵀ ∂Y,  ∂x = ∂Y W_xᵀ,  ∂W_T = Tᵀ ∂Y_T,  ∂T̃ = ∂Y_T W_Tᵀ ⊙ (1 − T²),
         ∂W_τ = τᵀ ∂T̃,  ∂b_τ = Σ ∂T̃,  ∂τ = ∂T̃ W_τᵀ.
     Why a Function: written with autograd ops, the slices, splits and concatenations of this layout
     cost a pass over a (P, ≥ 3H) tensor each, forward and backward (≈ 10 % of a CLSR step on CPU).
     """
 
     @staticmethod
-    def forward(ctx, x, tau, W_x, b_x, W_tau, b_tau, W_T):
+    def forward(ctx, x, tau, W_x, W_tau, b_tau, W_T):
         T = torch.addmm(b_tau, tau, W_tau).tanh_()
-        Y = torch.addmm(b_x, x, W_x)
+        Y = torch.mm(x, W_x)
         Y[:, Y.shape[1] - W_T.shape[1] :].addmm_(T, W_T)  # the o, g1, g2 columns: + T W_T
         ctx.save_for_backward(x, tau, T, W_x, W_tau, W_T)
         return Y
@@ -313,8 +326,7 @@ class Time4Inputs(torch.autograd.Function):
             torch.mm(dY, W_x.t().contiguous()) if need[0] else None,
             torch.mm(dT, W_tau.t()) if need[1] else None,
             torch.mm(x.t(), dY) if need[2] else None,
-            dY.sum(0) if need[3] else None,
-            torch.mm(tau.t(), dT) if need[4] else None,
-            dT.sum(0) if need[5] else None,
-            torch.mm(T.t(), dY_T) if need[6] else None,
+            torch.mm(tau.t(), dT) if need[3] else None,
+            dT.sum(0) if need[4] else None,
+            torch.mm(T.t(), dY_T) if need[5] else None,
         )
