@@ -199,7 +199,7 @@ def test_native_kernels_build_and_load_where_a_compiler_exists():
     assert native.kernels(torch.empty(0, dtype=torch.float16)) is None  # other dtypes: torch ops
 
 
-@pytest.mark.parametrize("kind", ["gru_pair", "time4lstm"])
+@pytest.mark.parametrize("kind", ["gru_pair", "time4lstm", "lstm", "gru"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
 def test_native_kernels_equal_torch_op_loops_on_a_real_batch_shape(kind, dtype, tol):
     """Values and every gradient: the one-call C steps against the torch-op steps (same equations)."""
@@ -213,6 +213,9 @@ def test_native_kernels_equal_torch_op_loops_on_a_real_batch_shape(kind, dtype, 
     if kind == "time4lstm":
         cells = [Time4LSTMCell(D, H).to(dtype)]
         run = lambda: run_rnn(cells[0], x, lengths, n_steps=L)  # noqa: E731
+    elif kind in ("lstm", "gru"):
+        cells = [(TFLSTMCell if kind == "lstm" else TFGRUCell)(D + 2, H).to(dtype)]
+        run = lambda: run_rnn(cells[0], x, lengths, h0=h0, n_steps=L)  # noqa: E731
     else:
         cells = [TFGRUCell(D + 2, H).to(dtype), TFGRUCell(D + 2, H).to(dtype)]
         run = lambda: run_gru_pair(cells[0], cells[1], x, lengths, h0_a=h0, n_steps=L)  # noqa: E731
