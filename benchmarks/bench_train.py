@@ -1,9 +1,15 @@
 """Training and evaluation speed on MovieLens-100K (default configuration), written to reports/benchmarks/.
 
 Measures, on this machine:
+- the machine's speed at bench time (`machine_reference`: a 2048³ GEMM and a 256 MB copy), to compare
+  runs made on different days;
 - batch building: training batches/s of the data layer alone (it must not be the bottleneck);
 - CLSR, shared-encoder path: one full training epoch (wall seconds, instances/s) and scoring the whole
   1 + 99 test set (seconds, candidates/s);
+- CLSR's three recurrent nets, forward + backward on one batch: the packed recurrences with and without the
+  C step kernels, and the cells stepped under autograd;
+- CLSR, shared-encoder path with the torch ops instead of the C kernels (`CLSR_NATIVE=0`): a few steps,
+  extrapolated;
 - CLSR, naive per-row path (`shared_encoders: false`, the released layout): a few steps, extrapolated;
 - FLOPs of one training step (forward + backward) and one test batch, counted by
   torch.utils.flop_counter, and the GFLOP/s they imply;
