@@ -4,14 +4,19 @@
     clsr export-official --dataset ml100k --out DIR
     clsr train --dataset ml100k --model clsr [--set model.contrastive=bpr --set train.epochs=3] [--run-dir DIR]
     clsr evaluate --run-dir DIR [--split test]
+    clsr check-params [--params params.yaml]
+    clsr readme                      # copy reports/tables/main.md into the README's results block
     clsr models
 
-The notebooks call the same functions (clsr.data.prepare, clsr.runs, clsr.train).
+Overrides (``--set``) use the syntax of `clsr.runs`: ``train.<key>=value`` or ``model.<key>=value``, values
+read as YAML. A mistake a user can make (a bad parameter, a missing or malformed file, a run directory in
+use) ends in one line on stderr and exit code 2; ``--debug`` (or CLSR_DEBUG=1) shows the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -43,44 +48,93 @@ def cmd_export(a) -> int:
 
 
 def cmd_train(a) -> int:
-    from clsr.config import parse_set_args
-    from clsr.runs import run
+    from clsr.data.prepare import load_prepared
+    from clsr.runs import resolve_run
+    from clsr.train import default_run_dir, fit
 
-    overrides = parse_set_args(a.set)
-    if a.seed is not None:
-        overrides["train.seed"] = a.seed
-    run_dir = a.run_dir or f"runs/{a.dataset}/{a.model}/cli"
-    res = run(_params(a.params), a.dataset, a.model, run_dir, overrides, a.prepared_dir, resume=not a.no_resume)
-    print(json.dumps({"test": res.metrics["test"], "best_epoch": res.metrics["best_epoch"]}, indent=2))
+    params = _params(a.params)
+    if a.dataset not in params["datasets"]:
+        from clsr.config import ConfigError, suggest
+
+        raise ConfigError(f"--dataset {a.dataset!r}{suggest(a.dataset, params['datasets'])} is not defined in "
+                          f"{a.params}; datasets: {sorted(params['datasets'])}")
+    spec = resolve_run(params, a.model, a.set, seed=a.seed)
+    data = load_prepared(a.dataset, a.prepared_dir)
+    run_dir = Path(a.run_dir) if a.run_dir else default_run_dir(Path(a.runs_dir), a.dataset, spec.name,
+                                                               spec.model_cfg, spec.train_cfg)
+    print(f"run folder: {run_dir}", flush=True)
+    res = fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, resume=not a.no_resume,
+              overwrite=a.overwrite)
+    print(json.dumps({"run_dir": str(run_dir), "test": res.metrics["test"], "best_epoch": res.metrics["best_epoch"],
+                      "stop_reason": res.metrics.get("stop_reason")}, indent=2))
     return 0
 
 
 def cmd_evaluate(a) -> int:
+    from clsr.config import ConfigError, from_dict
     from clsr.data.prepare import load_prepared
     from clsr.train import TrainConfig, evaluate, load_trained
 
-    meta = json.loads((Path(a.run_dir) / "metrics.json").read_text())
-    data = load_prepared(meta["dataset"], a.prepared_dir)
-    model = load_trained(a.run_dir, data)
-    cfg = TrainConfig(**meta["config"]["train"])
-    print(json.dumps(evaluate(model, data, a.split, cfg), indent=2))
+    metrics_file = Path(a.run_dir) / "metrics.json"
+    if not metrics_file.is_file():
+        raise ConfigError(f"--run-dir {a.run_dir}: no metrics.json there, so no finished run to evaluate; "
+                          "pass the folder a finished `clsr train` printed")
+    try:
+        meta = json.loads(metrics_file.read_text())
+        dataset, train = meta["dataset"], meta["config"]["train"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{metrics_file}: not a metrics file written by `clsr train` (unreadable or incomplete); "
+                          "re-run the training") from None
+    data = load_prepared(dataset, a.prepared_dir)
+    model = load_trained(a.run_dir, data, allow_other_data=a.allow_other_data)
+    print(json.dumps(evaluate(model, data, a.split, from_dict(TrainConfig, train, f"{metrics_file} train")),
+                     indent=2))
+    return 0
+
+
+def cmd_check_params(a) -> int:
+    _params(a.params)
+    print(f"{a.params}: valid")
+    return 0
+
+
+def cmd_readme(a) -> int:
+    from clsr.config import ConfigError
+    from clsr.report import update_readme
+
+    table = Path(a.table)
+    if not table.is_file():
+        raise ConfigError(f"{table} not found: run `make repro` (the report stage writes it) first")
+    if not update_readme(a.readme, table.read_text()):
+        raise ConfigError(f"{a.readme}: no results markers found; nothing changed")
+    print(f"{a.readme}: results block refreshed from {table}")
     return 0
 
 
 def cmd_models(a) -> int:
     from clsr.models.registry import model_names
+    from clsr.runs import MODEL_ALIASES
 
     print("\n".join(model_names()))
+    for alias, (model, over) in MODEL_ALIASES.items():
+        print(f"{alias}  (alias: {model} with {', '.join(f'{k}={v}' for k, v in over.items())})")
     return 0
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clsr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error (also CLSR_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
-
-    def common(sp):
-        sp.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-        sp.add_argument("--prepared-dir", default="data/prepared", help="where prepared datasets live")
 
     sp = sub.add_parser("prepare", help="load a source, apply the protocol, store arrays + stats.json")
     sp.add_argument("--dataset", required=True)
@@ -95,36 +149,67 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prepared-dir", default="data/prepared")
     sp.set_defaults(func=cmd_export)
 
-    sp = sub.add_parser("train", help="train one model on one prepared dataset")
+    sp = sub.add_parser("train", help="train one model (or alias, e.g. clsr_nocon) on one prepared dataset")
     sp.add_argument("--dataset", required=True)
     sp.add_argument("--model", default="clsr")
-    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.k=5 or train.epochs=3")
-    sp.add_argument("--seed", type=int)
-    sp.add_argument("--run-dir")
-    sp.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
-    common(sp)
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override, e.g. model.recent_k=5, model.fusion=fixed or train.epochs=3 (repeatable)")
+    sp.add_argument("--seed", type=_non_negative, help="the same as --set train.seed=N")
+    sp.add_argument("--run-dir", help="default: <runs-dir>/<dataset>/<model>/<hash of the resolved configuration>")
+    sp.add_argument("--runs-dir", default="runs/cli")
+    sp.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint of this configuration")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="replace a finished run of another configuration in --run-dir")
+    sp.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    sp.add_argument("--prepared-dir", default="data/prepared", help="where prepared datasets live")
     sp.set_defaults(func=cmd_train)
 
-    sp = sub.add_parser("evaluate", help="evaluate the best checkpoint of a run")
+    sp = sub.add_parser("evaluate", help="evaluate the best checkpoint of a finished run")
     sp.add_argument("--run-dir", required=True)
     sp.add_argument("--split", default="test", choices=["valid", "test"])
     sp.add_argument("--prepared-dir", default="data/prepared")
+    sp.add_argument("--allow-other-data", action="store_true",
+                    help="evaluate even if the prepared data differ from the data the run was trained on")
     sp.set_defaults(func=cmd_evaluate)
 
-    sp = sub.add_parser("models", help="list the registered models")
+    sp = sub.add_parser("check-params", help="validate a params file (every section and key)")
+    sp.add_argument("--params", default="params.yaml")
+    sp.set_defaults(func=cmd_check_params)
+
+    sp = sub.add_parser("readme", help="refresh the README's results block from reports/tables/main.md")
+    sp.add_argument("--table", default="reports/tables/main.md")
+    sp.add_argument("--readme", default="README.md")
+    sp.set_defaults(func=cmd_readme)
+
+    sp = sub.add_parser("models", help="list the registered models and aliases")
     sp.set_defaults(func=cmd_models)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean 'the input or the setting is wrong', not 'the program is wrong'."""
     from clsr.config import ConfigError
     from clsr.data.sources import DataError
+    from clsr.train import RunError
 
+    return (ConfigError, DataError, RunError, OSError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("CLSR_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError, KeyError) as e:
-        print(f"clsr {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"clsr {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except user_errors() as e:
+        if debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
+            message = f"{e.filename}: {message}"
+        print(f"clsr {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -8,6 +8,7 @@ params.yaml fails loudly instead of silently running the default.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import types
@@ -22,6 +23,12 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A parameter is missing, unknown or has a value of the wrong type / outside its allowed set."""
+
+
+def suggest(word: Any, choices) -> str:
+    """' (did you mean 'train'?)' when `word` is a near miss of one of `choices`, else ''."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _cast(value: Any, typ: Any, where: str) -> Any:
@@ -111,7 +118,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "config
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(fields)}"
+            f"{where}: unknown key(s) {unknown}{suggest(unknown[0], fields)}; allowed keys are {sorted(fields)}"
         )
     kwargs = {k: _cast(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
@@ -163,18 +170,10 @@ def config_hash(obj: Any) -> str:
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
-    """Read params.yaml; a missing file or a non-mapping top level is a clear error."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"params file {path} not found (looked in {path.resolve().parent}); run from the project "
-            "root or pass --params PATH"
-        )
-    with open(path) as f:
-        data = yaml.safe_load(f)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return data
+    """Read params.yaml, validated section by section and normalised (clsr.params.check)."""
+    from clsr.params import load
+
+    return load(path)
 
 
 def section(params: Mapping[str, Any], *keys: str, where: str = "params.yaml") -> Any:

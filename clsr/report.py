@@ -239,7 +239,9 @@ def alpha_distributions(ctx, datasets: list[str], path: str | Path, seed: int = 
     import matplotlib.pyplot as plt
 
     from clsr.data.prepare import load_prepared
-    from clsr.train import load_trained, predict
+    from clsr.data.batches import eval_batches
+    from clsr.scoring import score_batches
+    from clsr.train import data_settings, load_trained
 
     rows = []
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -249,8 +251,8 @@ def alpha_distributions(ctx, datasets: list[str], path: str | Path, seed: int = 
             continue
         data = load_prepared(ds, ctx.prepared_dir)
         model = load_trained(run, data)
-        pred = predict(model, data, "test", keep=("alpha",))
-        a_pos = pred["alpha"][:, 0]
+        scores = score_batches(model, eval_batches(data, "test", 500, *data_settings(data)), keep=("alpha",))
+        a_pos = scores.outputs["alpha"][:, 0]
         ax.hist(a_pos, bins=40, range=(0, 1), histtype="step", density=True, label=ds)
         rows.append({"dataset": ds, "mean α (positives)": float(a_pos.mean()), "std": float(a_pos.std()),
                      "q10": float(np.quantile(a_pos, 0.1)), "q90": float(np.quantile(a_pos, 0.9))})
@@ -284,3 +286,25 @@ def update_readme(readme: str | Path, table_md: str, note: str = "") -> bool:
 
         atomic_write_text(readme, new)
     return True
+
+
+def run_curves(history: list[dict], best_epoch: int, path: str | Path | None = None):
+    """One run: training losses (total and recommendation) and validation GAUC by epoch, the kept epoch dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
+    ax[0].plot(epochs, [r["loss_total"] for r in history], marker="o", label="total")
+    ax[0].plot(epochs, [r["loss_rec"] for r in history], marker=".", label="recommendation")
+    ax[0].set(title="training loss", xlabel="epoch")
+    ax[0].legend()
+    ax[1].plot(epochs, [r["valid_gauc"] for r in history], marker="o")
+    ax[1].axvline(best_epoch, color="k", ls="--", lw=1)
+    ax[1].set(title="validation GAUC (dashed: epoch kept)", xlabel="epoch")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

@@ -4,7 +4,8 @@ from typing import Literal, Optional
 
 import pytest
 
-from clsr.config import ConfigError, config_hash, from_dict, load_params, parse_set_args, section, with_overrides
+from clsr.config import ConfigError, config_hash, from_dict, load_params, section, with_overrides
+from clsr.runs import parse_overrides
 
 
 @dataclass
@@ -105,8 +106,8 @@ def test_with_overrides_dotted_keys():
         with_overrides(base, {"inner.form": "hinge"})
 
 
-def test_parse_set_args():
-    got = parse_set_args(["model.contrastive=bpr", "train.epochs=3", "a.b=0.1", "flag=true", " k = x=y", "lr=1e-4"])
+def test_parse_overrides_spellings():
+    got = parse_overrides(["model.contrastive=bpr", "train.epochs=3", "a.b=0.1", "flag=true", " k = x=y", "lr=1e-4"])
     assert got["model.contrastive"] == "bpr"
     assert got["train.epochs"] == 3 and isinstance(got["train.epochs"], int)
     assert got["a.b"] == 0.1
@@ -114,9 +115,13 @@ def test_parse_set_args():
     assert got["k"] == "x=y"  # only the first '=' splits
     # YAML 1.1 reads 1e-4 as a string; from_dict casts it where a float is expected
     assert with_overrides(Outer(), {"lr": got["lr"]}).lr == 1e-4
-    assert parse_set_args(None) == {}
+    assert parse_overrides(None) == {}
+    # the notebooks' comma-separated string and the CLI's list are the same syntax
+    assert parse_overrides("model.contrastive=bpr, train.epochs=3") == parse_overrides(
+        ["model.contrastive=bpr", "train.epochs=3"])
+    assert parse_overrides("train.ks=[1, 5],model.k=2") == {"train.ks": [1, 5], "model.k": 2}
     with pytest.raises(ConfigError, match="key=value"):
-        parse_set_args(["novalue"])
+        parse_overrides(["novalue"])
 
 
 def test_section_and_params(tmp_path):
@@ -124,14 +129,14 @@ def test_section_and_params(tmp_path):
     assert section(params, "datasets", "ml100k", "source") == {"name": "ml100k"}
     with pytest.raises(ConfigError, match=r"datasets.kuai.*present: \['ml100k'\]"):
         section(params, "datasets", "kuai")
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match="nope.yaml"):
         load_params(tmp_path / "nope.yaml")
     p = tmp_path / "p.yaml"
     p.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_params(p)
     p.write_text("train:\n  lr: 1e-4\n")
-    assert load_params(p) == {"train": {"lr": "1e-4"}}  # the YAML 1.1 quirk from_dict must absorb
+    assert load_params(p)["train"]["lr"] == 1e-4  # the YAML 1.1 quirk ("1e-4" is a string) is absorbed
 
 
 def test_config_hash_stable_and_sensitive():

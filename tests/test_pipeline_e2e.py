@@ -113,3 +113,15 @@ def test_dvc_repro_tiny(tmp_path):
     col = next((c for c in (rows[0] if rows else {}) if c.endswith("models.clsr.recent_k")), None)
     assert col is not None, f"no models.clsr.recent_k column in dvc exp show: {list(rows[0]) if rows else rows}"
     assert {r[col] for r in rows} >= {"3", "5"}, [(r.get("Experiment"), r[col]) for r in rows]
+
+    # a misspelled section stops `dvc repro` before any work, with one line naming it
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["trian"] = params["train"]
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bad = subprocess.run([str(VENV_BIN / "dvc"), "repro"], cwd=proj, env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert bad.returncode != 0
+    lines = [ln for ln in (bad.stdout + bad.stderr).splitlines() if "unknown section 'trian'" in ln]
+    assert lines, (bad.stdout + bad.stderr)[-3000:]
+    assert "did you mean 'train'" in lines[0]
+    assert "Traceback" not in bad.stdout + bad.stderr
