@@ -79,9 +79,10 @@ def test_unknown_source_option_names_allowed_ones(tmp_path):
 # ------------------------------------------------------------------------------------------------
 def test_csv_missing_file_names_the_path(tmp_path):
     missing = tmp_path / "nowhere" / "log.csv"
-    with pytest.raises(FileNotFoundError) as e:
+    with pytest.raises(DataError) as e:
         load_csv({"path": str(missing)}, tmp_path)
-    assert str(missing) in str(e.value)
+    assert str(missing) in str(e.value) and "looked in" in str(e.value)
+    assert isinstance(e.value, FileNotFoundError)  # also what callers catching the built-in expect
 
 
 def test_csv_missing_path_option(tmp_path):
@@ -118,8 +119,9 @@ def test_csv_empty_after_filtering(tmp_path):
     with pytest.raises(DataError, match="no interactions"):
         load_csv({"path": str(p), "behavior_column": "behavior", "keep_behaviors": ["cart"]}, tmp_path)
     empty = write_csv(tmp_path / "empty.csv", ["user,item,category,ts"])
-    with pytest.raises(DataError, match="no interactions"):
+    with pytest.raises(DataError, match="no data rows below the header") as e:
         load_csv({"path": str(empty)}, tmp_path)
+    assert str(empty) in str(e.value)
 
 
 def test_csv_reads_and_filters(tmp_path):
@@ -175,8 +177,9 @@ def test_failure_while_saving_leaves_no_folder(tmp_path, random_df, monkeypatch)
         raise OSError("disk full")
 
     monkeypatch.setattr(store.json, "dump", failing_dump)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(DataError, match="disk full") as e:  # one line naming the folder, not a raw OSError
         prep.prepare("rand", random_params(), out_dir=out, interactions=random_df)
+    assert str(out / "rand") in str(e.value) and "\n" not in str(e.value)
     monkeypatch.setattr(store.json, "dump", real_dump)
     assert calls, "the failure was not injected while writing meta.json"
     # arrays.npz had been written in the temporary folder: nothing of it may remain
@@ -193,7 +196,7 @@ def test_failed_resave_keeps_the_previous_dataset(tmp_path, random_df, monkeypat
         raise OSError("interrupted")
 
     monkeypatch.setattr(store.np, "savez", failing_savez)
-    with pytest.raises(OSError, match="interrupted"):
+    with pytest.raises(DataError, match="interrupted.*nothing was changed"):
         prep.prepare("rand", random_params(seed=2), out_dir=out, interactions=random_df)
     assert leftovers(out) == ["rand"]
     assert {p.name: p.read_bytes() for p in (out / "rand").iterdir()} == before
@@ -204,8 +207,9 @@ def test_failed_resave_keeps_the_previous_dataset(tmp_path, random_df, monkeypat
 def test_load_of_incomplete_folder_is_a_clear_error(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "arrays.npz").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="meta.json"):
+    with pytest.raises(DataError, match="meta.json") as e:
         PreparedData.load(tmp_path / "d")
+    assert "prepare --dataset d" in str(e.value) and isinstance(e.value, FileNotFoundError)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import pyarrow.csv as pacsv
 from clsr.config import ConfigError, from_dict
 from clsr.data.download import fetch_to
 from clsr.data.sources import DataError, check_interactions, sha256_of
-from clsr.data.taobao import codes, count_mask, explain_csv_error, first_occurrence, narrow, pair_key
+from clsr.data.taobao import codes, count_mask, explain_csv_error, first_occurrence, narrow, pair_key, read_failure
 
 COLUMNS = {  # file column -> table column
     "user_id": "user",
@@ -86,8 +86,16 @@ def read_kuaishou(path: Path, block_size: int = 64 << 20) -> tuple[dict[str, np.
         raise DataError(f"{path}: the file is empty; expected a header with the columns {list(COLUMNS)}")
     try:
         header = _open(path, block_size, False).schema.names
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: the header line is not valid UTF-8 text; re-encode the file as UTF-8 "
+                        "(e.g. `iconv -f latin1 -t utf-8`)") from None
     except pa.ArrowInvalid as e:
-        raise DataError(f"{path}: cannot read the CSV header: {e}") from None
+        if "UTF8" in str(e):
+            raise DataError(f"{path}: the header line is not valid UTF-8 text; re-encode the file as UTF-8 "
+                            "(e.g. `iconv -f latin1 -t utf-8`)") from None
+        raise DataError(f"{path}: cannot read the CSV header: {' '.join(str(e).split())}") from None
+    except OSError as e:
+        raise read_failure(path, e) from None
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; the header has {header}, the source needs {list(COLUMNS)}")
@@ -105,6 +113,8 @@ def read_kuaishou(path: Path, block_size: int = 64 << 20) -> tuple[dict[str, np.
     except pa.ArrowInvalid as e:
         err = explain_csv_error(path, e, lambda: _open(path, block_size, False, header), header)
         raise DataError(f"{err} (rows are counted from the header, which is row 1)") from None
+    except OSError as e:
+        raise read_failure(path, e) from None
     cols = {COLUMNS[c]: (np.concatenate(parts.pop(c)) if parts[c] else np.zeros(0, np.int64)) for c in list(COLUMNS)}
     bad = (cols["effective_view"] != 0) & (cols["effective_view"] != 1)
     if bad.any():

@@ -23,7 +23,7 @@ import pandas as pd
 
 from clsr.config import from_dict
 from clsr.data import protocol as P
-from clsr.data.sources import DataError, require_file
+from clsr.data.sources import DataError, encoding_error, read_error, require_file
 from clsr.data.store import Candidates, Instances, PreparedData
 
 FILES = {"train": "train_data", "valid": "valid_data", "test": "test_data"}
@@ -101,13 +101,17 @@ def _check_field_counts(path: Path) -> None:
 
 
 def _read(path: Path) -> pd.DataFrame:
-    _check_field_counts(path)
     try:
+        _check_field_counts(path)
         df = pd.read_csv(path, sep="\t", header=None, dtype=str, keep_default_na=False, quoting=3)
     except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: the file is empty") from None
+        raise DataError(f"{path}: the file is empty; download the authors' files again") from None
     except pd.errors.ParserError as e:
-        raise DataError(f"{path}: not in the released tab-separated format: {e}") from None
+        raise DataError(f"{path}: not in the released tab-separated format: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError:
+        raise encoding_error(path) from None
+    except OSError as e:
+        raise read_error(path, e) from None
     if df.shape[1] != N_COLUMNS:
         raise DataError(
             f"{path}: expected {N_COLUMNS} tab-separated columns (label, user, item, category, ts, hist_items, "

@@ -21,7 +21,7 @@ from clsr.config import ConfigError, from_dict, section
 from clsr.data import protocol as P
 from clsr.data.official import load_released
 from clsr.data.sources import load_source
-from clsr.data.store import PreparedData, atomic_write_json
+from clsr.data.store import PreparedData, atomic_write_json, ensure_writable_dir
 
 
 RELEASED = "taobao-released"
@@ -58,8 +58,13 @@ def prepare(
     out_dir: str | Path = "data/prepared",
     interactions: pd.DataFrame | None = None,
 ) -> PreparedData:
-    """Build and store dataset `name`; returns it. `interactions` skips the source (notebooks, tests)."""
+    """Build and store dataset `name`; returns it. `interactions` skips the source (notebooks, tests).
+
+    Bad parameters and an unwritable `out_dir` fail before any data is read; the dataset folder is
+    written all at once at the end, so a failure anywhere leaves the previous content (or nothing).
+    """
     source, cfg = dataset_config(params, name)
+    ensure_writable_dir(out_dir)
     t0 = time.perf_counter()
     if source.get("name") == RELEASED and interactions is None:
         # the authors' files already fix instances and candidates: read them as they are
@@ -71,6 +76,7 @@ def prepare(
         df = load_source(source, raw_dir) if interactions is None else interactions
         t_load = time.perf_counter() - t0
         data = P.build(df, cfg, name=name)
+        P.require_instances(data.instances, cfg, name)  # valid and test too: fail now, not after an epoch
     data.meta["source"] = source
     data.meta["source_files"] = dict(df.attrs.get("source_files", {}))
     data.meta["content_sha256"] = content_sha256(data)

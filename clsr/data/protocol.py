@@ -11,6 +11,7 @@ order, so the same seed gives byte-identical arrays.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,16 +59,32 @@ class ProtocolConfig:
             v = getattr(self, key)
             if not 0.0 < v <= 1.0:
                 raise ConfigError(f"{where}.{key}: {v} must be in (0, 1]")
-        if not (self.valid_fraction >= 0 and self.test_fraction > 0 and self.valid_fraction + self.test_fraction < 1):
-            raise ConfigError(
-                f"{where}: need valid_fraction >= 0, test_fraction > 0 and valid_fraction + test_fraction < 1 "
-                f"(got {self.valid_fraction}, {self.test_fraction})"
-            )
+        self._validate_fractions(where)
         for key in ("valid_negatives", "test_negatives", "max_len", "min_history"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: must be >= 1")
-        if self.span <= 0 or self.time_unit <= 0:
-            raise ConfigError(f"{where}: span and time_unit must be positive")
+                raise ConfigError(f"{where}.{key}: {getattr(self, key)} must be >= 1")
+        for key in ("span", "time_unit"):
+            v = getattr(self, key)
+            if not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{where}.{key}: {v} must be a positive number (in the source's ts units)")
+        if self.seed < 0:
+            raise ConfigError(f"{where}.seed: {self.seed} must be >= 0")
+
+    def _validate_fractions(self, where: str) -> None:
+        """valid_fraction and test_fraction: shares in [0, 1) leaving events for training; both > 0 when
+        split is time_fraction, since a zero share would leave that split empty."""
+        both = f"valid_fraction + test_fraction = {self.valid_fraction} + {self.test_fraction}"
+        for key in ("valid_fraction", "test_fraction"):
+            v = getattr(self, key)
+            if not 0.0 <= v < 1.0:
+                raise ConfigError(f"{where}.{key}: {v} must be in [0, 1) ({both})")
+            if v == 0.0 and self.split == "time_fraction":
+                raise ConfigError(
+                    f"{where}.{key}: 0 leaves the {key.split('_')[0]} split empty with split: time_fraction; "
+                    "set a share in (0, 1), e.g. 0.1"
+                )
+        if not self.valid_fraction + self.test_fraction < 1.0:
+            raise ConfigError(f"{where}: {both} must be < 1 to leave events for training")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,6 +245,27 @@ def sample_negatives(
     return out
 
 
+def require_instances(
+    instances: dict[str, Instances], cfg: ProtocolConfig, name: str, splits: tuple[str, ...] = tuple(SPLIT_CODES)
+) -> None:
+    """A DataError naming the protocol keys to change when one of `splits` has no instances. `build` needs
+    train; `prepare` needs all three, so an empty valid or test split fails there, not after an epoch."""
+    why = {
+        "per_user": "per_user needs users with >= 2 events for test, >= 3 for valid",
+        "time_span": f"time_span puts the last span = {cfg.span:g} ts units into test and the span before into valid",
+        "time_fraction": f"time_fraction holds out valid_fraction = {cfg.valid_fraction:g}, "
+        f"test_fraction = {cfg.test_fraction:g} of the events",
+    }[cfg.split]
+    for split in splits:
+        if len(instances[split]) == 0:
+            label = "training" if split == "train" else split
+            raise DataError(
+                f"dataset {name!r}: the split left no {label} instances ({why}); check protocol.split, "
+                f"protocol.{'span' if cfg.split == 'time_span' else 'valid_fraction / test_fraction'}, "
+                f"protocol.{split}_keep = {getattr(cfg, f'{split}_keep'):g} and protocol.min_history = {cfg.min_history}"
+            )
+
+
 def build(df: pd.DataFrame, cfg: ProtocolConfig, name: str = "dataset") -> PreparedData:
     """Interactions table -> PreparedData (events, instances, vocabularies, candidates)."""
     df = check_interactions(df, f"dataset {name!r}")
@@ -246,8 +284,7 @@ def build(df: pd.DataFrame, cfg: ProtocolConfig, name: str = "dataset") -> Prepa
     for split, code in SPLIT_CODES.items():
         ev = np.flatnonzero(kept & (label == code))
         instances[split] = Instances(user=user_of[ev], pos=pos[ev].astype(np.int32))
-    if len(instances["train"]) == 0:
-        raise DataError(f"dataset {name!r}: the split left no training instances; check protocol.split / span")
+    require_instances(instances, cfg, name, splits=("train",))
 
     # vocabularies from train (§1.6)
     is_train_target = np.zeros(len(pos), dtype=bool)

@@ -22,12 +22,15 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+
+from clsr.data.sources import DataError, MissingDataError
 
 SPLITS = ("train", "valid", "test")
 
@@ -103,7 +106,7 @@ class PreparedData:
     def save(self, folder: str | Path, extra_files: dict[str, Callable[[Path], None]] | None = None) -> Path:
         """Write arrays.npz + meta.json (+ `extra_files`: name -> writer(path)) atomically into `folder`."""
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        ensure_writable_dir(folder.parent)
         arrays: dict[str, np.ndarray] = {
             "user_offsets": self.user_offsets,
             "event_item": self.event_item,
@@ -128,7 +131,10 @@ class PreparedData:
         meta["name"] = self.name
         meta["splits"] = list(self.instances)
         meta["candidate_splits"] = list(self.candidates)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        except OSError as e:
+            raise _unwritable(folder.parent, e) from None
         try:
             with open(tmp / "arrays.npz", "wb") as f:
                 np.savez(f, **arrays)
@@ -136,9 +142,13 @@ class PreparedData:
                 json.dump(meta, f, indent=2, sort_keys=True, default=_json_default)
             for name, writer in (extra_files or {}).items():
                 writer(tmp / name)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
+            _swap_into_place(tmp, folder)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DataError(
+                f"{folder}: writing the prepared dataset failed ({e.strerror or e}); nothing was changed there. "
+                "Check free space and permissions, then run prepare again"
+            ) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -146,31 +156,87 @@ class PreparedData:
 
     @classmethod
     def load(cls, folder: str | Path) -> "PreparedData":
+        """Read a dataset written by `save`; a missing, truncated or foreign folder is a DataError naming it."""
         folder = Path(folder)
         npz_path, meta_path = folder / "arrays.npz", folder / "meta.json"
-        if not npz_path.exists() or not meta_path.exists():
-            raise FileNotFoundError(
-                f"prepared dataset not found in {folder} (expected arrays.npz and meta.json); "
-                "run `python -m clsr prepare --dataset NAME` (or `dvc repro`) first"
+        again = rerun_hint(folder)
+        if not npz_path.is_file() or not meta_path.is_file():
+            absent = [p.name for p in (npz_path, meta_path) if not p.is_file()]
+            raise MissingDataError(f"prepared dataset not found in {folder} (no {' or '.join(absent)}); {again} first")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{meta_path}: unreadable or corrupt ({_one_line(e)}); {again}") from None
+        if not isinstance(meta, dict) or not {"name", "splits", "candidate_splits"} <= set(meta):
+            raise DataError(f"{meta_path}: not the metadata of a prepared dataset (needs name, splits, candidate_splits); {again}")
+        try:
+            with np.load(npz_path, allow_pickle=False) as z:
+                a = {k: z[k] for k in z.files}
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+            raise DataError(f"{npz_path}: truncated or corrupt ({_one_line(e)}); {again}") from None
+        try:
+            instances = {s: Instances(a.pop(f"{s}_user"), a.pop(f"{s}_pos")) for s in meta["splits"]}
+            candidates = {
+                s: Candidates(a.pop(f"{s}_cand_item"), a.pop(f"{s}_cand_cate"))
+                for s in meta["candidate_splits"]
+            }
+            extra = {k[len("extra_"):]: a.pop(k) for k in list(a) if k.startswith("extra_")}
+            return cls(
+                name=meta["name"],
+                instances=instances,
+                candidates=candidates,
+                meta=meta,
+                event_extra=extra,
+                **a,
             )
-        with open(meta_path) as f:
-            meta = json.load(f)
-        with np.load(npz_path, allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
-        instances = {s: Instances(a.pop(f"{s}_user"), a.pop(f"{s}_pos")) for s in meta["splits"]}
-        candidates = {
-            s: Candidates(a.pop(f"{s}_cand_item"), a.pop(f"{s}_cand_cate"))
-            for s in meta["candidate_splits"]
-        }
-        extra = {k[len("extra_"):]: a.pop(k) for k in list(a) if k.startswith("extra_")}
-        return cls(
-            name=meta["name"],
-            instances=instances,
-            candidates=candidates,
-            meta=meta,
-            event_extra=extra,
-            **a,
-        )
+        except (KeyError, TypeError) as e:
+            raise DataError(f"{npz_path}: arrays do not match meta.json ({_one_line(e)}); {again}") from None
+
+
+def rerun_hint(folder: Path) -> str:
+    """What to run to rebuild the prepared dataset in `folder` (named after its dataset)."""
+    return f"re-run `python -m clsr prepare --dataset {folder.name}` (or `dvc repro protocol@{folder.name}`)"
+
+
+def _one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"[:300]
+
+
+def _unwritable(folder: Path, err: OSError) -> DataError:
+    return DataError(
+        f"{folder}: cannot write the prepared dataset here ({err.strerror or err}); make the folder writable "
+        "or choose another output folder (--out-dir)"
+    )
+
+
+def ensure_writable_dir(folder: str | Path) -> Path:
+    """Create `folder` if needed and check that files can be created in it; DataError naming it otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise _unwritable(folder, e) from None
+    return folder
+
+
+def _swap_into_place(tmp: Path, folder: Path) -> None:
+    """Rename the finished folder `tmp` onto `folder`; an old `folder` is set aside first and only deleted
+    once the new one is in place (restored if the rename fails)."""
+    if not folder.exists():
+        os.replace(tmp, folder)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+    os.replace(folder, old / folder.name)
+    try:
+        os.replace(tmp, folder)
+    except BaseException:
+        os.replace(old / folder.name, folder)
+        os.rmdir(old)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _json_default(o):

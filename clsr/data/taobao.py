@@ -201,6 +201,17 @@ def member_mask(a: np.ndarray, values: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 def _unzip(path: Path, raw_dir: Path) -> Path:
     """Extract the single .csv member of a zip (the Tianchi download) into raw_dir, once."""
+    try:
+        return _extract_csv(path, raw_dir)
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{path}: not a readable zip file ({e}); download it again, or unzip it by hand and "
+                        "set source.path to UserBehavior.csv") from None
+    except OSError as e:
+        raise DataError(f"{raw_dir}: cannot extract {path.name} here ({e.strerror or e}); check the folder's "
+                        "permissions and free space, or unzip it by hand") from None
+
+
+def _extract_csv(path: Path, raw_dir: Path) -> Path:
     with zipfile.ZipFile(path) as z:
         members = [m for m in z.infolist() if m.filename.lower().endswith(".csv") and not m.is_dir()]
         if len(members) != 1:
@@ -220,6 +231,7 @@ def _unzip(path: Path, raw_dir: Path) -> Path:
 
 _CONVERT = re.compile(r"CSV column #(\d+): Row #(\d+): CSV conversion error to \w+: invalid value '(.*)'", re.S)
 _COUNT = re.compile(r"Row #(\d+): Expected (\d+) columns, got (\d+): (.*)", re.S)
+_UTF8 = re.compile(r"CSV column #(\d+): Row #(\d+): CSV conversion error to \w+: invalid UTF8", re.S)
 
 
 def explain_csv_error(path: Path, err: pa.ArrowInvalid, open_single_threaded, names) -> DataError:
@@ -241,12 +253,26 @@ def explain_csv_error(path: Path, err: pa.ArrowInvalid, open_single_threaded, na
             f"{path}: row {row}, column {col + 1} ({names[col]!r}): {value!r} is not an integer{hint}; "
             f"expected the columns {list(names)}"
         )
+    if m := _UTF8.search(msg):
+        col, row = int(m.group(1)), int(m.group(2))
+        return DataError(
+            f"{path}: row {row}, column {col + 1} ({names[col]!r}) is not valid UTF-8 text; re-encode the file "
+            f"as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        )
     if m := _COUNT.search(msg):
         row, want, got, text = (int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4))
         return DataError(
             f"{path}: row {row} has {got} columns, expected {want} ({', '.join(names)}): {text.strip()!r}"
         )
-    return DataError(f"{path}: cannot be read as a CSV with columns {list(names)}: {msg}")
+    return DataError(f"{path}: cannot be read as a CSV with columns {list(names)}: {' '.join(msg.split())}")
+
+
+def read_failure(path: Path, err: OSError) -> DataError:
+    """An OSError while streaming `path` (a damaged .gz/.bz2, an I/O error) as one line."""
+    return DataError(
+        f"{path}: cannot be read ({' '.join(str(err).split())}); if it is compressed, check the download "
+        "(e.g. `gzip -t`) or decompress it by hand and point source.path at the .csv"
+    )
 
 
 def _open(path: Path, block_size: int, use_threads: bool) -> pacsv.CSVStreamingReader:
@@ -281,6 +307,8 @@ def read_pv(path: Path, block_size: int = 64 << 20) -> tuple[dict[str, np.ndarra
             n_read += batch.num_rows
     except pa.ArrowInvalid as e:
         raise explain_csv_error(path, e, lambda: _open(path, block_size, use_threads=False), NAMES) from None
+    except OSError as e:
+        raise read_failure(path, e) from None
     cols = {}
     for c in keep_cols:  # concatenate one column at a time so the peak is one column, not the table
         cols[c] = np.concatenate(parts.pop(c)) if parts[c] else np.zeros(0, np.int64)
