@@ -1,4 +1,4 @@
-"""Losses shared by every model (official-clsr.md §2.4).
+"""Losses shared by every model (docs/protocol.md §7).
 
 CLSR's own terms (contrastive, discrepancy) live in this module too, as pure functions of tensors, so
 that tests can check each against its equation.
@@ -51,7 +51,7 @@ def l2_loss(
 
 
 # --------------------------------------------------------------------------------------------------
-# CLSR's self-supervised terms (official-clsr.md §2.4, released `_compute_contrastive_loss` and
+# CLSR's self-supervised terms (docs/protocol.md §7.2–§7.3, released `_compute_contrastive_loss` and
 # `_compute_discrepancy_loss`). Inputs are broadcast against each other, so u^l, p^l, p^s may be given
 # per instance (B, 1, d) and u^s per candidate row (B, C, d).
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Ranking metrics as the released code computes them (official-clsr.md §4), vectorised.
+"""Ranking metrics as the released code computes them (docs/protocol.md §9), vectorised.
 
 Input: `scores` (n, 1+N) with column 0 the positive, and `users` (n,) the user of each instance.
 

@@ -1,6 +1,6 @@
 """Training and evaluation: fit with early stopping, checkpoints and resume, seeds, device.
 
-The schedule is the released one (official-clsr.md §2.5): Adam (lr 1e-3), 500 instances per step with
+The schedule is the released one (docs/protocol.md §7.5): Adam (lr 1e-3), 500 instances per step with
 1 + 4 in-batch candidates, per-tensor gradient clipping for CLSR, one validation pass per epoch,
 early stopping on validation GAUC (strictly better = improvement, patience 5, at most 100 epochs), then
 one test evaluation of the best checkpoint. Selection never looks at the test split.

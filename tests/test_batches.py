@@ -1,4 +1,4 @@
-"""Batches (official-clsr.md §1.9): time features, truncation/padding, recent-k, in-batch negatives,
+"""Batches (docs/protocol.md §5, §3.1): time features, truncation/padding, recent-k, in-batch negatives,
 training/evaluation iteration, the shuffle counterfactual and the released row layout.
 
 Reference values come from the worked example of §1.9 and from a plain-Python re-implementation of the

@@ -1,4 +1,4 @@
-"""CLSR model and losses against direct computations (official-clsr.md §2.2, §2.4, §7)."""
+"""CLSR model and losses against direct computations (docs/protocol.md §6.2, §7, §11)."""
 from __future__ import annotations
 
 import dataclasses

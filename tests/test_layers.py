@@ -1,4 +1,4 @@
-"""Building blocks against hand computations of their equations (official-clsr.md §2.2, §2.3, §2.7)."""
+"""Building blocks against hand computations of their equations (docs/protocol.md §6.2–§6.4)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Metrics (official-clsr.md §4) against sklearn and brute-force loops, including ties."""
+"""Metrics (docs/protocol.md §9) against sklearn and brute-force loops, including ties."""
 from __future__ import annotations
 
 import math

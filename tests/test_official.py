@@ -1,4 +1,4 @@
-"""The released TSV format (official-clsr.md §1.8): export, read back, a hand-written fixture, bad files."""
+"""The released TSV format (docs/protocol.md §4): export, read back, a hand-written fixture, bad files."""
 from __future__ import annotations
 
 import shutil

@@ -2,10 +2,10 @@
 
 A `Batch` holds B *instances*; each has one history and C candidates (column 0 is the positive). The
 released code repeats the history on every candidate row; here it is stored once per instance and the
-model broadcasts it, which is exact (DESIGN.md "Compute candidate-independent parts once").
+model broadcasts it, which is exact (docs/design.md, "Compute candidate-independent parts once").
 `Batch.expand_rows()` gives the released row layout (B*C instances with one candidate each) for checks.
 
-Time features follow official-clsr.md §1.9, computed from the *full* history before truncation:
+Time features follow docs/protocol.md §5.1, computed from the *full* history before truncation:
 
     time_to_now[i]      = ln max((T - t_i) / r, 0.5)
     time_from_first[i]  = ln max((t_{i+1} - t_0) / r, 0.5),   with t_n = T (the target's time)
@@ -72,7 +72,7 @@ def history_arrays(
     """Histories for instances (user row, target position) as padded numpy arrays.
 
     `recent_k` keeps only the last k events *before* the time features are computed (the
-    counterfactual "recent-only" history of official-clsr.md §5.3).
+    counterfactual "recent-only" history of docs/protocol.md §10).
     """
     users = np.asarray(users, dtype=np.int64)
     pos = np.asarray(pos, dtype=np.int64)
@@ -135,7 +135,7 @@ def make_batch(
 def in_batch_negatives(
     target_items: np.ndarray, n_neg: int, rng: np.random.Generator, max_rounds: int = 100
 ) -> np.ndarray:
-    """Column indices into the chunk for each instance's negatives (official-clsr.md §1.9).
+    """Column indices into the chunk for each instance's negatives (docs/protocol.md §3.1).
 
     Each negative is the target of a random instance of the same chunk (with replacement, possibly the
     same instance twice), rejected and redrawn while its item equals the instance's own positive.

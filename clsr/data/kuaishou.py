@@ -1,4 +1,4 @@
-"""Source ``kuaishou``: a Kuaishou-style video log filtered as the released code does (reference §1.2).
+"""Source ``kuaishou``: a Kuaishou-style video log filtered as the released code does (docs/protocol.md §1.2).
 
 The file is a CSV with a header; the columns used are (other columns are ignored)::
 

@@ -1,4 +1,4 @@
-"""The released TSV format (official-clsr.md §1.8): export ours, and read the authors' files.
+"""The released TSV format (docs/protocol.md §4): export ours, and read the authors' files.
 
 One line per row, tab-separated:
 

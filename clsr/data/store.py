@@ -1,13 +1,13 @@
 """The prepared dataset: events stored once per user (CSR), instances as pointers, fixed candidates.
 
-Layout (DESIGN.md "Storage: events once, instances as pointers"):
+Layout (docs/design.md, "Storage: events once, instances as pointers"):
 
 - Users are rows ``u = 0..U-1``. User ``u``'s events, sorted by time (stable), are
   ``events[user_offsets[u] : user_offsets[u+1]]``.
 - Every event carries *codes*: positions in the raw-id tables ``item_ids``, ``cate_ids`` (all items and
   categories seen anywhere). Codes keep the raw identity (needed to export the released TSV format);
   the model sees *vocabulary indices*, looked up through ``item_index[code]`` etc. Index 0 is padding and
-  every id unseen in training (the released rule, official-clsr.md §1.6).
+  every id unseen in training (the released rule, docs/protocol.md §2.4).
 - An instance of a split is ``(user row, pos)``: the target is the user's event number ``pos`` (>= 1)
   and its history is the user's events ``0 .. pos-1``, all earlier events across every split.
 - Evaluation candidates are fixed code matrices ``(n_instances, 1 + N)``, positive first, sampled once

@@ -5,7 +5,7 @@ The file (Tianchi data set 649: about 100M rows, 988k users, 4.2M items) has no 
     user, item, category, behavior, ts        e.g.  1,2268318,2520377,pv,1511544070
 
 with ``behavior`` one of pv / cart / fav / buy and ``ts`` in Unix seconds. The released preprocessing
-(`taobao_main`, reference notes §1.2) applies, in this order:
+(`taobao_main`, docs/protocol.md §1.2) applies, in this order:
 
 1. keep ``behavior == 'pv'``;
 2. drop duplicate (user, item) pairs, keeping the first occurrence in file order;

@@ -3,7 +3,7 @@
 Tang, Wang. "Personalized Top-N Sequential Recommendation via Convolutional Sequence Embedding."
 WSDM 2018. https://doi.org/10.1145/3159652.3159656
 Released code: github.com/tsinghua-fib-lab/CLSR (``--model CASER``, the Microsoft Recommenders
-``caser.py``); official-clsr.md §3.
+``caser.py``); docs/protocol.md §8.
 
 The item history E_i(hist) (L × 32) and the category history E_c(hist) (L × 8) go through two
 separate CNNs with the same structure. For a history matrix H (L × d):
@@ -60,7 +60,7 @@ from clsr.models.layers import MLP, glorot_uniform_, trunc_normal_
 
 @dataclass
 class CaserConfig(ModelConfig):
-    """Caser settings; defaults are the released yaml values (official-clsr.md §3)."""
+    """Caser settings; defaults are the released yaml values (docs/protocol.md §8)."""
 
     n_v: int = 128  # vertical filters per sequence (item, category)
     n_h: int = 128  # horizontal filters per height

@@ -4,11 +4,11 @@ Zheng, Gao, Chang, Niu, Song, Jin, Li. "Disentangling Long and Short-Term Intere
 Recommendation." The Web Conference (WWW) 2022. arXiv:2202.13090.
 Released code: github.com/tsinghua-fib-lab/CLSR (TF 1.15), ``reco_utils/.../sequential/clsr.py``.
 
-This file follows the *released code* step by step (official-clsr.md §2.2, numbered 1-9 below and in
-the method names); the paper body was not available to check against (official-clsr.md §0, §2.8).
+This file follows the *released code* step by step (docs/protocol.md §6.2, numbered 1-9 below and in
+the method names); the paper body was not available to check against (docs/protocol.md §0, §6.5).
 
 Deviations from the paper (as far as the released code differs from a reading of the abstract;
-the code is followed in each case, official-clsr.md §2.8):
+the code is followed in each case, docs/protocol.md §6.5):
 - the short-term attention query is [GRU(X; h0 = e^s) ‖ target item], i.e. target-aware;
 - both attention scorers are DIN-style MLPs on [k, q, k−q, k⊙q] with batch norm;
 - the fusion MLP also sees a second GRU summary h^c ("causal2") and τ^now at the last *padded*
@@ -30,7 +30,7 @@ Deviations from the released code (all numerically negligible or confined to deg
   gradient and no L2 there). Dropout (0 in the released configuration) is not implemented.
 - History-only parts are computed once per instance and broadcast to the C candidates
   (``shared_encoders=True``); this is exact because BN statistics over C identical copies of each row
-  equal those over the unique rows (DESIGN.md "Compute candidate-independent parts once").
+  equal those over the unique rows (docs/design.md, "Compute candidate-independent parts once").
 - The recurrent nets step only the valid positions of each history (packed, longest first; TF's
   ``dynamic_rnn`` also stops each row at its length) and read the final state at step n−1; their
   backward is hand-written (clsr.models.recurrence, tested against autograd). The intention GRU and the
@@ -75,7 +75,7 @@ SEQUENTIAL_MODELS = ("time4lstm", "gru", "lstm")
 
 @dataclass
 class CLSRConfig(ModelConfig):
-    """CLSR settings; defaults are the released CLI values (official-clsr.md §2.1)."""
+    """CLSR settings; defaults are the released CLI values (docs/protocol.md §6.1)."""
 
     user_dim: int = 40  # user long / short embedding size (user_embedding_dim)
     hidden_size: int = 40  # RNN hidden size H; must equal item_dim + cate_dim (u = α u^l + (1−α) u^s)

@@ -3,7 +3,7 @@
 Zhou, Mou, Fan, Pi, Bian, Zhou, Zhu, Gai. "Deep Interest Evolution Network for Click-Through Rate
 Prediction." AAAI 2019. https://arxiv.org/abs/1809.03672
 Released code: github.com/tsinghua-fib-lab/CLSR (``--model DIEN``, the Microsoft Recommenders
-``dien.py``, ``rnn_cell_implement.VecAttGRUCell``, ``deeprec_utils.dice``); official-clsr.md §3.
+``dien.py``, ``rnn_cell_implement.VecAttGRUCell``, ``deeprec_utils.dice``); docs/protocol.md §8.
 
 With X = [E_i(hist) ‖ E_c(hist)] (B, L, 40), mask m, length n and the target e_v = [E_i(v) ‖ E_c(v)]:
 
@@ -220,7 +220,7 @@ def run_augru(cell: TFGRUCell, x: torch.Tensor, att: torch.Tensor, lengths: torc
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class DIENConfig(ModelConfig):
-    """DIEN settings; defaults are the released CLI / yaml values (official-clsr.md §3, dien.yaml)."""
+    """DIEN settings; defaults are the released CLI / yaml values (docs/protocol.md §8, dien.yaml)."""
 
     hidden_size: int = 40  # GRU and AUGRU units (hidden_size)
     att_layers: list[int] = field(default_factory=lambda: [80, 40])  # attention scorer MLP (att_fcn_layer_sizes), + linear to 1

@@ -3,7 +3,7 @@
 Zhou, Zhu, Song, Fan, Zhu, Ma, Yan, Jin, Li, Gai. "Deep Interest Network for Click-Through Rate
 Prediction." KDD 2018. https://doi.org/10.1145/3219819.3219823
 Released code: github.com/tsinghua-fib-lab/CLSR, ``reco_utils/.../sequential/din.py`` (which reuses
-SLi-Rec's ``_attention_fcn``); official-clsr.md §3.
+SLi-Rec's ``_attention_fcn``); docs/protocol.md §8.
 
 With X = [E_i(hist) ‖ E_c(hist)] (B, L, 40) and the target e_v = [E_i(v) ‖ E_c(v)] (40):
 
@@ -14,7 +14,7 @@ With X = [E_i(hist) ‖ E_c(hist)] (B, L, 40) and the target e_v = [E_i(v) ‖ E
 
 Deviations from the paper:
 - ReLU with batch norm instead of Dice / PReLU (the released yaml); no mini-batch-aware
-  regularisation (the shared L2 on the batch's embedding rows is used instead, official-clsr.md §2.4);
+  regularisation (the shared L2 on the batch's embedding rows is used instead, docs/protocol.md §7.4);
   the attention weights are softmax-normalised over the history (the paper keeps them unnormalised);
   there is no user-profile or context feature, only item and category ids.
 - Training uses the shared sampled-softmax loss over 1 + 4 in-batch candidates (released), not BCE.
@@ -77,7 +77,7 @@ def mlp_over_parts(mlp: MLP, parts: Sequence[torch.Tensor]) -> torch.Tensor:
 
 @dataclass
 class DINConfig(ModelConfig):
-    """DIN settings; defaults are the released CLI / yaml values (official-clsr.md §3)."""
+    """DIN settings; defaults are the released CLI / yaml values (docs/protocol.md §8)."""
 
     att_layers: list[int] = field(default_factory=lambda: [80, 40])  # attention scorer MLP (att_fcn_layer_sizes), + linear to 1
     pred_layers: list[int] = field(default_factory=lambda: [100, 64])  # prediction MLP (layer_sizes), + linear to 1

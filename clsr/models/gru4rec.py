@@ -3,7 +3,7 @@
 Hidasi, Karatzoglou, Baltrunas, Tikk. "Session-based Recommendations with Recurrent Neural
 Networks." ICLR 2016. https://arxiv.org/abs/1511.06939
 Released code: github.com/tsinghua-fib-lab/CLSR (``--model GRU4REC``, the Microsoft Recommenders
-``gru4rec.py``); official-clsr.md §3.
+``gru4rec.py``); docs/protocol.md §8.
 
 With X = [E_i(hist) ‖ E_c(hist)] (B, L, 40) and the target e_v = [E_i(v) ‖ E_c(v)] (40):
 
@@ -38,7 +38,7 @@ from clsr.models.layers import MLP, TFGRUCell, run_gru, trunc_normal_
 
 @dataclass
 class GRU4RecConfig(ModelConfig):
-    """GRU4Rec settings; defaults are the released CLI / yaml values (official-clsr.md §3)."""
+    """GRU4Rec settings; defaults are the released CLI / yaml values (docs/protocol.md §8)."""
 
     hidden_size: int = 40  # GRU units (hidden_size)
     pred_layers: list[int] = field(default_factory=lambda: [100, 64])  # prediction MLP (layer_sizes), + linear to 1

@@ -3,7 +3,7 @@
 He, Deng, Wang, Li, Zhang, Wang. "LightGCN: Simplifying and Powering Graph Convolution Network for
 Recommendation." SIGIR 2020. https://doi.org/10.1145/3397271.3401063
 Released counterpart: github.com/tsinghua-fib-lab/CLSR, ``reco_utils/.../sequential/lgn.py``
-(``--model LGN``); official-clsr.md §3.
+(``--model LGN``); docs/protocol.md §8.
 
 Graph. Nodes are the U user vocabulary rows and the I item vocabulary rows (N = U + I). An edge joins
 user u and item i when i occurs in u's *train* data: the target of one of u's train instances, or an

@@ -3,7 +3,7 @@
 He, Liao, Zhang, Nie, Hu, Chua. "Neural Collaborative Filtering." WWW 2017.
 https://doi.org/10.1145/3038912.3052569
 Released code: github.com/tsinghua-fib-lab/CLSR, ``reco_utils/.../sequential/ncf.py`` (``--model NCF``);
-official-clsr.md §3.
+docs/protocol.md §8.
 
 For user u and candidate item v (vocabulary indices; the history is ignored):
 
@@ -44,7 +44,7 @@ from clsr.models.layers import glorot_uniform_, trunc_normal_
 
 @dataclass
 class NCFConfig(ModelConfig):
-    """NCF settings; defaults are the released yaml values (official-clsr.md §3).
+    """NCF settings; defaults are the released yaml values (docs/protocol.md §8).
     (item_dim / cate_dim of the base config are not used: NCF has its own 40-d tables.)"""
 
     embed_dim: int = 40  # GMF and MLP user / item embedding size (user_embedding_dim)

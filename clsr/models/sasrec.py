@@ -2,7 +2,7 @@
 
 Kang, McAuley. "Self-Attentive Sequential Recommendation." ICDM 2018. https://arxiv.org/abs/1808.09781
 Reference code: github.com/kang205/SASRec (TF, ``model.py`` / ``modules.py``). Not part of the CLSR
-release (official-clsr.md §3 lists it as UNVERIFIED in the paper's table); written here from the
+release (docs/protocol.md §8; the paper's comparison is understood to include it); written here from the
 paper and the authors' code.
 
 With X = [E_i(hist) ‖ E_c(hist)] (B, L, d = 40), mask m and length n (histories left-aligned):

@@ -4,7 +4,7 @@ Yu, Lian, Mahmoody, Liu, Xie. "Adaptive User Modeling with Long and Short-Term P
 Personalized Recommendation." IJCAI 2019. https://doi.org/10.24963/ijcai.2019/585
 Released code: github.com/tsinghua-fib-lab/CLSR (``--model SLIREC``, the Microsoft Recommenders
 ``sli_rec.py`` with ``base_model._attention`` and ``rnn_cell_implement.Time4LSTMCell``);
-official-clsr.md §3 and §2.3.
+docs/protocol.md §8 and §6.3.
 
 With X = [E_i(hist) ‖ E_c(hist)] (B, L, 40), mask m, length n and the target e_v = [E_i(v) ‖ E_c(v)]:
 
@@ -59,7 +59,7 @@ from clsr.models.layers import (
 
 @dataclass
 class SLiRecConfig(ModelConfig):
-    """SLi-Rec settings; defaults are the released CLI / yaml values (official-clsr.md §3)."""
+    """SLi-Rec settings; defaults are the released CLI / yaml values (docs/protocol.md §8)."""
 
     hidden_size: int = 40  # Time4LSTM units H; must equal item_dim + cate_dim (u = α u^l + (1−α) u^s)
     att_layers: list[int] = field(default_factory=lambda: [80, 40])  # attention scorer and fusion MLPs (att_fcn_layer_sizes), + linear to 1
