@@ -250,19 +250,21 @@ def require_instances(
 ) -> None:
     """A DataError naming the protocol keys to change when one of `splits` has no instances. `build` needs
     train; `prepare` needs all three, so an empty valid or test split fails there, not after an epoch."""
-    why = {
-        "per_user": "per_user needs users with >= 2 events for test, >= 3 for valid",
-        "time_span": f"time_span puts the last span = {cfg.span:g} ts units into test and the span before into valid",
-        "time_fraction": f"time_fraction holds out valid_fraction = {cfg.valid_fraction:g}, "
-        f"test_fraction = {cfg.test_fraction:g} of the events",
+    why, keys = {
+        "per_user": ("per_user: a user's last event is test, the one before valid; users need >= 3 events",
+                     "protocol.split"),
+        "time_span": (f"time_span: the last span = {cfg.span:g} ts units are test, the span before valid",
+                      "protocol.span (in the source's ts units)"),
+        "time_fraction": (f"time_fraction: the last test_fraction = {cfg.test_fraction:g} of the events are test, "
+                          f"the valid_fraction = {cfg.valid_fraction:g} before them valid",
+                          "protocol.valid_fraction / test_fraction"),
     }[cfg.split]
     for split in splits:
         if len(instances[split]) == 0:
             label = "training" if split == "train" else split
             raise DataError(
-                f"dataset {name!r}: the split left no {label} instances ({why}); check protocol.split, "
-                f"protocol.{'span' if cfg.split == 'time_span' else 'valid_fraction / test_fraction'}, "
-                f"protocol.{split}_keep = {getattr(cfg, f'{split}_keep'):g} and protocol.min_history = {cfg.min_history}"
+                f"dataset {name!r}: the split left no {label} instances ({why}); check {keys}, protocol.{split}_keep "
+                f"= {getattr(cfg, f'{split}_keep'):g} and protocol.min_history = {cfg.min_history}"
             )
 
 

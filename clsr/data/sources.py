@@ -69,7 +69,9 @@ def require_file(path: Path, how_to_get: str) -> Path:
     if not exists:
         raise MissingDataError(f"{path} not found (looked in {path.resolve().parent}). {how_to_get}".strip())
     if is_dir:
-        raise DataError(f"{path} is a folder, expected a file; point the setting at the file itself. {how_to_get}".strip())
+        raise DataError(
+            f"{path} is a folder, expected a file; point the setting at the file itself. {how_to_get}".strip()
+        )
     if not os.access(path, os.R_OK):
         raise DataError(f"{path}: permission denied; make the file readable (chmod u+r) or point at a readable copy")
     return path
@@ -169,7 +171,9 @@ def fetch_ml100k(raw_dir: Path, wheel: str | None = None, fetch: bool = True) ->
     try:
         raw_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"{raw_dir}: cannot create the raw-data folder ({e.strerror or e}); pass a writable --raw-dir") from None
+        raise DataError(
+            f"{raw_dir}: cannot create the raw-data folder ({e.strerror or e}); pass a writable --raw-dir"
+        ) from None
     whl = Path(wheel) if wheel else raw_dir / RECBOLE_WHEEL
     if not whl.exists():
         if not fetch:
@@ -203,7 +207,9 @@ def fetch_ml100k(raw_dir: Path, wheel: str | None = None, fetch: bool = True) ->
         tmp_out.rename(out)
     except OSError as e:
         shutil.rmtree(tmp_out, ignore_errors=True)
-        raise DataError(f"{out}: cannot extract MovieLens-100K here ({e.strerror or e}); check the folder's permissions and free space") from None
+        raise DataError(
+            f"{out}: cannot extract MovieLens-100K here ({e.strerror or e}); check the folder's permissions and free space"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp_out, ignore_errors=True)
         raise
@@ -240,7 +246,9 @@ def load_ml100k(options: dict, raw_dir: Path) -> pd.DataFrame:
     again = f"delete the folder {folder} so that it is extracted again from the wheel"
     for column in ("user_id", "item_id", "timestamp"):
         if not pd.api.types.is_integer_dtype(df[column]):
-            raise DataError(f"{folder / 'ml-100k.inter'}: column {column!r} is not all integers (a damaged copy?); {again}")
+            raise DataError(
+                f"{folder / 'ml-100k.inter'}: column {column!r} is not all integers (a damaged copy?); {again}"
+            )
     out = pd.DataFrame(
         {
             "user": df["user_id"].astype(np.int64),
@@ -279,7 +287,9 @@ class CSVOptions:
         try:
             codecs.lookup(self.encoding)
         except LookupError:
-            raise ConfigError(f"{where}.encoding: unknown text encoding {self.encoding!r} (e.g. utf-8, latin-1)") from None
+            raise ConfigError(
+                f"{where}.encoding: unknown text encoding {self.encoding!r} (e.g. utf-8, latin-1)"
+            ) from None
         for key in COLUMNS:
             if key not in self.columns:
                 raise ConfigError(f"{where}.columns: map {key!r} to a column name of your file")
@@ -348,7 +358,10 @@ def load_csv(options: dict, raw_dir: Path) -> pd.DataFrame:
         wanted["behavior"] = opts.behavior_column
     absent = {k: v for k, v in wanted.items() if str(v) not in df.columns}
     if absent:
-        how = "source.columns maps each field to a header name" if opts.header else "without a header, columns are '0', '1', ..."
+        how = (
+            "source.columns maps each field to a header name" if opts.header
+            else "without a header, columns are '0', '1', ..."
+        )
         raise DataError(f"{path}: column(s) {absent} not in the file; it has {list(df.columns)} ({how})")
     if len(df) == 0:
         raise DataError(f"{path}: no data rows{' below the header' if opts.header else ''}; the file holds no events")

@@ -168,7 +168,9 @@ class PreparedData:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(f"{meta_path}: unreadable or corrupt ({_one_line(e)}); {again}") from None
         if not isinstance(meta, dict) or not {"name", "splits", "candidate_splits"} <= set(meta):
-            raise DataError(f"{meta_path}: not the metadata of a prepared dataset (needs name, splits, candidate_splits); {again}")
+            raise DataError(
+                f"{meta_path}: not the metadata of a prepared dataset (needs name, splits, candidate_splits); {again}"
+            )
         try:
             with np.load(npz_path, allow_pickle=False) as z:
                 a = {k: z[k] for k in z.files}
