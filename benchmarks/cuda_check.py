@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from clsr.models.layers import TFGRUCell, TFLSTMCell, Time4LSTMCell, run_gru_pair, run_rnn  # noqa: E402
+from clsr.models.cells import TFGRUCell, TFLSTMCell, Time4LSTMCell, run_gru_pair, run_rnn  # noqa: E402
 
 
 def max_diff(a, b) -> float:

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from clsr.data.batches import Batch, shuffle_history
 from clsr.data.protocol import ProtocolConfig, build
 from clsr.models.base import ModelSizes
-from clsr.models.din import mlp_over_parts
-from clsr.models.layers import MLP
+from clsr.models.layers import MLP, mlp_over_parts
 from clsr.models.lightgcn import LightGCN, LightGCNConfig, train_graph_edges
 from clsr.models.registry import build_model, model_names
 from clsr.train import fit
@@ -135,8 +134,8 @@ def test_din_matches_naive_attention():
     model = make_model("din")
     batch = random_batch(6, 5)
     out = model(batch)
-    X = torch.cat([model.item_emb(batch.hist_item), model.cate_emb(batch.hist_cate)], dim=-1)
-    e_v = torch.cat([model.item_emb(batch.cand_item), model.cate_emb(batch.cand_cate)], dim=-1)
+    X = torch.cat([model.tokens.item(batch.hist_item), model.tokens.cate(batch.hist_cate)], dim=-1)
+    e_v = torch.cat([model.tokens.item(batch.cand_item), model.tokens.cate(batch.cand_cate)], dim=-1)
     a = model.att(X @ model.att_proj, batch.mask, e_v, naive=True)
     att = a @ X
     s = (X * batch.mask.unsqueeze(-1)).sum(1)
@@ -148,7 +147,7 @@ def test_gru4rec_final_state_is_step_n_minus_1():
     model = make_model("gru4rec")
     batch = random_batch(5, 3)
     h = model(batch)["h"]
-    X = torch.cat([model.item_emb(batch.hist_item), model.cate_emb(batch.hist_cate)], dim=-1)
+    X = torch.cat([model.tokens.item(batch.hist_item), model.tokens.cate(batch.hist_cate)], dim=-1)
     for b in range(5):
         state = torch.zeros(1, model.gru.hidden_size)
         for t in range(int(batch.length[b])):
@@ -161,7 +160,7 @@ def test_caser_convolutions_match_conv1d():
     conv1d of heights 1..3, ReLU, max over time; both with the padding unmasked."""
     model = make_model("caser")
     batch = random_batch(6, 2)
-    pairs = ((model.item_cnn, model.item_emb(batch.hist_item)), (model.cate_cnn, model.cate_emb(batch.hist_cate)))
+    pairs = ((model.item_cnn, model.tokens.item(batch.hist_item)), (model.cate_cnn, model.tokens.cate(batch.hist_cate)))
     for cnn, emb in pairs:
         n_v, d = cnn.n_v, cnn.dim
         # TF: input (B, d, L) NWC, kernel (d, L, n_v) == PyTorch conv1d on (B, L, d) NCW, weight (n_v, L, d)
@@ -207,7 +206,7 @@ def test_lightgcn_propagation_equals_dense():
     torch.testing.assert_close(model.adj.to_dense(), A_hat)
     assert torch.equal(A_hat, A_hat.T) and (A_hat.diagonal() == 0).all()
 
-    item_nodes = torch.cat([model.item_emb.weight, model.cate_emb.weight[torch.as_tensor(item2cate)]], -1)
+    item_nodes = torch.cat([model.tokens.item.weight, model.tokens.cate.weight[torch.as_tensor(item2cate)]], -1)
     E0 = torch.cat([model.user_emb.weight, item_nodes])
     expected = sum(torch.linalg.matrix_power(A_hat, k) @ E0 for k in range(K + 1)) / (K + 1)
     torch.testing.assert_close(model.propagate(), expected, rtol=1e-5, atol=1e-7)
@@ -219,7 +218,7 @@ def test_lightgcn_propagation_equals_dense():
     torch.testing.assert_close(out["logits"], (E[batch.user].unsqueeze(1) * E[U + batch.cand_item]).sum(-1))
     # gradients reach the layer-0 tables through the sparse propagation
     out["logits"].sum().backward()
-    assert model.item_emb.weight.grad.abs().sum() > 0
+    assert model.tokens.item.weight.grad.abs().sum() > 0
 
 
 def test_lightgcn_eval_cache_tracks_parameter_updates():

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 
 from clsr.data.batches import Batch, shuffle_history
 from clsr.data.protocol import ProtocolConfig, build
+from clsr.models.attention import PAD_SCORE
 from clsr.models.base import ModelSizes
-from clsr.models.dien import Dice, augru_step, run_augru
-from clsr.models.layers import PAD_SCORE, TFGRUCell
+from clsr.models.cells import TFGRUCell, augru_step, run_augru
+from clsr.models.dien import Dice
 from clsr.models.registry import build_model, model_names
 
 MODELS = ["dien", "sasrec", "slirec", "surge"]
@@ -310,7 +311,7 @@ def test_sasrec_dot_score_and_max_len():
     batch = random_batch(6, 5, 8, seed=10, min_len=1)
     with torch.no_grad():
         out = model(batch)
-        e_v = torch.cat([model.item_emb(batch.cand_item), model.cate_emb(batch.cand_cate)], -1)
+        e_v = torch.cat([model.tokens.item(batch.cand_item), model.tokens.cate(batch.cand_cate)], -1)
         torch.testing.assert_close(out["logits"], (out["h"].unsqueeze(1) * e_v).sum(-1))
     short = make("sasrec", max_len=5)
     with pytest.raises(ValueError, match="max_len"):
@@ -338,8 +339,8 @@ def _surge_reference(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (N,), keep counts (N,)) for batch.expand_rows(), row by row, as in surge.py (eval mode)."""
     rows = batch.expand_rows()
     cfg = model.cfg
-    X_all = torch.cat([model.item_emb(rows.hist_item), model.cate_emb(rows.hist_cate)], -1)
-    ev_all = torch.cat([model.item_emb(rows.cand_item[:, 0]), model.cate_emb(rows.cand_cate[:, 0])], -1)
+    X_all = torch.cat([model.tokens.item(rows.hist_item), model.tokens.cate(rows.hist_cate)], -1)
+    ev_all = torch.cat([model.tokens.item(rows.cand_item[:, 0]), model.tokens.cate(rows.cand_cate[:, 0])], -1)
     N, L, d = X_all.shape
 
     def attention(scorer, query, keys, mask):  # released _attention_fcn (explicit concatenation)

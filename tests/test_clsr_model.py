@@ -48,7 +48,7 @@ def make_model(seed=0, dtype=torch.float64, **overrides) -> CLSR:
     m = CLSR(CLSRConfig(**overrides), SIZES).to(dtype)
     # larger embeddings than the 0.01 init so that attention and hinge terms are not degenerate
     with torch.no_grad():
-        for t in (m.item_emb, m.cate_emb, m.user_long, m.user_short):
+        for t in (m.tokens.item, m.tokens.cate, m.user_long, m.user_short):
             t.weight.normal_(0, 0.5)
     return m.train()
 
@@ -93,7 +93,7 @@ def test_proxies_masked_mean_and_last_k():
     m = make_model()
     b = make_batch(lengths=(8, 2, 5))
     out = m(b)
-    X = torch.cat([m.item_emb(b.hist_item), m.cate_emb(b.hist_cate)], -1)
+    X = torch.cat([m.tokens.item(b.hist_item), m.tokens.cate(b.hist_cate)], -1)
     for i, n in enumerate([8, 2, 5]):
         torch.testing.assert_close(out["p_long"][i], X[i, :n].mean(0))
         torch.testing.assert_close(out["p_short"][i], X[i, max(0, n - 3) : n].mean(0))  # last min(k, n)
@@ -104,7 +104,7 @@ def test_attention_weights_zero_on_padding_and_pool_raw_inputs():
     b = make_batch(lengths=(8, 6, 3))
     out = m(b)
     assert torch.all(out["att_long"][2, 3:] == 0) and torch.all(out["att_short"][1, :, 6:] == 0)
-    X = torch.cat([m.item_emb(b.hist_item), m.cate_emb(b.hist_cate)], -1)
+    X = torch.cat([m.tokens.item(b.hist_item), m.tokens.cate(b.hist_cate)], -1)
     torch.testing.assert_close(out["u_long"], torch.einsum("bl,bld->bd", out["att_long"], X))  # raw X, not X W_l
 
 
@@ -298,15 +298,15 @@ def test_contrastive_gradients_reach_the_proxies_embeddings():
     # through p^l, p^s (and u^l, u^s) into the item / category rows of the history
     con.backward()
     hist_rows = torch.unique(b.hist_item[b.mask > 0])
-    assert (m.item_emb.weight.grad[hist_rows].abs().sum(-1) > 0).all()
+    assert (m.tokens.item.weight.grad[hist_rows].abs().sum(-1) > 0).all()
     # through p^l alone (u^l, u^s held fixed): nothing is detached on the proxy path
     m.zero_grad()
-    X = torch.cat([m.item_emb(b.hist_item), m.cate_emb(b.hist_cate)], -1)
+    X = torch.cat([m.tokens.item(b.hist_item), m.tokens.cate(b.hist_cate)], -1)
     p_long, p_short = m.proxies(X, b.mask.double())
     loss = losses.contrastive_loss("triplet", out["u_long"].detach()[:, None], out["u_short"].detach(),
                                    p_long[:, None], p_short[:, None], torch.ones(3, 4))
     loss.backward()
-    assert (m.item_emb.weight.grad[hist_rows].abs().sum(-1) > 0).all()
+    assert (m.tokens.item.weight.grad[hist_rows].abs().sum(-1) > 0).all()
 
 
 def test_discrepancy_negative_and_over_unique_users():
@@ -330,9 +330,9 @@ def test_l2_only_on_used_rows():
     used = torch.unique(torch.cat([b.hist_item.reshape(-1), b.cand_item.reshape(-1)]))
     unused = torch.ones(SIZES.n_items, dtype=torch.bool)
     unused[used] = False
-    g = m.item_emb.weight.grad
+    g = m.tokens.item.weight.grad
     assert unused.any() and torch.all(g[unused] == 0)
-    torch.testing.assert_close(g[used], 1e-6 * m.item_emb.weight.detach()[used])  # ½‖·‖² -> w·row, once per row
+    torch.testing.assert_close(g[used], 1e-6 * m.tokens.item.weight.detach()[used])  # ½‖·‖² -> w·row, once per row
     assert 0 in used.tolist()  # the padding row is a used row (histories shorter than L)
     g_u = m.user_long.weight.grad
     assert torch.all(g_u[[0, 4, 5]] == 0) and torch.all(g_u[[1, 2, 3]] != 0)

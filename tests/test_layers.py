@@ -7,21 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from clsr.models.layers import (
-    BN_EPS,
-    BN_MOMENTUM,
-    MLP,
-    PAD_SCORE,
-    DinAttention,
-    TFGRUCell,
-    TFLSTMCell,
-    Time4LSTMCell,
-    attention_pool,
-    glorot_uniform_,
-    masked_softmax,
-    run_rnn,
-    trunc_normal_,
-)
+from clsr.data.batches import Batch
+from clsr.models.attention import PAD_SCORE, DinAttention, attention_pool, masked_softmax
+from clsr.models.cells import TFGRUCell, TFLSTMCell, Time4LSTMCell, run_rnn
+from clsr.models.layers import BN_EPS, BN_MOMENTUM, MLP, ItemCategoryEmbedding, glorot_uniform_, trunc_normal_
 
 torch.set_num_threads(1)
 
@@ -88,6 +77,68 @@ def test_mlp_eval_bn_folding_equals_bn():
     mlp.train()
     with pytest.raises(RuntimeError, match="eval"):
         mlp.tail_folded(z0)
+
+
+# ------------------------------------------------------------------------------------------------
+# item + category embedding
+# ------------------------------------------------------------------------------------------------
+def token_batch(B=4, C=3, L=5, n_items=9, n_cates=4):
+    g = torch.Generator().manual_seed(0)
+    length = torch.tensor([5, 2, 0, 3])[:B]
+    mask = (torch.arange(L)[None, :] < length[:, None]).float()
+    return Batch(
+        user=torch.ones(B, dtype=torch.long),
+        hist_item=torch.randint(1, n_items, (B, L), generator=g) * mask.long(),
+        hist_cate=torch.randint(1, n_cates, (B, L), generator=g) * mask.long(),
+        mask=mask,
+        length=length,
+        time_to_now=torch.zeros(B, L),
+        time_from_first=torch.zeros(B, L),
+        cand_item=torch.randint(1, n_items, (B, C), generator=g),
+        cand_cate=torch.randint(1, n_cates, (B, C), generator=g),
+        user_row=torch.arange(B),
+        instance=torch.arange(B),
+    )
+
+
+def test_item_category_embedding_tokens_gradients_and_used_rows():
+    """e = [E_i(item) ‖ E_c(cate)] for history and candidates, the same gradient as nn.Embedding's own
+    lookup (repeated rows add up), and the rows a batch reads (padding row 0 of the history included)."""
+    torch.manual_seed(0)
+    tokens = ItemCategoryEmbedding(9, 4, 6, 2, init_std=0.01)
+    assert tokens.dim == 8 and tokens.item.weight.shape == (9, 6) and tokens.cate.weight.shape == (4, 2)
+    for table in tokens.tables():
+        assert table.padding_idx is None and table.weight.abs().max() <= 0.02 and table.weight[0].abs().sum() > 0
+    b = token_batch()
+    X, e_v = tokens.history(b), tokens.candidates(b)
+    torch.testing.assert_close(X, torch.cat([tokens.item(b.hist_item), tokens.cate(b.hist_cate)], -1), rtol=0, atol=0)
+    torch.testing.assert_close(e_v, torch.cat([tokens.item(b.cand_item), tokens.cate(b.cand_cate)], -1), rtol=0, atol=0)
+    torch.testing.assert_close(tokens.items(b.hist_item), X[..., :6], rtol=0, atol=0)
+    torch.testing.assert_close(tokens.cates(b.cand_cate), e_v[..., 6:], rtol=0, atol=0)
+
+    wx, wv = torch.randn(X.shape), torch.randn(e_v.shape)
+    ((X * wx).sum() + (e_v * wv).sum()).backward()
+    fast = [t.weight.grad.clone() for t in tokens.tables()]
+    tokens.zero_grad()
+    ref_X = torch.cat([tokens.item(b.hist_item), tokens.cate(b.hist_cate)], -1)
+    ref_v = torch.cat([tokens.item(b.cand_item), tokens.cate(b.cand_cate)], -1)
+    ((ref_X * wx).sum() + (ref_v * wv).sum()).backward()
+    for got, table in zip(fast, tokens.tables()):
+        torch.testing.assert_close(got, table.weight.grad, rtol=1e-6, atol=1e-7)
+
+    (item_table, item_rows), (cate_table, cate_rows) = tokens.batch_rows(b)
+    assert item_table is tokens.item and cate_table is tokens.cate
+    assert sorted(item_rows.tolist()) == sorted(b.hist_item.flatten().tolist() + b.cand_item.flatten().tolist())
+    assert sorted(cate_rows.tolist()) == sorted(b.hist_cate.flatten().tolist() + b.cand_cate.flatten().tolist())
+    assert 0 in item_rows.tolist()  # the padded history positions read row 0
+
+
+def test_item_category_embedding_without_init_std_leaves_the_draw_to_the_caller():
+    torch.manual_seed(3)
+    tokens = ItemCategoryEmbedding(500, 50, 32, 8, init_std=None)
+    torch.manual_seed(3)
+    item, cate = torch.nn.Embedding(500, 32), torch.nn.Embedding(50, 8)
+    assert torch.equal(tokens.item.weight, item.weight) and torch.equal(tokens.cate.weight, cate.weight)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from clsr.models import native
-from clsr.models.layers import MLP, DinAttention, din_first_layer
+from clsr.models.attention import DinAttention, din_first_layer
+from clsr.models.layers import MLP
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=native.status())
 

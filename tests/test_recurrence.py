@@ -1,6 +1,6 @@
 """The whole-sequence recurrences (hand-written backward) against autograd and the literal cells.
 
-`clsr.models.recurrence` replaces the per-step autograd loop of `layers.run_rnn` for speed. These tests
+`clsr.models.recurrence` replaces the per-step autograd loop of `cells.run_rnn` for speed. These tests
 hold it to the same function: gradcheck in float64 (finite differences vs the hand-written backward),
 and values + gradients equal to the unfused runner, which steps each cell's `step` under autograd
 (itself tested against the cell equations in test_layers.py).
@@ -16,7 +16,7 @@ import torch
 
 from clsr.models import native
 
-from clsr.models.layers import Packing, TFGRUCell, TFLSTMCell, Time4LSTMCell, run_gru_pair, run_rnn
+from clsr.models.cells import Packing, TFGRUCell, TFLSTMCell, Time4LSTMCell, run_gru_pair, run_rnn
 from clsr.models.recurrence import GRUSequence, LSTMSequence, Time4Inputs
 
 torch.set_num_threads(1)
@@ -159,7 +159,7 @@ def test_gru_pair_equals_two_separate_grus():
 
 def test_packing_layout_and_previous_rows():
     """Rows sorted longest first; step t holds the k_t rows still running; prev_idx as previous_rows."""
-    from clsr.models.layers import Packing
+    from clsr.models.cells import Packing
     lengths = torch.tensor([2, 0, 4, 3, 4])
     plan = Packing.plan(lengths, n_steps=4, width=6)
     assert plan.perm.tolist() == [2, 4, 3, 0, 1]  # stable among equal lengths

@@ -37,7 +37,7 @@ Deviations from the released code:
   `attach_data` (called by the trainer) resizes it to the data's ``max_len`` (the released model reads
   ``max_seq_length`` from its hparams).
 - The CNN runs once per instance and the per-instance block of the prediction MLP's first layer is
-  multiplied once per instance (`din.mlp_over_parts`), exact. Each horizontal convolution is one
+  multiplied once per instance (`layers.mlp_over_parts`), exact. Each horizontal convolution is one
   matmul over the stacked windows, with ReLU and bias applied after the max (exact, see
   `_SeqCNN._horizontal`).
 - PyTorch's BN running variance uses the unbiased batch variance (TF: biased). Dropout (0) not built.
@@ -54,8 +54,7 @@ from clsr.config import ConfigError
 from clsr.data.batches import Batch
 from clsr.data.store import PreparedData
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
-from clsr.models.din import mlp_over_parts
-from clsr.models.layers import MLP, glorot_uniform_, trunc_normal_
+from clsr.models.layers import MLP, ItemCategoryEmbedding, glorot_uniform_, mlp_over_parts
 
 
 @dataclass
@@ -139,10 +138,7 @@ class Caser(Recommender):
     def __init__(self, cfg: CaserConfig, sizes: ModelSizes):
         super().__init__(cfg, sizes)
         cfg.validate("model.caser")
-        self.item_emb = nn.Embedding(sizes.n_items, cfg.item_dim)  # index 0 trainable (padding + OOV)
-        self.cate_emb = nn.Embedding(sizes.n_cates, cfg.cate_dim)
-        for table in (self.item_emb, self.cate_emb):
-            trunc_normal_(table.weight, cfg.init_std)
+        self.tokens = ItemCategoryEmbedding(sizes.n_items, sizes.n_cates, cfg.item_dim, cfg.cate_dim, cfg.init_std)
         self.item_cnn = _SeqCNN(cfg.item_dim, cfg.max_len, cfg.n_v, cfg.n_h, cfg.conv_len)
         self.cate_cnn = _SeqCNN(cfg.cate_dim, cfg.max_len, cfg.n_v, cfg.n_h, cfg.conv_len)
         cnn_dim = 2 * (cfg.n_v + cfg.conv_len * cfg.n_h)
@@ -167,16 +163,13 @@ class Caser(Recommender):
                 cnn.resize(L, device=cnn.vertical_bias.device)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        tokens = self.tokens
         cnn = torch.cat(
-            [self.item_cnn(self.item_emb(batch.hist_item)), self.cate_cnn(self.cate_emb(batch.hist_cate))], dim=-1
+            [self.item_cnn(tokens.items(batch.hist_item)), self.cate_cnn(tokens.cates(batch.hist_cate))], dim=-1
         )  # (B, 1024)
-        e_v = torch.cat([self.item_emb(batch.cand_item), self.cate_emb(batch.cand_cate)], dim=-1)  # (B, C, d)
+        e_v = tokens.candidates(batch)  # (B, C, d)
         logits = mlp_over_parts(self.pred_mlp, [cnn, e_v]).squeeze(-1)
         return {"logits": logits, "cnn": cnn}
 
     def embedding_rows(self, batch: Batch) -> list[tuple[nn.Embedding, torch.Tensor]]:
-        """History (padding row 0 included) and candidate rows of both tables (released `embed_params`)."""
-        return [
-            (self.item_emb, torch.cat([batch.hist_item.reshape(-1), batch.cand_item.reshape(-1)])),
-            (self.cate_emb, torch.cat([batch.hist_cate.reshape(-1), batch.cand_cate.reshape(-1)])),
-        ]
+        return self.tokens.batch_rows(batch)

@@ -34,9 +34,9 @@ Deviations from the released code (all numerically negligible or confined to deg
 - The recurrent nets step only the valid positions of each history (packed, longest first; TF's
   ``dynamic_rnn`` also stops each row at its length) and read the final state at step n−1; their
   backward is hand-written (clsr.models.recurrence, tested against autograd). The intention GRU and the
-  fusion GRU run as one block-diagonal GRU (layers.run_gru_pair). All exact up to float summation order.
+  fusion GRU run as one block-diagonal GRU (cells.run_gru_pair). All exact up to float summation order.
 - Attention scorers never build the 4-fold concatenation (exact algebraic split of the first layer,
-  layers.DinAttention); in evaluation (BN on running statistics) they score only the valid positions,
+  attention.DinAttention); in evaluation (BN on running statistics) they score only the valid positions,
   since a padded position's score is masked anyway (exact). In training on a CPU, the padded positions of
   an instance (all with the same key: zero outputs of the sequence encoder, or the padding item) are
   folded into one row per candidate that counts L − n times in the BN statistics (exact; clsr.models.native).
@@ -56,19 +56,9 @@ from clsr import losses
 from clsr.config import ConfigError
 from clsr.data.batches import Batch
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
-from clsr.models.layers import (
-    MLP,
-    DinAttention,
-    Packing,
-    TFGRUCell,
-    TFLSTMCell,
-    Time4LSTMCell,
-    attention_pool,
-    lookup,
-    run_gru_pair,
-    run_rnn,
-    trunc_normal_,
-)
+from clsr.models.attention import DinAttention, attention_pool
+from clsr.models.cells import Packing, TFGRUCell, TFLSTMCell, Time4LSTMCell, run_gru_pair, run_rnn
+from clsr.models.layers import MLP, ItemCategoryEmbedding, lookup, trunc_normal_
 
 SEQUENTIAL_MODELS = ("time4lstm", "gru", "lstm")
 
@@ -126,6 +116,14 @@ class CLSRConfig(ModelConfig):
         if self.clip_norm is not None and self.clip_norm <= 0:
             raise ConfigError(f"{where}.clip_norm: must be > 0 or null (no clipping), got {self.clip_norm}")
 
+    def check_data(self, max_len: int, where: str = "model", max_len_key: str = "protocol.max_len") -> None:
+        """recent_k ≥ max_len makes p^s (mean of the last min(k, n) items) equal p^l (mean of all n ≤ max_len)."""
+        if self.contrastive != "none" and self.recent_k >= max_len:
+            raise ConfigError(
+                f"{where}.recent_k: {self.recent_k} ≥ {max_len_key} = {max_len}, so the short-term proxy equals "
+                f"the long-term one and the contrastive task is void; lower {where}.recent_k below {max_len_key}"
+            )
+
 
 class CLSR(Recommender):
     """CLSR as released. `forward(batch)` returns (B instances, C candidates, L positions,
@@ -156,14 +154,13 @@ class CLSR(Recommender):
         cfg.validate("model.clsr")
         self.clip_norm = cfg.clip_norm
         d, du, H = cfg.item_dim + cfg.cate_dim, cfg.user_dim, cfg.hidden_size
-        self.token_dim = d
 
-        # 1. embeddings: index 0 is an ordinary trainable row (padding and OOV), so no padding_idx
-        self.item_emb = nn.Embedding(sizes.n_items, cfg.item_dim)
-        self.cate_emb = nn.Embedding(sizes.n_cates, cfg.cate_dim)
+        # 1. embeddings: index 0 is an ordinary trainable row (padding and OOV), so no padding_idx;
+        # the four tables are drawn, then initialised, in the released order (item, category, user l, s)
+        self.tokens = ItemCategoryEmbedding(sizes.n_items, sizes.n_cates, cfg.item_dim, cfg.cate_dim, init_std=None)
         self.user_long = nn.Embedding(sizes.n_users, du)
         self.user_short = nn.Embedding(sizes.n_users, du)
-        for table in (self.item_emb, self.cate_emb, self.user_long, self.user_short):
+        for table in (*self.tokens.tables(), self.user_long, self.user_short):
             trunc_normal_(table.weight, cfg.init_std)
 
         mlp_kw = dict(activation=cfg.activation, batch_norm=cfg.batch_norm, init_std=cfg.init_std)
@@ -193,8 +190,7 @@ class CLSR(Recommender):
     def embed(self, batch: Batch):
         """X = [E_i(hist) ‖ E_c(hist)] (B, L, d), e_v = [E_i(cand) ‖ E_c(cand)] (B, C, d),
         e^l = E_l(user), e^s = E_s(user) (B, d_u)."""
-        X = torch.cat([lookup(self.item_emb, batch.hist_item), lookup(self.cate_emb, batch.hist_cate)], dim=-1)
-        e_v = torch.cat([lookup(self.item_emb, batch.cand_item), lookup(self.cate_emb, batch.cand_cate)], dim=-1)
+        X, e_v = self.tokens.history(batch), self.tokens.candidates(batch)
         return X, e_v, lookup(self.user_long, batch.user), lookup(self.user_short, batch.user)
 
     # ---- 2. long-term encoder ------------------------------------------------------------------------
@@ -334,12 +330,7 @@ class CLSR(Recommender):
     def embedding_rows(self, batch: Batch) -> list[tuple[nn.Embedding, torch.Tensor]]:
         """Rows entering L2 (§2.4): items and categories of the history (padding row 0 included) and of
         every candidate; the batch's users in both user tables."""
-        return [
-            (self.item_emb, torch.cat([batch.hist_item.reshape(-1), batch.cand_item.reshape(-1)])),
-            (self.cate_emb, torch.cat([batch.hist_cate.reshape(-1), batch.cand_cate.reshape(-1)])),
-            (self.user_long, batch.user),
-            (self.user_short, batch.user),
-        ]
+        return self.tokens.batch_rows(batch) + [(self.user_long, batch.user), (self.user_short, batch.user)]
 
     def extra_losses(self, batch: Batch, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """contrastive: w · Σ_k masked_mean_r(ℓ_k) over all B·C candidate rows, m_r = [n > threshold];

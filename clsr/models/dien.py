@@ -64,15 +64,9 @@ from torch import nn
 from clsr.config import ConfigError
 from clsr.data.batches import Batch
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
-from clsr.models.layers import (
-    BN_EPS,
-    BN_MOMENTUM,
-    MLP,
-    TFGRUCell,
-    masked_softmax,
-    run_gru,
-    trunc_normal_,
-)
+from clsr.models.attention import din_scores, masked_softmax
+from clsr.models.cells import TFGRUCell, run_augru, run_rnn
+from clsr.models.layers import BN_EPS, BN_MOMENTUM, MLP, ItemCategoryEmbedding, trunc_normal_
 
 DICE_EPS = 1.0e-9
 
@@ -92,9 +86,9 @@ class Dice(nn.Module):
     resolution unless σ < 1e-2 (the input here comes out of a BN layer, σ ≈ 1).
     """
 
-    def __init__(self, dim: int, eps: float = DICE_EPS, eval_batch_stats: bool = True, momentum: float = BN_MOMENTUM):
+    def __init__(self, dim: int, eval_batch_stats: bool = True):
         super().__init__()
-        self.dim, self.eps, self.eval_batch_stats, self.momentum = dim, eps, eval_batch_stats, momentum
+        self.dim, self.eval_batch_stats = dim, eval_batch_stats
         self.alpha = nn.Parameter(torch.zeros(dim))
         self.register_buffer("running_mean", torch.zeros(dim))
         self.register_buffer("running_var", torch.ones(dim))
@@ -107,21 +101,21 @@ class Dice(nn.Module):
             self.running_mean if track else None,
             self.running_var if track else None,
             training=batch_stats,
-            momentum=self.momentum,
-            eps=self.eps,
+            momentum=BN_MOMENTUM,
+            eps=DICE_EPS,
         ).view(x.shape)
         return x * torch.addcmul(self.alpha, 1.0 - self.alpha, torch.sigmoid(xn))  # x (p + α (1 − p))
 
 
 class DiceMLP(nn.Module):
-    """`layers.MLP` with Dice: x_k = Dice_k(BN_k(x_{k-1} W_k + b_k)), then y = x_K W_out + b_out.
+    """`layers.MLP` with Dice: x_k = Dice_k(BN_k(x_{k-1} W_k + b_k)), then y = x_K w_out + b_out (one unit).
 
     Same initialisation (trunc-normal weights, zero biases) and the same ``linears`` / ``tail`` split as
-    `layers.MLP`, so the DIN fast path below works with either.
+    `layers.MLP`, so `attention.din_scores` works with either.
     """
 
-    def __init__(self, in_dim: int, sizes: Sequence[int], batch_norm: bool = True, out_dim: int = 1,
-                 init_std: float = 0.01, eval_batch_stats: bool = True):
+    def __init__(self, in_dim: int, sizes: Sequence[int], batch_norm: bool = True, init_std: float = 0.01,
+                 eval_batch_stats: bool = True):
         super().__init__()
         dims = [in_dim] + list(sizes)
         self.linears = nn.ModuleList(nn.Linear(dims[k], dims[k + 1]) for k in range(len(sizes)))
@@ -129,7 +123,7 @@ class DiceMLP(nn.Module):
             nn.ModuleList(nn.BatchNorm1d(h, eps=BN_EPS, momentum=BN_MOMENTUM) for h in sizes) if batch_norm else None
         )
         self.dice = nn.ModuleList(Dice(h, eval_batch_stats=eval_batch_stats) for h in sizes)
-        self.out = nn.Linear(dims[-1], out_dim)
+        self.out = nn.Linear(dims[-1], 1)
         for lin in list(self.linears) + [self.out]:
             trunc_normal_(lin.weight, init_std)
             nn.init.zeros_(lin.bias)
@@ -154,70 +148,10 @@ def make_mlp(in_dim: int, sizes: Sequence[int], activation: str, batch_norm: boo
              eval_batch_stats: bool = True) -> nn.Module:
     """A DiceMLP for ``activation == "dice"``, else `layers.MLP` (one activation for every layer)."""
     if activation == "dice":
-        return DiceMLP(in_dim, sizes, batch_norm, 1, init_std, eval_batch_stats)
+        return DiceMLP(in_dim, sizes, batch_norm, init_std, eval_batch_stats)
     return MLP(in_dim, sizes, activation, batch_norm, out_dim=1, init_std=init_std)
 
 
-def din_scores(mlp: nn.Module, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    """s = mlp([k, q, k − q, k ⊙ q]).squeeze(-1) for keys (..., L, d) and queries broadcastable to them
-    ((..., 1, d): one query for all positions; (..., L, d): one query per position), without building
-    the 4d concatenation. This is the exact decomposition of `layers.DinAttention`,
-
-        z = (W_a + W_d) k + (W_q − W_d) q + W_p (k ⊙ q) + b,
-
-    with each term computed on its own (un-broadcast) shape, so keys shared by C queries
-    (keys (B, 1, L, d), queries (B, C, 1, d)) are projected once. `mlp` needs ``linears`` and ``tail``
-    (a `layers.MLP` or a `DiceMLP`). Returns the broadcast shape without the last axis."""
-    d = keys.shape[-1]
-    W, b = mlp.linears[0].weight, mlp.linears[0].bias
-    W_a, W_q, W_d, W_p = W[:, :d], W[:, d : 2 * d], W[:, 2 * d : 3 * d], W[:, 3 * d :]
-    z = F.linear(keys * query, W_p)  # the only product on the broadcast shape
-    z = z.add_(F.linear(keys, W_a + W_d, b)).add_(F.linear(query, W_q - W_d))  # in place: add's backward needs no inputs
-    return mlp.tail(z).squeeze(-1)
-
-
-# --------------------------------------------------------------------------------------------------
-# AUGRU (released VecAttGRUCell) over inputs shared by C attention sequences
-# --------------------------------------------------------------------------------------------------
-def augru_step(cell: TFGRUCell, x: torch.Tensor, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """One VecAttGRUCell step, literally: x (N, D), h (N, H), a (N, 1) -> h' (N, H)."""
-    H = cell.hidden_size
-    rz = torch.sigmoid(torch.cat([x, h], -1) @ cell.gate_kernel + cell.gate_bias)
-    r, u = rz[:, :H], rz[:, H:]
-    c = torch.tanh(torch.cat([x, r * h], -1) @ cell.cand_kernel + cell.cand_bias)
-    u = (1.0 - a) * u
-    return u * h + (1.0 - u) * c
-
-
-def run_augru(cell: TFGRUCell, x: torch.Tensor, att: torch.Tensor, lengths: torch.Tensor,
-              n_steps: int | None = None) -> torch.Tensor:
-    """Final AUGRU states (B, C, H) for inputs x (B, L, D) shared by C attention sequences att (B, C, L).
-
-    ``dynamic_rnn`` semantics: zero initial state, the state is frozen after step n_b − 1 (so the
-    result is the state at n_b − 1, zeros for n_b = 0). The input projections x_t W_x + b are computed
-    once per instance for all steps; each step does the two recurrent products on B·C rows.
-    """
-    B, L = x.shape[0], x.shape[1]
-    C, H = att.shape[1], cell.hidden_size
-    n_steps = L if n_steps is None else min(int(n_steps), L)
-    h = x.new_zeros(B, C, H)
-    if n_steps == 0:
-        return h
-    pre = cell.precompute(x[:, :n_steps])  # per step: (x_t W_g,x + b_g (B, 2H), x_t W_c,x + b_c (B, H))
-    Wg_h, Wc_h = cell.step_weights()
-    # per-step views made by unbind (one stacked gradient in backward, no per-step zero fill)
-    keep_gate = (1.0 - att[:, :, :n_steps]).unsqueeze(-1).unbind(2)  # T × (B, C, 1): (1 − a_t)
-    live = (torch.arange(n_steps, device=x.device)[None, :] < lengths[:, None]).view(B, 1, n_steps, 1).unbind(2)
-    for t in range(n_steps):
-        gx, cx = pre[t]
-        r, u = torch.sigmoid(torch.matmul(h, Wg_h).add_(gx.unsqueeze(1))).chunk(2, dim=-1)  # (B, C, H) each
-        c = torch.tanh(torch.matmul(r * h, Wc_h).add_(cx.unsqueeze(1)))
-        h_new = torch.lerp(c, h, u * keep_gate[t])  # u' h + (1 − u') c with u' = (1 − a_t) u
-        h = torch.where(live[t], h_new, h)
-    return h
-
-
-# --------------------------------------------------------------------------------------------------
 @dataclass
 class DIENConfig(ModelConfig):
     """DIEN settings; defaults are the released CLI / yaml values (docs/protocol.md §8, dien.yaml)."""
@@ -262,10 +196,7 @@ class DIEN(Recommender):
         super().__init__(cfg, sizes)
         cfg.validate("model.dien")
         d, H = cfg.item_dim + cfg.cate_dim, cfg.hidden_size
-        self.item_emb = nn.Embedding(sizes.n_items, cfg.item_dim)  # index 0 trainable (padding + OOV)
-        self.cate_emb = nn.Embedding(sizes.n_cates, cfg.cate_dim)
-        for table in (self.item_emb, self.cate_emb):
-            trunc_normal_(table.weight, cfg.init_std)
+        self.tokens = ItemCategoryEmbedding(sizes.n_items, sizes.n_cates, cfg.item_dim, cfg.cate_dim, cfg.init_std)
         self.gru = TFGRUCell(d, H)  # interest extractor ("gru1"): glorot kernels, gate bias 1
         # released `attention_mat` (key width H × query width d), truncated normal
         self.att_proj = nn.Parameter(trunc_normal_(torch.empty(H, d), cfg.init_std))
@@ -276,13 +207,13 @@ class DIEN(Recommender):
         self.pred_mlp = make_mlp(d + H + d + d, cfg.pred_layers, **mk)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        X = torch.cat([self.item_emb(batch.hist_item), self.cate_emb(batch.hist_cate)], dim=-1)  # (B, L, d)
-        e_v = torch.cat([self.item_emb(batch.cand_item), self.cate_emb(batch.cand_cate)], dim=-1)  # (B, C, d)
+        X = self.tokens.history(batch)  # (B, L, d)
+        e_v = self.tokens.candidates(batch)  # (B, C, d)
         mask = batch.mask.to(X.dtype)
         lengths = batch.length
         n_steps = int(lengths.max()) if lengths.numel() else 0  # one host sync per forward
 
-        O, _ = run_gru(self.gru, X, lengths, n_steps=n_steps)  # (B, L, H), zero beyond n
+        O, _ = run_rnn(self.gru, X, lengths, n_steps=n_steps)  # (B, L, H), zero beyond n
         scores = din_scores(self.att_mlp, (O @ self.att_proj).unsqueeze(1), e_v.unsqueeze(2))  # (B, C, L)
         att = masked_softmax(scores, mask.unsqueeze(1))
         h = run_augru(self.augru, O, att, lengths, n_steps)  # (B, C, H)
@@ -293,11 +224,7 @@ class DIEN(Recommender):
         return {"logits": logits, "att": att, "h": h, "hist_sum": hist_sum, "gru_out": O, "hist_emb": X}
 
     def embedding_rows(self, batch: Batch) -> list[tuple[nn.Embedding, torch.Tensor]]:
-        """History (padding row 0 included) and candidate rows of both tables (released `embed_params`)."""
-        return [
-            (self.item_emb, torch.cat([batch.hist_item.reshape(-1), batch.cand_item.reshape(-1)])),
-            (self.cate_emb, torch.cat([batch.hist_cate.reshape(-1), batch.cand_cate.reshape(-1)])),
-        ]
+        return self.tokens.batch_rows(batch)
 
     def extra_losses(self, batch: Batch, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The paper's auxiliary loss (off by default, as released), weighted by ``aux_loss_weight``:

@@ -23,7 +23,7 @@ Deviations from the released code (none changes the function):
 - The history part (s, the keys A and their projections) is computed once per instance and
   broadcast to the C candidates; the attention scorer uses `DinAttention`'s exact fast path, and the
   first layer of the prediction MLP is split into a per-instance and a per-candidate product
-  (`mlp_over_parts`). BN statistics over C copies of a row equal those over the rows, so this is exact.
+  (`layers.mlp_over_parts`). BN statistics over C copies of a row equal those over the rows, so this is exact.
 - PyTorch's BN running variance is updated with the unbiased batch variance (TF: biased); eval-mode
   outputs differ by the factor n/(n−1), n ≥ B·C·L. Dropout (0 in the released setting) is not built.
 
@@ -33,46 +33,14 @@ shuffling a history does not change the logits (tests assert it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from clsr.config import ConfigError
 from clsr.data.batches import Batch
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
-from clsr.models.layers import MLP, DinAttention, attention_pool, trunc_normal_
-
-
-def mlp_over_parts(mlp: MLP, parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``mlp(cat(parts, -1))`` for parts that are either per instance (B, k) or per candidate (B, C, k),
-    without broadcasting the per-instance parts to the C candidates.
-
-    The first layer is linear, so W [p_1 ‖ … ‖ p_n] + b = Σ_j W_j p_j + b with W_j the column block of
-    part j: per-instance blocks are multiplied once per instance and added to every candidate's row.
-    Everything after the first linear layer (BN over all B·C rows, activation, further layers) is
-    `MLP.tail`, so the result equals the concatenated computation. Returns (B, C, out).
-    """
-    first = mlp.linears[0]
-    W, b = first.weight, first.bias
-    shared, per_cand, off = None, None, 0
-    for p in parts:
-        k = p.shape[-1]
-        y = F.linear(p, W[:, off : off + k])
-        off += k
-        if p.dim() == 2:
-            shared = y if shared is None else shared + y
-        else:
-            per_cand = y if per_cand is None else per_cand + y
-    if off != W.shape[1]:
-        raise ValueError(f"mlp_over_parts: parts are {off} wide, the MLP expects {W.shape[1]}")
-    if per_cand is None:
-        raise ValueError("mlp_over_parts: at least one part must be per candidate (B, C, k)")
-    z = per_cand + b
-    if shared is not None:
-        z = z + shared.unsqueeze(1)
-    return mlp.tail(z)
+from clsr.models.attention import DinAttention, attention_pool
+from clsr.models.layers import MLP, ItemCategoryEmbedding, mlp_over_parts, trunc_normal_
 
 
 @dataclass
@@ -102,10 +70,7 @@ class DIN(Recommender):
         super().__init__(cfg, sizes)
         cfg.validate("model.din")
         d = cfg.item_dim + cfg.cate_dim
-        self.item_emb = nn.Embedding(sizes.n_items, cfg.item_dim)  # index 0 trainable (padding + OOV)
-        self.cate_emb = nn.Embedding(sizes.n_cates, cfg.cate_dim)
-        for table in (self.item_emb, self.cate_emb):
-            trunc_normal_(table.weight, cfg.init_std)
+        self.tokens = ItemCategoryEmbedding(sizes.n_items, sizes.n_cates, cfg.item_dim, cfg.cate_dim, cfg.init_std)
         mlp_kw = dict(activation=cfg.activation, batch_norm=cfg.batch_norm, init_std=cfg.init_std)
         # released `attention_mat`: (key width × query width), truncated normal
         self.att_proj = nn.Parameter(trunc_normal_(torch.empty(d, d), cfg.init_std))
@@ -113,8 +78,8 @@ class DIN(Recommender):
         self.pred_mlp = MLP(3 * d, cfg.pred_layers, out_dim=1, **mlp_kw)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        X = torch.cat([self.item_emb(batch.hist_item), self.cate_emb(batch.hist_cate)], dim=-1)  # (B, L, d)
-        e_v = torch.cat([self.item_emb(batch.cand_item), self.cate_emb(batch.cand_cate)], dim=-1)  # (B, C, d)
+        X = self.tokens.history(batch)  # (B, L, d)
+        e_v = self.tokens.candidates(batch)  # (B, C, d)
         mask = batch.mask.to(X.dtype)
         hist_sum = torch.bmm(mask.unsqueeze(1), X).squeeze(1)  # Σ_t m_t X_t, (B, d)
         a = self.att(X @ self.att_proj, mask, e_v)  # (B, C, L), keys shared by the C queries
@@ -123,8 +88,4 @@ class DIN(Recommender):
         return {"logits": logits, "att": a, "hist_sum": hist_sum}
 
     def embedding_rows(self, batch: Batch) -> list[tuple[nn.Embedding, torch.Tensor]]:
-        """History (padding row 0 included) and candidate rows of both tables (released `embed_params`)."""
-        return [
-            (self.item_emb, torch.cat([batch.hist_item.reshape(-1), batch.cand_item.reshape(-1)])),
-            (self.cate_emb, torch.cat([batch.hist_cate.reshape(-1), batch.cand_cate.reshape(-1)])),
-        ]
+        return self.tokens.batch_rows(batch)

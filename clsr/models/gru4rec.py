@@ -18,9 +18,9 @@ Deviations from the paper (all as released):
 
 Deviations from the released code (none changes the function):
 - The GRU runs once per instance (not once per candidate row) and stops at the batch's longest
-  history; the final state is read at step n − 1 (`layers.run_gru`, exact vs ``dynamic_rnn``). The
+  history; the final state is read at step n − 1 (`cells.run_rnn`, exact vs ``dynamic_rnn``). The
   per-instance part of the prediction MLP's first layer is computed once per instance
-  (`din.mlp_over_parts`, exact).
+  (`layers.mlp_over_parts`, exact).
 - PyTorch's BN running variance uses the unbiased batch variance (TF: biased). Dropout (0) not built.
 """
 from __future__ import annotations
@@ -32,8 +32,8 @@ from torch import nn
 
 from clsr.data.batches import Batch
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
-from clsr.models.din import mlp_over_parts
-from clsr.models.layers import MLP, TFGRUCell, run_gru, trunc_normal_
+from clsr.models.cells import TFGRUCell, run_rnn
+from clsr.models.layers import MLP, ItemCategoryEmbedding, mlp_over_parts
 
 
 @dataclass
@@ -60,26 +60,19 @@ class GRU4Rec(Recommender):
         super().__init__(cfg, sizes)
         cfg.validate("model.gru4rec")
         d = cfg.item_dim + cfg.cate_dim
-        self.item_emb = nn.Embedding(sizes.n_items, cfg.item_dim)  # index 0 trainable (padding + OOV)
-        self.cate_emb = nn.Embedding(sizes.n_cates, cfg.cate_dim)
-        for table in (self.item_emb, self.cate_emb):
-            trunc_normal_(table.weight, cfg.init_std)
+        self.tokens = ItemCategoryEmbedding(sizes.n_items, sizes.n_cates, cfg.item_dim, cfg.cate_dim, cfg.init_std)
         self.gru = TFGRUCell(d, cfg.hidden_size)  # glorot kernels, gate bias 1, candidate bias 0
         self.pred_mlp = MLP(
             cfg.hidden_size + d, cfg.pred_layers, cfg.activation, cfg.batch_norm, out_dim=1, init_std=cfg.init_std
         )
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        X = torch.cat([self.item_emb(batch.hist_item), self.cate_emb(batch.hist_cate)], dim=-1)  # (B, L, d)
-        e_v = torch.cat([self.item_emb(batch.cand_item), self.cate_emb(batch.cand_cate)], dim=-1)  # (B, C, d)
+        X = self.tokens.history(batch)  # (B, L, d)
+        e_v = self.tokens.candidates(batch)  # (B, C, d)
         n_steps = int(batch.length.max()) if batch.length.numel() else 0  # one host sync per forward
-        _, h = run_gru(self.gru, X, batch.length, n_steps=n_steps)  # (B, H)
+        _, h = run_rnn(self.gru, X, batch.length, n_steps=n_steps)  # (B, H)
         logits = mlp_over_parts(self.pred_mlp, [h, e_v]).squeeze(-1)
         return {"logits": logits, "h": h}
 
     def embedding_rows(self, batch: Batch) -> list[tuple[nn.Embedding, torch.Tensor]]:
-        """History (padding row 0 included) and candidate rows of both tables (released `embed_params`)."""
-        return [
-            (self.item_emb, torch.cat([batch.hist_item.reshape(-1), batch.cand_item.reshape(-1)])),
-            (self.cate_emb, torch.cat([batch.hist_cate.reshape(-1), batch.cand_cate.reshape(-1)])),
-        ]
+        return self.tokens.batch_rows(batch)

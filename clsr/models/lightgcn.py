@@ -58,7 +58,7 @@ from clsr.config import ConfigError
 from clsr.data.batches import Batch
 from clsr.data.store import PreparedData
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
-from clsr.models.layers import trunc_normal_
+from clsr.models.layers import ItemCategoryEmbedding, trunc_normal_
 
 
 @dataclass
@@ -132,10 +132,10 @@ class LightGCN(Recommender):
         super().__init__(cfg, sizes)
         cfg.validate("model.lightgcn")
         d = cfg.item_dim + cfg.cate_dim
+        # user, item and category tables drawn, then initialised, in this order
         self.user_emb = nn.Embedding(sizes.n_users, d)
-        self.item_emb = nn.Embedding(sizes.n_items, cfg.item_dim)
-        self.cate_emb = nn.Embedding(sizes.n_cates, cfg.cate_dim)
-        for table in (self.user_emb, self.item_emb, self.cate_emb):
+        self.tokens = ItemCategoryEmbedding(sizes.n_items, sizes.n_cates, cfg.item_dim, cfg.cate_dim, init_std=None)
+        for table in (self.user_emb, *self.tokens.tables()):
             trunc_normal_(table.weight, cfg.init_std)
         # data-derived, rebuilt by attach_data: not saved in checkpoints
         self.register_buffer("adj", None, persistent=False)
@@ -169,7 +169,7 @@ class LightGCN(Recommender):
 
     def layer0(self) -> torch.Tensor:
         """E⁽⁰⁾ = [E_u ; E_i ‖ E_c(item2cate)] (N, d)."""
-        items = torch.cat([self.item_emb.weight, self.cate_emb.weight[self.item2cate]], dim=-1)
+        items = torch.cat([self.tokens.item.weight, self.tokens.cate.weight[self.item2cate]], dim=-1)
         return torch.cat([self.user_emb.weight, items], dim=0)
 
     def propagate(self) -> torch.Tensor:
@@ -192,7 +192,7 @@ class LightGCN(Recommender):
         if torch.is_grad_enabled() or self.training:
             self._cache = None
             return self.propagate()
-        tables = (self.user_emb.weight, self.item_emb.weight, self.cate_emb.weight)
+        tables = (self.user_emb.weight, self.tokens.item.weight, self.tokens.cate.weight)
         key = (id(self.adj),) + tuple((id(p), p._version) for p in tables)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self.propagate())
@@ -209,4 +209,4 @@ class LightGCN(Recommender):
     def embedding_rows(self, batch: Batch) -> list[tuple[nn.Embedding, torch.Tensor]]:
         """Layer-0 rows of the batch's users, candidate items and those items' categories."""
         items = batch.cand_item.reshape(-1)
-        return [(self.user_emb, batch.user), (self.item_emb, items), (self.cate_emb, self.item2cate[items])]
+        return [(self.user_emb, batch.user)] + self.tokens.used_rows(items, self.item2cate[items])

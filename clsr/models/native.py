@@ -7,7 +7,7 @@ training step on a CPU, each with a torch-op twin that computes the same values:
   layer, whose activations are then never written);
 - the per-(candidate, position) part of a DIN scorer's first layer, z = (a ⊙ r) W + K + Q, with its
   additions and the reductions of its backward each in one pass (`din_pair_layer`, used by
-  `layers.din_first_layer`).
+  `attention.din_first_layer`).
 
 Nothing here is needed for correctness; it is a speed path, used for CPU float32 / float64 tensors when
 the library is available, and tests compare it with the torch ops (equal up to float rounding):

@@ -1,4 +1,4 @@
-"""Whole-sequence GRU and LSTM recurrences with a hand-written backward (fast path of `layers.run_rnn`).
+"""Whole-sequence GRU and LSTM recurrences with a hand-written backward (fast path of `cells.run_rnn`).
 
 Why: on a CPU, the time loop of a small RNN (B = 500 rows, H = 40) is bound by per-op overhead and
 memory traffic, not by arithmetic. Under autograd every step records ~10 nodes, and the backward pays
@@ -13,9 +13,9 @@ first, and step t holds only the k_t rows still running (k_0 ≥ k_1 ≥ ...), s
 so padded positions are neither projected nor stepped (≈ 22 % of the positions of an ml100k batch).
 Each row's state at step t continues from its own state at t − 1: the first k_t rows of step t − 1.
 
-The functions compute exactly the cells of `layers.TFGRUCell` / `layers.TFLSTMCell` /
-`layers.Time4LSTMCell` (tests check values and gradients against those cells stepped under autograd,
-and `torch.autograd.gradcheck` in float64). `layers.run_rnn` packs, unpacks and reads final states.
+The functions compute exactly the cells of `cells.TFGRUCell` / `cells.TFLSTMCell` /
+`cells.Time4LSTMCell` (tests check values and gradients against those cells stepped under autograd,
+and `torch.autograd.gradcheck` in float64). `cells.run_rnn` packs, unpacks and reads final states.
 
 Notation: gx holds the input part of the gate pre-activations (x_t W_x + b, any constant bias folded
 in), W_h the recurrent kernel (H × k·H, TF layout), σ the logistic function.
@@ -63,7 +63,7 @@ class GRUSequence(torch.autograd.Function):
 
     Inputs: proj (P, 3H) = [gx ‖ cx] packed and its bias (3H,) or None (added inside the loop: a bias in
     the projection GEMM costs a copy pass over (P, 3H)); h0 (B, H) in packed (sorted) row order; W_g (H, 2H),
-    W_c (H, H); batch_sizes (k_t per step); prev_idx from `layers.Packing` (each row's packed row at the step before); ``train`` False skips the
+    W_c (H, H); batch_sizes (k_t per step); prev_idx from `cells.Packing` (each row's packed row at the step before); ``train`` False skips the
     backward's factors (no gradient will be asked for: the caller knows, the function cannot see the
     grad mode). Returns the packed states h_t (P, H).
     """
@@ -294,7 +294,7 @@ class LSTMSequence(torch.autograd.Function):
 
 
 class Time4Inputs(torch.autograd.Function):
-    """The input side of a Time4LSTM for all packed rows at once (`layers.Time4LSTMCell.projection_weights`):
+    """The input side of a Time4LSTM for all packed rows at once (`cells.Time4LSTMCell.projection_weights`):
 
         T = tanh(τ W_τ + b_τ)  (P, 2H),    Y = x W_x  (P, 6H),    Y[:, 3H:] += T W_T
 

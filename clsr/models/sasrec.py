@@ -49,7 +49,8 @@ from torch import nn
 from clsr.config import ConfigError
 from clsr.data.batches import Batch
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
-from clsr.models.layers import MLP, PAD_SCORE, trunc_normal_
+from clsr.models.attention import PAD_SCORE
+from clsr.models.layers import MLP, ItemCategoryEmbedding, trunc_normal_
 
 SCORES = ("mlp", "dot")
 
@@ -123,11 +124,10 @@ class SASRec(Recommender):
         super().__init__(cfg, sizes)
         cfg.validate("model.sasrec")
         d = cfg.item_dim + cfg.cate_dim
-        self.d = d
-        self.item_emb = nn.Embedding(sizes.n_items, cfg.item_dim)  # index 0 trainable (padding + OOV)
-        self.cate_emb = nn.Embedding(sizes.n_cates, cfg.cate_dim)
+        # item, category and position tables drawn, then initialised, in this order
+        self.tokens = ItemCategoryEmbedding(sizes.n_items, sizes.n_cates, cfg.item_dim, cfg.cate_dim, init_std=None)
         self.pos_emb = nn.Embedding(cfg.max_len, d)  # P[k]: the k-th newest item
-        for table in (self.item_emb, self.cate_emb, self.pos_emb):
+        for table in (*self.tokens.tables(), self.pos_emb):
             trunc_normal_(table.weight, cfg.init_std)
         self.blocks = nn.ModuleList(
             SelfAttentionBlock(d, cfg.n_heads, cfg.dropout, cfg.ln_eps) for _ in range(cfg.n_blocks)
@@ -147,12 +147,13 @@ class SASRec(Recommender):
                 f"sasrec: histories have L = {L} positions but model.sasrec.max_len = {self.cfg.max_len}; "
                 f"set max_len ≥ {L}"
             )
-        X = torch.cat([self.item_emb(batch.hist_item), self.cate_emb(batch.hist_cate)], dim=-1)
+        X = self.tokens.history(batch)
+        d = X.shape[-1]
         mask = batch.mask.to(X.dtype)
         lengths = batch.length
         t = torch.arange(L, device=X.device)
         pos = (lengths[:, None] - 1 - t[None, :]).clamp(min=0)  # newest valid item -> 0
-        S = (X * math.sqrt(self.d) + self.pos_emb(pos)) * mask.unsqueeze(-1)
+        S = (X * math.sqrt(d) + self.pos_emb(pos)) * mask.unsqueeze(-1)
         S = F.dropout(S, self.cfg.dropout, self.training)
         # allowed[b, t, s] = (s ≤ t) and s is a valid key; the diagonal stays allowed so no row is empty
         causal = t[None, :] <= t[:, None]  # (L, L) [t, s]
@@ -161,12 +162,12 @@ class SASRec(Recommender):
         att_bias.masked_fill_(~allowed.unsqueeze(1), PAD_SCORE)
         for block in self.blocks:
             S = block(S, att_bias) * mask.unsqueeze(-1)
-        last = (lengths.clamp(min=1) - 1).view(B, 1, 1).expand(B, 1, self.d)
+        last = (lengths.clamp(min=1) - 1).view(B, 1, 1).expand(B, 1, d)
         return self.ln_out(S.gather(1, last).squeeze(1))
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         h = self.encode(batch)  # (B, d)
-        e_v = torch.cat([self.item_emb(batch.cand_item), self.cate_emb(batch.cand_cate)], dim=-1)  # (B, C, d)
+        e_v = self.tokens.candidates(batch)  # (B, C, d)
         if self.pred_mlp is None:
             logits = torch.einsum("bd,bcd->bc", h, e_v)
         else:
@@ -177,8 +178,5 @@ class SASRec(Recommender):
         """History (padding row 0 included) and candidate rows of both tables; the position rows of the
         valid history items."""
         n_max = int(batch.length.max()) if batch.length.numel() else 0
-        return [
-            (self.item_emb, torch.cat([batch.hist_item.reshape(-1), batch.cand_item.reshape(-1)])),
-            (self.cate_emb, torch.cat([batch.hist_cate.reshape(-1), batch.cand_cate.reshape(-1)])),
-            (self.pos_emb, torch.arange(min(max(n_max, 1), self.cfg.max_len), device=batch.length.device)),
-        ]
+        positions = torch.arange(min(max(n_max, 1), self.cfg.max_len), device=batch.length.device)
+        return self.tokens.batch_rows(batch) + [(self.pos_emb, positions)]

@@ -33,7 +33,7 @@ Deviations from the released code:
   α = 1 uses the long-term interest only, α = 0 the short-term one (the disentanglement study). The
   released ``manual_alpha`` is a training-time variant; this is an evaluation-time probe.
 - The long-term encoder and the LSTM run once per instance and are broadcast to the C candidates; the
-  LSTM stops at the batch's longest history (exact, see layers.run_rnn); BN statistics over C copies of
+  LSTM stops at the batch's longest history (exact, see cells.run_rnn); BN statistics over C copies of
   a row equal those over the rows (exact, tests compare with the per-row layout).
 - PyTorch's BN running variance uses the unbiased batch variance (TF: biased). Dropout (0) not built.
 """
@@ -46,15 +46,9 @@ from torch import nn
 
 from clsr.data.batches import Batch
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
-from clsr.models.layers import (
-    MLP,
-    DinAttention,
-    Time4LSTMCell,
-    attention_pool,
-    masked_softmax,
-    run_rnn,
-    trunc_normal_,
-)
+from clsr.models.attention import DinAttention, attention_pool, masked_softmax
+from clsr.models.cells import Time4LSTMCell, run_rnn
+from clsr.models.layers import MLP, ItemCategoryEmbedding, trunc_normal_
 
 
 @dataclass
@@ -96,10 +90,7 @@ class SLiRec(Recommender):
         super().__init__(cfg, sizes)
         cfg.validate("model.slirec")
         d, H = cfg.item_dim + cfg.cate_dim, cfg.hidden_size
-        self.item_emb = nn.Embedding(sizes.n_items, cfg.item_dim)  # index 0 trainable (padding + OOV)
-        self.cate_emb = nn.Embedding(sizes.n_cates, cfg.cate_dim)
-        for table in (self.item_emb, self.cate_emb):
-            trunc_normal_(table.weight, cfg.init_std)
+        self.tokens = ItemCategoryEmbedding(sizes.n_items, sizes.n_cates, cfg.item_dim, cfg.cate_dim, cfg.init_std)
         # long term (released `_attention`): attention_mat 40×40 and query 40, truncated normal
         self.long_proj = nn.Parameter(trunc_normal_(torch.empty(d, d), cfg.init_std))
         self.long_query = nn.Parameter(trunc_normal_(torch.empty(d), cfg.init_std))
@@ -130,9 +121,9 @@ class SLiRec(Recommender):
         return attention_pool(a, O), a
 
     def forward(self, batch: Batch, alpha_override: float | None = None) -> dict[str, torch.Tensor]:
-        E_item = self.item_emb(batch.hist_item)
-        X = torch.cat([E_item, self.cate_emb(batch.hist_cate)], dim=-1)  # (B, L, d)
-        e_v = torch.cat([self.item_emb(batch.cand_item), self.cate_emb(batch.cand_cate)], dim=-1)  # (B, C, d)
+        E_item = self.tokens.items(batch.hist_item)
+        X = torch.cat([E_item, self.tokens.cates(batch.hist_cate)], dim=-1)  # (B, L, d)
+        e_v = self.tokens.candidates(batch)  # (B, C, d)
         mask = batch.mask.to(X.dtype)
         B, C = e_v.shape[0], e_v.shape[1]
 
@@ -159,8 +150,4 @@ class SLiRec(Recommender):
         }
 
     def embedding_rows(self, batch: Batch) -> list[tuple[nn.Embedding, torch.Tensor]]:
-        """History (padding row 0 included) and candidate rows of both tables (released `embed_params`)."""
-        return [
-            (self.item_emb, torch.cat([batch.hist_item.reshape(-1), batch.cand_item.reshape(-1)])),
-            (self.cate_emb, torch.cat([batch.hist_cate.reshape(-1), batch.cand_cate.reshape(-1)])),
-        ]
+        return self.tokens.batch_rows(batch)

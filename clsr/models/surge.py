@@ -25,11 +25,11 @@ With X = [E_i(hist) ‖ E_c(hist)] (B, L, d = 40), mask m, length n and the targ
        r = Σ_t keep_t σ_t X^c_t                                 graph readout     (B, C, d)
 4. Prediction: the kept nodes in their original order form a reduced sequence X^r (length l);
        a = softmax_t DIN_3(X^r_t W_3; query e_v);  h = AUGRU(X^r; a) final state (released VecAttGRUCell,
-       see clsr.models.dien);  logit = MLP([h ‖ r ‖ e_v ‖ r ⊙ e_v])     160 -> 100 -> 64 -> 1, BN + ReLU
+       see clsr.models.cells.run_augru);  logit = MLP([h ‖ r ‖ e_v ‖ r ⊙ e_v])     160 -> 100 -> 64 -> 1, BN + ReLU
 
 Every DIN_k is the released ``_attention_fcn``: a d×d projection W_k (truncated normal) and the MLP
 [80, 40] with BN on [k, q, k − q, k ⊙ q] (computed through the exact decomposition of
-`clsr.models.dien.din_scores`), masked softmax over positions.
+`clsr.models.attention.din_scores`), masked softmax over positions.
 
 Deviations from the authors' code (none changes the function on ordinary inputs):
 - The graph construction (step 1) runs without autograd. In the authors' code A is a hard threshold
@@ -68,15 +68,9 @@ from torch import nn
 from clsr.config import ConfigError
 from clsr.data.batches import Batch
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
-from clsr.models.dien import din_scores, run_augru
-from clsr.models.layers import (
-    MLP,
-    PAD_SCORE,
-    TFGRUCell,
-    glorot_uniform_,
-    masked_softmax,
-    trunc_normal_,
-)
+from clsr.models.attention import PAD_SCORE, din_scores, masked_softmax
+from clsr.models.cells import TFGRUCell, run_augru
+from clsr.models.layers import MLP, ItemCategoryEmbedding, glorot_uniform_, trunc_normal_
 
 KERAS_EPS = 1.0e-7  # K.epsilon(): degree guard and the pooling threshold offset
 LEAKY_SLOPE = 0.2  # tf.nn.leaky_relu default
@@ -139,11 +133,7 @@ class SURGE(Recommender):
         super().__init__(cfg, sizes)
         cfg.validate("model.surge")
         d, H = cfg.item_dim + cfg.cate_dim, cfg.hidden_size
-        self.d = d
-        self.item_emb = nn.Embedding(sizes.n_items, cfg.item_dim)  # index 0 trainable (padding + OOV)
-        self.cate_emb = nn.Embedding(sizes.n_cates, cfg.cate_dim)
-        for table in (self.item_emb, self.cate_emb):
-            trunc_normal_(table.weight, cfg.init_std)
+        self.tokens = ItemCategoryEmbedding(sizes.n_items, sizes.n_cates, cfg.item_dim, cfg.cate_dim, cfg.init_std)
         # weighted-cosine weights: tf.layers.dense(ones(1, 1), d, use_bias=False) kernel (1, d), glorot
         self.metric_w = nn.ParameterList(
             nn.Parameter(glorot_uniform_(torch.empty(1, d)).view(d)) for _ in range(cfg.metric_heads)
@@ -246,8 +236,8 @@ class SURGE(Recommender):
         return {"logits": logits, "cluster_score": score, "keep": keep_f, "readout": readout}
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        X = torch.cat([self.item_emb(batch.hist_item), self.cate_emb(batch.hist_cate)], dim=-1)  # (B, L, d)
-        e_v = torch.cat([self.item_emb(batch.cand_item), self.cate_emb(batch.cand_cate)], dim=-1)  # (B, C, d)
+        X = self.tokens.history(batch)  # (B, L, d)
+        e_v = self.tokens.candidates(batch)  # (B, C, d)
         mask = batch.mask.to(X.dtype)
         B, L, _ = X.shape
         C = e_v.shape[1]
@@ -269,8 +259,4 @@ class SURGE(Recommender):
         return out
 
     def embedding_rows(self, batch: Batch) -> list[tuple[nn.Embedding, torch.Tensor]]:
-        """History (padding row 0 included) and candidate rows of both tables (released `embed_params`)."""
-        return [
-            (self.item_emb, torch.cat([batch.hist_item.reshape(-1), batch.cand_item.reshape(-1)])),
-            (self.cate_emb, torch.cat([batch.hist_cate.reshape(-1), batch.cand_cate.reshape(-1)])),
-        ]
+        return self.tokens.batch_rows(batch)
