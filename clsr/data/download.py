@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Protocol
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the plain text bar: tqdm.auto would ask papermill kernels for ipywidgets
 
 from clsr.config import ConfigError
 from clsr.data.sources import DataError, require_file, sha256_of

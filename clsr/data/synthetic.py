@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the plain text bar: tqdm.auto would ask papermill kernels for ipywidgets
 
 from clsr.config import ConfigError, from_dict
 from clsr.data.sources import check_interactions
