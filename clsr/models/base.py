@@ -30,7 +30,10 @@ class ModelConfig:
 
     def validate(self, where: str = "model") -> None:
         if self.rec_loss not in ("softmax", "bce"):
-            raise ValueError(f"{where}.rec_loss: {self.rec_loss!r} is not one of ['softmax', 'bce']")
+            raise ConfigError(f"{where}.rec_loss: {self.rec_loss!r} is not one of ['softmax', 'bce']")
+
+    def check_data(self, max_len: int, where: str = "model", max_len_key: str = "protocol.max_len") -> None:
+        """Refuse settings the data's history length `max_len` makes void (ConfigError); none by default."""
 
     # --- checks shared by the subclasses' `validate` (all raise `ConfigError` naming `where.key`) ---
     def _require_positive(self, where: str, *keys: str) -> None:
