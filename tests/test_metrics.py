@@ -198,3 +198,62 @@ def test_random_scores_reference_values():
     assert r["ndcg@2"] == pytest.approx((1 + 1 / math.log2(3)) / 100, abs=0.005)
     s5 = rng.random((n, 5))
     assert M.evaluate_scores(s5, users)["mrr"] == pytest.approx(sum(1 / k for k in range(1, 6)) / 5, abs=0.01)
+
+
+# ------------------------------------------------------------------------------------------------
+# tie modes and per-instance / per-user outputs
+# ------------------------------------------------------------------------------------------------
+def test_each_tie_mode_on_a_hand_worked_example():
+    # positive 0.5; negatives 0.9 (above), 0.5 and 0.5 (tied), 0.1 (below)
+    s = np.array([[0.5, 0.9, 0.5, 0.5, 0.1]])
+    want_rank = {"pessimistic": 4.0, "released": 4.0, "optimistic": 2.0, "mean": 3.0}
+    # per-instance AUC: 1 negative below, 2 tied counted 0, 1 or ½ each, out of 4
+    want_auc = {"pessimistic": 1 / 4, "released": 1 / 4, "optimistic": 3 / 4, "mean": 2 / 4}
+    for ties in M.TIE_MODES:
+        assert M.positive_rank(s, ties).tolist() == [want_rank[ties]], ties
+        per = M.sampled_per_instance(s, np.array([0]), ks=(2, 4), ties=ties)
+        assert per["auc"].tolist() == pytest.approx([want_auc[ties]]), ties
+        assert per["rr"].tolist() == pytest.approx([1 / want_rank[ties]]), ties
+        assert per["hit@2"].tolist() == [float(want_rank[ties] <= 2)], ties
+        assert per["ndcg@4"].tolist() == pytest.approx([1 / math.log2(want_rank[ties] + 1)]), ties
+    with pytest.raises(ValueError, match="pessimistic"):
+        M.positive_rank(s, "random")
+
+
+@pytest.mark.parametrize("ties", ["mean", "pessimistic", "optimistic"])
+def test_sampled_per_instance_means_equal_evaluate_scores(ties):
+    rng = np.random.default_rng(9)
+    s = np.round(rng.random((300, 6)), 1)
+    s[::4, 0] = s[::4, 2]
+    users = rng.integers(0, 25, size=300)
+    per = M.sampled_per_instance(s, users, ks=(1, 4, 10), ties=ties)
+    whole = M.evaluate_scores(s, users, ks=(1, 4, 10), ties=ties)
+    assert per["user"].tolist() == users.tolist()
+    assert np.mean(per["rr"]) == pytest.approx(whole["mrr"], abs=1e-12)
+    for k in (1, 4):
+        assert np.mean(per[f"hit@{k}"]) == pytest.approx(whole[f"hit@{k}"], abs=1e-12)
+        assert np.mean(per[f"ndcg@{k}"]) == pytest.approx(whole[f"ndcg@{k}"], abs=1e-12)
+    assert "hit@10" not in per  # cut-offs beyond the group are skipped, as in evaluate_scores
+    assert M.evaluate_scores(s, users, ties="released") == M.evaluate_scores(s, users, ties="pessimistic")
+
+
+def test_mean_mode_auc_equals_sklearn_per_instance_and_per_user():
+    rng = np.random.default_rng(10)
+    n, c = 200, 5
+    s = np.round(rng.random((n, c)), 1)  # many ties
+    s[::3, 0] = s[::3, 1]
+    users = rng.integers(0, 15, size=n)
+    y = np.zeros(c, dtype=int)
+    y[0] = 1
+    per = M.sampled_per_instance(s, users, ties="mean")
+    assert per["auc"].tolist() == pytest.approx([roc_auc_score(y, row) for row in s], abs=1e-12)
+    parts = M.per_user_auc(s, users)
+    assert parts["user"].tolist() == sorted(set(users.tolist()))
+    for u, a, rows in zip(parts["user"], parts["auc"], parts["rows"]):
+        mine = s[users == u]
+        labels = np.zeros_like(mine, dtype=int)
+        labels[:, 0] = 1
+        assert a == pytest.approx(roc_auc_score(labels.ravel(), mine.ravel()), abs=1e-12)
+        assert rows == mine.size
+    gauc = np.sum(parts["auc"] * parts["rows"]) / np.sum(parts["rows"])
+    assert gauc == pytest.approx(M.evaluate_scores(s, users)["gauc"], abs=1e-12)

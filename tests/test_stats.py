@@ -1,0 +1,240 @@
+"""Paired bootstrap over seeds × users and Kendall τ (clsr.stats) against constructed cases and loops."""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+
+import numpy as np
+import pytest
+
+from clsr import stats as S
+
+
+def by_seed(values: np.ndarray, ids: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """(seeds, users) array -> {seed: (user ids, values)}."""
+    return {s: (ids, values[s]) for s in range(values.shape[0])}
+
+
+def users_that_vary(rng, n_seeds=3, n_users=500, spread=0.2):
+    """Per-user metric with a large user effect and a small seed effect."""
+    user_level = 0.6 + spread * rng.standard_normal(n_users)
+    return user_level + 0.01 * rng.standard_normal((n_seeds, n_users))
+
+
+def centred(noise: np.ndarray) -> np.ndarray:
+    """Noise with mean exactly 0 in every seed row."""
+    return noise - noise.mean(axis=1, keepdims=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# constructed cases with a known answer
+# ------------------------------------------------------------------------------------------------
+def test_constant_improvement_plus_small_noise_is_detected():
+    rng = np.random.default_rng(0)
+    a = users_that_vary(rng)
+    b = a + 0.05 + centred(0.01 * rng.standard_normal(a.shape))
+    ids = np.arange(a.shape[1]) + 100
+    r = S.paired_bootstrap(by_seed(a, ids), by_seed(b, ids))
+    assert r.difference == pytest.approx(0.05, abs=1e-12)
+    assert 0 < r.low <= 0.05 <= r.high
+    assert r.verdict == "B better"
+    assert (r.users, r.seeds, r.replicates, r.level) == (500, (0, 1, 2), 1000, 0.95)
+    assert r.per_seed == pytest.approx((0.05, 0.05, 0.05), abs=1e-12)
+    swapped = S.paired_bootstrap(by_seed(b, ids), by_seed(a, ids))
+    assert swapped.difference == pytest.approx(-0.05, abs=1e-12)
+    assert swapped.high < 0 and swapped.verdict == "A better"
+
+
+def test_identical_models_give_a_zero_interval():
+    rng = np.random.default_rng(1)
+    a = users_that_vary(rng)
+    ids = np.arange(a.shape[1])
+    r = S.paired_bootstrap(by_seed(a, ids), by_seed(a.copy(), ids))
+    assert (r.difference, r.low, r.high) == (0.0, 0.0, 0.0)
+    assert r.verdict == "no detectable difference"
+
+
+def test_centred_noise_interval_contains_zero():
+    rng = np.random.default_rng(2)
+    a = users_that_vary(rng)
+    b = a + centred(0.05 * rng.standard_normal(a.shape))
+    ids = np.arange(a.shape[1])
+    r = S.paired_bootstrap(by_seed(a, ids), by_seed(b, ids))
+    assert r.low < 0 < r.high
+    assert r.verdict == "no detectable difference"
+
+
+def test_pure_noise_interval_covers_zero_about_95_percent_of_the_time():
+    # 200 independent data sets with true difference 0: coverage ~ Binomial(200, 0.95), sd 1.5 %
+    rng = np.random.default_rng(3)
+    covered = 0
+    for trial in range(200):
+        a = users_that_vary(rng, n_users=200)
+        b = a + 0.05 * rng.standard_normal(a.shape)
+        r = S.paired_bootstrap_arrays(a, b, replicates=500, seed=trial)
+        covered += r.low <= 0 <= r.high
+    assert 0.88 <= covered / 200 <= 0.995
+
+
+def test_paired_interval_is_narrower_than_unpaired_when_users_vary():
+    rng = np.random.default_rng(4)
+    a = users_that_vary(rng, spread=0.2)
+    b = a + 0.01 + 0.01 * rng.standard_normal(a.shape)
+    paired = S.paired_bootstrap_arrays(a, b, replicates=1000, seed=0)
+    # unpaired: A's users and B's users resampled independently (the pairing thrown away)
+    n_users = a.shape[1]
+    idx_a = rng.integers(0, n_users, size=(1000, n_users))
+    idx_b = rng.integers(0, n_users, size=(1000, n_users))
+    unpaired = b.mean(axis=0)[idx_b].mean(axis=1) - a.mean(axis=0)[idx_a].mean(axis=1)
+    unpaired_low, unpaired_high = np.quantile(unpaired, [0.025, 0.975])
+    assert unpaired_low < 0 < unpaired_high  # the user spread hides the 0.01 without pairing
+    assert paired.verdict == "B better"
+    assert paired.high - paired.low < 0.2 * (unpaired_high - unpaired_low)
+
+
+# ------------------------------------------------------------------------------------------------
+# the documented scheme, against a plain loop
+# ------------------------------------------------------------------------------------------------
+def test_replicates_follow_the_documented_scheme():
+    rng = np.random.default_rng(5)
+    n_seeds, n_users, replicates = 3, 40, 200
+    a = rng.random((n_seeds, n_users))
+    b = a + 0.02 * rng.standard_normal((n_seeds, n_users)) + 0.01
+    w = rng.integers(1, 6, size=n_users).astype(float)
+    got = S.paired_bootstrap_arrays(a, b, w, replicates=replicates, level=0.9, seed=11)
+    draws = np.random.default_rng(11).integers(0, n_users, size=(replicates, n_users))
+    estimates = []
+    for drawn in draws:
+        per_seed = []
+        for s in range(n_seeds):  # the same drawn users for every seed
+            d = b[s, drawn] - a[s, drawn]
+            per_seed.append(np.sum(w[drawn] * d) / np.sum(w[drawn]))
+        estimates.append(np.mean(per_seed))
+    low, high = np.quantile(estimates, [0.05, 0.95])
+    assert got.low == pytest.approx(low, abs=1e-12)
+    assert got.high == pytest.approx(high, abs=1e-12)
+    point = np.mean([np.sum(w * (b[s] - a[s])) / w.sum() for s in range(n_seeds)])
+    assert got.difference == pytest.approx(point, abs=1e-12)
+
+
+def test_mapping_form_aligns_users_by_id_and_applies_weights():
+    rng = np.random.default_rng(6)
+    ids = rng.permutation(np.arange(1000, 1060))
+    a = rng.random((2, 60))
+    b = rng.random((2, 60))
+    w = rng.integers(1, 9, size=60)
+    # model B lists its users in another order for each seed
+    b_map = {}
+    for s in range(2):
+        order = rng.permutation(60)
+        b_map[s] = (ids[order], b[s, order])
+    got = S.paired_bootstrap(by_seed(a, ids), b_map, weights=(ids[::-1], w[::-1]), seed=3)
+    sort = np.argsort(ids)
+    want = S.paired_bootstrap_arrays(a[:, sort], b[:, sort], w[sort], seed=3)
+    assert (got.low, got.high, got.difference) == pytest.approx((want.low, want.high, want.difference), abs=1e-12)
+    assert got.difference == pytest.approx(np.mean([np.sum(w * (b[s] - a[s])) / w.sum() for s in range(2)]))
+
+
+def test_per_user_mean():
+    ids, means, counts = S.per_user_mean(np.array([3, 1, 3, 3]), np.array([1.0, 0.5, 0.0, 0.5]))
+    assert ids.tolist() == [1, 3]
+    assert means.tolist() == [0.5, 0.5]
+    assert counts.tolist() == [1, 3]
+
+
+def test_fixed_seed_is_deterministic_and_seed_matters():
+    rng = np.random.default_rng(7)
+    a = users_that_vary(rng, n_users=300)
+    b = a + 0.02 * rng.standard_normal(a.shape)
+    first = S.paired_bootstrap_arrays(a, b, seed=5)
+    assert first == S.paired_bootstrap_arrays(a, b, seed=5)
+    other = S.paired_bootstrap_arrays(a, b, seed=6)
+    assert (other.low, other.high) != (first.low, first.high)
+
+
+def test_1000_replicates_3_seeds_1000_users_is_fast():
+    rng = np.random.default_rng(8)
+    a = rng.random((3, 1000))
+    b = rng.random((3, 1000))
+    ids = np.arange(1000)
+    S.paired_bootstrap(by_seed(a, ids), by_seed(b, ids))  # warm-up
+    start = time.perf_counter()
+    S.paired_bootstrap(by_seed(a, ids), by_seed(b, ids), replicates=1000)
+    assert time.perf_counter() - start < 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input
+# ------------------------------------------------------------------------------------------------
+def test_bad_input_is_a_clear_value_error():
+    ids = np.arange(5)
+    good = {0: (ids, np.zeros(5))}
+    with pytest.raises(ValueError, match="users differ"):
+        S.paired_bootstrap(good, {0: (np.arange(1, 6), np.zeros(5))})
+    with pytest.raises(ValueError, match="users differ"):
+        S.paired_bootstrap(good, {0: (np.arange(4), np.zeros(4))})
+    with pytest.raises(ValueError, match="users differ"):  # same users for every seed
+        S.paired_bootstrap({0: (ids, np.zeros(5)), 1: (ids[:4], np.zeros(4))},
+                           {0: (ids, np.zeros(5)), 1: (ids[:4], np.zeros(4))})
+    with pytest.raises(ValueError, match="seeds differ"):
+        S.paired_bootstrap(good, {1: (ids, np.zeros(5))})
+    with pytest.raises(ValueError, match="at least one seed"):
+        S.paired_bootstrap({}, {})
+    with pytest.raises(ValueError, match="no users"):
+        S.paired_bootstrap({0: (np.arange(0), np.zeros(0))}, {0: (np.arange(0), np.zeros(0))})
+    with pytest.raises(ValueError, match="appears twice"):
+        S.paired_bootstrap({0: (np.array([1, 1]), np.zeros(2))}, {0: (np.array([1, 1]), np.zeros(2))})
+    with pytest.raises(ValueError, match="equal-length"):
+        S.paired_bootstrap({0: (ids, np.zeros(4))}, good)
+    with pytest.raises(ValueError, match="finite"):
+        S.paired_bootstrap({0: (ids, np.array([0, 0, np.nan, 0, 0]))}, good)
+    with pytest.raises(ValueError, match="weights"):
+        S.paired_bootstrap(good, good, weights=(ids[:4], np.ones(4)))
+    with pytest.raises(ValueError, match="at least one seed and one user"):
+        S.paired_bootstrap_arrays(np.zeros((0, 3)), np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="equal"):
+        S.paired_bootstrap_arrays(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Kendall τ
+# ------------------------------------------------------------------------------------------------
+def brute_tau_b(x: list[float], y: list[float]) -> float:
+    """(concordant − discordant) / sqrt((pairs − ties in x)(pairs − ties in y)), counted pair by pair."""
+    concordant = discordant = ties_x = ties_y = pairs = 0
+    for i, j in itertools.combinations(range(len(x)), 2):
+        pairs += 1
+        dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+        ties_x += dx == 0
+        ties_y += dy == 0
+        if dx * dy > 0:
+            concordant += 1
+        elif dx * dy < 0:
+            discordant += 1
+    return (concordant - discordant) / math.sqrt((pairs - ties_x) * (pairs - ties_y))
+
+
+@pytest.mark.parametrize("n", [3, 7, 12, 20])
+def test_kendall_tau_matches_a_pair_count(n):
+    rng = np.random.default_rng(n)
+    models = [f"m{i}" for i in range(n)]
+    x = rng.integers(0, 5, size=n).astype(float)  # ties on both sides
+    y = x + rng.integers(-2, 3, size=n)
+    got = S.kendall_tau(dict(zip(models, x)), dict(zip(reversed(models), y[::-1])))
+    assert got.tau == pytest.approx(brute_tau_b(list(x), list(y)), abs=1e-12)
+    assert got.models == tuple(sorted(models))
+    assert 0 <= got.p_value <= 1
+
+
+def test_kendall_tau_of_orderings():
+    order = ["clsr", "slirec", "sasrec", "din", "gru4rec"]
+    paper = {m: -i for i, m in enumerate(order)}
+    assert S.kendall_tau(paper, paper).tau == pytest.approx(1.0)
+    assert S.kendall_tau(paper, {m: i for i, m in enumerate(order)}).tau == pytest.approx(-1.0)
+    one_swap = {m: -i for i, m in enumerate(["slirec", "clsr", "sasrec", "din", "gru4rec"])}
+    assert S.kendall_tau(paper, one_swap).tau == pytest.approx((9 - 1) / 10)
+    with pytest.raises(ValueError, match="models differ"):
+        S.kendall_tau(paper, {"clsr": 1.0, "din": 0.0})
+    with pytest.raises(ValueError, match="at least 2"):
+        S.kendall_tau({"clsr": 1.0}, {"clsr": 2.0})
