@@ -1,7 +1,9 @@
-"""Figures of the data and protocol notebooks (PNG files are the primary artefact: they render offline)."""
+"""Figures of the data, protocol and disentanglement notebooks (PNG files are the primary artefact: they
+render offline)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 import matplotlib
 
@@ -11,6 +13,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from clsr.data.store import PreparedData  # noqa: E402
+from clsr.disentangle.counterfactual import SETS  # noqa: E402
+from clsr.disentangle.measures import READOUTS, SUFFIX, pca_2d  # noqa: E402
+from clsr.disentangle.report import READOUT_LABELS, SET_LABELS, label  # noqa: E402
 
 SPLIT_COLORS = {"train": "tab:blue", "valid": "tab:orange", "test": "tab:red"}
 
@@ -88,3 +93,111 @@ def user_timeline(data: PreparedData, user_row: int, path: str | Path, max_len: 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return fig
+
+
+# ---- disentanglement (notebook 05) -----------------------------------------------------------------
+def alpha_by_driver(alphas: Mapping[str, np.ndarray], driver: np.ndarray, path: str | Path, aucs=None):
+    """One panel per model: histograms of the positives' α for long- and short-driven test targets."""
+    names = [m for m, a in alphas.items() if np.isfinite(a).all()]
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.2 * max(1, len(names)), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], names):
+        a = alphas[m]
+        lo, hi = float(a.min()), float(a.max())  # zoom on the α actually used (often a narrow band)
+        pad = max(0.02 * (hi - lo), 0.005)
+        lo, hi = max(0.0, lo - pad), min(1.0, hi + pad)
+        for d, lab, col in ((0, "long-driven", "tab:blue"), (1, "short-driven", "tab:orange")):
+            sel = driver == d
+            if sel.any():
+                ax.hist(a[sel], bins=30, range=(lo, hi), density=True, histtype="stepfilled", alpha=0.45, color=col,
+                        label=f"{lab} (n={int(sel.sum())}, mean {a[sel].mean():.3f})")
+        t = label(m) + (f"\nα-AUC {aucs[m]:.3f}" if aucs and m in aucs and aucs[m] is not None else "")
+        ax.set(title=t, xlabel="α on the positive (weight of the long-term interest)", ylabel="density", xlim=(lo, hi))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def interest_pca(vectors: Mapping[str, Mapping[str, np.ndarray]], path: str | Path):
+    """One panel per model: a joint 2-D PCA of u^l (circles) and u^s (crosses), coloured by user; a line
+    joins each user's successive u^s."""
+    names = list(vectors)
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.4 * max(1, len(names)), 4.0), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, m in zip(axes[0], names):
+        v = vectors[m]
+        n = len(v["u_long"])
+        xy, ratio = pca_2d(np.concatenate([v["u_long"], v["u_short"]]))
+        users = list(dict.fromkeys(v["user_row"].tolist()))
+        for j, u in enumerate(users):
+            sel = np.flatnonzero(v["user_row"] == u)
+            c = cmap(j % 10)
+            ax.scatter(xy[sel, 0], xy[sel, 1], marker="o", s=30, color=c, edgecolor="k", linewidth=0.4)
+            ax.scatter(xy[n + sel, 0], xy[n + sel, 1], marker="x", s=34, color=c)
+            ax.plot(xy[n + sel, 0], xy[n + sel, 1], color=c, lw=0.6, alpha=0.6)
+        ax.set(title=f"{label(m)}\nPC1 {ratio[0]:.0%}, PC2 {ratio[1]:.0%} of variance", xlabel="PC1", ylabel="PC2")
+        ax.scatter([], [], marker="o", color="gray", label="u^l (long)")
+        ax.scatter([], [], marker="x", color="gray", label="u^s (short)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def counterfactual_gauc(results: Mapping[str, Any], models: list[str], path: str | Path):
+    """GAUC per counterfactual set: one row per dataset, one column per readout, bars grouped by model."""
+    datasets = [d for d in results if not d.startswith("_") and any(m in results[d] for m in models)]
+    if not datasets:
+        return
+    fig, axes = plt.subplots(len(datasets), len(READOUTS), figsize=(4.2 * len(READOUTS), 3.2 * len(datasets)),
+                             squeeze=False)
+    colors = {"original": "tab:gray", "recent": "tab:blue", "shuffled": "tab:orange"}
+    for i, ds in enumerate(datasets):
+        present = [m for m in models if m in results[ds]]
+        sets = [s for s in SETS if s in results[ds][present[0]]]
+        for j, r in enumerate(READOUTS):
+            ax = axes[i][j]
+            w = 0.8 / len(sets)
+            vals = []
+            for si, s in enumerate(sets):
+                ys = [results[ds][m][s][f"gauc{SUFFIX[r]}"] for m in present]
+                vals += ys
+                ax.bar(np.arange(len(present)) + (si - (len(sets) - 1) / 2) * w, ys, width=w, color=colors[s],
+                       label=SET_LABELS[s])
+            ax.set_xticks(range(len(present)), [label(m) for m in present], fontsize=8)
+            finite = [v for v in vals if v is not None and np.isfinite(v)]
+            if finite:
+                ax.set_ylim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.03))
+            ax.axhline(0.5, color="k", lw=0.6, ls=":")
+            ax.set_title(f"{ds}: GAUC, {READOUT_LABELS[r]}", fontsize=9)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def interest_match(gts: Mapping[str, Mapping[str, float]], ref: Mapping[str, Mapping[str, float]], path: str | Path):
+    """Bars: profile ρ and topic MRR of the α = 1 and α = 0 readouts per model, chance dashed."""
+    panels = [("profile_rho", "profile ρ (Spearman)"), ("topic_mrr", "topic MRR")]
+    panels = [p for p in panels if any(f"{p[0]}_long" in g for g in gts.values())]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.4), squeeze=False)
+    names = list(gts)
+    for ax, (key, title) in zip(axes[0], panels):
+        for k_, (r, col) in enumerate((("long", "tab:blue"), ("short", "tab:orange"))):
+            ax.bar(np.arange(len(names)) + (k_ - 0.5) * 0.38, [gts[m].get(f"{key}_{r}", np.nan) for m in names],
+                   width=0.38, color=col, label=READOUT_LABELS[r])
+        if key in ref.get("chance", {}):
+            ax.axhline(ref["chance"][key], color="k", ls="--", lw=0.8, label="chance")
+        if key in ref.get("popularity", {}):
+            ax.axhline(ref["popularity"][key], color="gray", ls=":", lw=0.8, label="popularity")
+        ax.set_xticks(range(len(names)), [label(m) for m in names], fontsize=8)
+        ax.set_title(title)
+        y0, y1 = ax.get_ylim()
+        ax.set_ylim(y0, y1 + 0.35 * (y1 - y0))  # room for the legend above the bars
+        ax.legend(fontsize=7, loc="upper center", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from clsr.data.store import PreparedData, atomic_write_json
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
 from clsr.models.registry import build_config, build_model
 from clsr.runtime import tune_cpu_allocator
+from clsr.scoring import score_batches
 
 
 @dataclass
@@ -68,7 +69,7 @@ class TrainConfig:
 
 #: package files whose content decides what `fit` computes (relative to clsr/); a checkpoint written by other
 #: code is not resumed, so a fixed bug or a changed model takes effect on the next `dvc repro`
-TRAINING_CODE = ("models", "train.py", "losses.py", "metrics.py", "data/batches.py")
+TRAINING_CODE = ("models", "train.py", "scoring.py", "losses.py", "metrics.py", "data/batches.py")
 
 
 def code_fingerprint() -> str:
@@ -118,42 +119,11 @@ def clip_per_tensor_(params: list[torch.Tensor], max_norm: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def predict(
-    model: Recommender,
-    data: PreparedData,
-    split: str,
-    batch_size: int = 500,
-    device: torch.device | None = None,
-    recent_k: int | None = None,
-    transform: Callable[[B.Batch], B.Batch] | None = None,
-    keep: tuple[str, ...] = ("alpha",),
-    forward_kwargs: Mapping[str, Any] | None = None,
-) -> dict[str, np.ndarray]:
-    """Logits (n, 1+N) for every instance of `split` on its fixed candidates, plus the user index of
-    each instance and any requested extra outputs (e.g. alpha)."""
-    device = device or next(model.parameters()).device
-    max_len, time_unit = data_settings(data)
-    model.eval()
-    out: dict[str, list[np.ndarray]] = {"logits": [], "user": [], "user_row": []}
-    for batch in B.eval_batches(data, split, batch_size, max_len, time_unit, recent_k=recent_k):
-        if transform is not None:
-            batch = transform(batch)
-        res = model(batch.to(device), **(forward_kwargs or {}))
-        out["logits"].append(res["logits"].float().cpu().numpy())
-        out["user"].append(batch.user.numpy())
-        out["user_row"].append(batch.user_row.numpy())
-        for k in keep:
-            if k in res:
-                out.setdefault(k, []).append(res[k].float().cpu().numpy())
-    return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
-
-
-def evaluate(
-    model: Recommender, data: PreparedData, split: str, cfg: TrainConfig, device=None, **kw
-) -> dict[str, float]:
-    pred = predict(model, data, split, cfg.eval_batch_size, device, **kw)
-    return M.evaluate_scores(pred["logits"], pred["user"], tuple(cfg.ks), cfg.ties)
+def evaluate(model: Recommender, data: PreparedData, split: str, cfg: TrainConfig, device=None) -> dict[str, float]:
+    """Ranking metrics (clsr.metrics) of the model as trained on the fixed candidates of `split`."""
+    batches = B.eval_batches(data, split, cfg.eval_batch_size, *data_settings(data))
+    scores = score_batches(model, batches, device=device)
+    return M.evaluate_scores(scores.logits["model"], scores.user, tuple(cfg.ks), cfg.ties)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -371,7 +341,7 @@ def _subset_train(data: PreparedData, n: int, seed: int) -> PreparedData:
 
 
 def load_trained(run_dir: str | Path, data: PreparedData, device: str = "auto") -> Recommender:
-    """The best checkpoint of a finished run, ready for `predict` (analysis notebooks)."""
+    """The best checkpoint of a finished run, ready for `clsr.scoring.score_batches` (analysis notebooks)."""
     run_dir = Path(run_dir)
     with open(run_dir / "metrics.json") as f:
         meta = json.load(f)

@@ -1,5 +1,5 @@
 """The disentanglement study (clsr.disentangle): counterfactual transforms, ground-truth measures that
-can fail, and CLSR's evaluation-time `alpha_override`."""
+can fail, the one scoring function (clsr.scoring) and CLSR's evaluation-time `alpha_override`."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,13 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from clsr import disentangle as D
 from clsr.data import batches as B
 from clsr.data.batches import Batch
 from clsr.data.prepare import prepare
 from clsr.data.synthetic import SyntheticOptions, generate
 from clsr.models.base import ModelSizes
+from clsr.disentangle import measures
+from clsr.disentangle.counterfactual import SETS, counterfactual_batches, shuffle_keys, splitmix64
+from clsr.disentangle.evaluate import counterfactual_eval, ground_truth_eval
+from clsr.disentangle.truth import Truth, load_truth
 from clsr.models.clsr import CLSR, CLSRConfig
+from clsr.scoring import AS_TRAINED, score_batches
+from clsr.train import data_settings
 
 torch.set_num_threads(1)
 
@@ -39,7 +44,7 @@ def syn(tmp_path_factory):
 @pytest.fixture(scope="module")
 def truth(syn):
     data, profiles = syn
-    return D.load_truth(data, profiles, "test")
+    return load_truth(data, profiles, "test")
 
 
 def _all(batches) -> dict[str, torch.Tensor]:
@@ -52,9 +57,9 @@ def _all(batches) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------------
 def test_counterfactual_sets_keep_candidates_and_identity(syn):
     data, _ = syn
-    orig = _all(D.counterfactual_batches(data, "original", batch_size=37))
+    orig = _all(counterfactual_batches(data, "original", batch_size=37))
     for kind in ("recent", "shuffled"):
-        cf = _all(D.counterfactual_batches(data, kind, batch_size=37, recent_k=K_RECENT, shuffle_seed=0))
+        cf = _all(counterfactual_batches(data, kind, batch_size=37, recent_k=K_RECENT, shuffle_seed=0))
         for f in ("cand_item", "cand_cate", "user", "user_row", "instance"):
             assert torch.equal(cf[f], orig[f]), (kind, f)
     assert torch.equal(orig["instance"], torch.arange(len(data.instances["test"])))
@@ -62,9 +67,9 @@ def test_counterfactual_sets_keep_candidates_and_identity(syn):
 
 def test_recent_only_changes_only_long_histories(syn):
     data, _ = syn
-    max_len, r = D.data_settings(data)
-    orig = _all(D.counterfactual_batches(data, "original", batch_size=50))
-    rec = _all(D.counterfactual_batches(data, "recent", batch_size=50, recent_k=K_RECENT))
+    max_len, r = data_settings(data)
+    orig = _all(counterfactual_batches(data, "original", batch_size=50))
+    rec = _all(counterfactual_batches(data, "recent", batch_size=50, recent_k=K_RECENT))
     inst = data.instances["test"]
     short = orig["length"] <= K_RECENT
     long_ = ~short
@@ -80,7 +85,7 @@ def test_recent_only_changes_only_long_histories(syn):
         for f in ("hist_item", "hist_cate", "time_to_now"):
             assert torch.equal(rec[f][i, :K_RECENT], orig[f][i, n - K_RECENT:n]), f
             assert (rec[f][i, K_RECENT:] == 0).all()
-        # time since the first event: recomputed from the first *kept* event (official-clsr.md §5.3)
+        # time since the first event: recomputed from the first *kept* event (docs/protocol.md §10)
         start = data.user_offsets[inst.user[i]]
         target = start + inst.pos[i]
         kept = np.arange(target - K_RECENT, target)
@@ -94,10 +99,10 @@ def test_recent_only_changes_only_long_histories(syn):
 
 def test_shuffle_permutes_pairs_only_and_is_batch_independent(syn):
     data, _ = syn
-    orig = _all(D.counterfactual_batches(data, "original", batch_size=1000))
-    sh_a = _all(D.counterfactual_batches(data, "shuffled", batch_size=7, shuffle_seed=11))
-    sh_b = _all(D.counterfactual_batches(data, "shuffled", batch_size=1000, shuffle_seed=11))
-    sh_c = _all(D.counterfactual_batches(data, "shuffled", batch_size=1000, shuffle_seed=12))
+    orig = _all(counterfactual_batches(data, "original", batch_size=1000))
+    sh_a = _all(counterfactual_batches(data, "shuffled", batch_size=7, shuffle_seed=11))
+    sh_b = _all(counterfactual_batches(data, "shuffled", batch_size=1000, shuffle_seed=11))
+    sh_c = _all(counterfactual_batches(data, "shuffled", batch_size=1000, shuffle_seed=12))
     for f in Batch.__dataclass_fields__:  # a function of (seed, instance), not of the batching
         assert torch.equal(sh_a[f], sh_b[f]), f
     for f in ("mask", "length", "time_to_now", "time_from_first", "user", "cand_item", "cand_cate"):
@@ -115,8 +120,8 @@ def test_shuffle_permutes_pairs_only_and_is_batch_independent(syn):
 
 
 def test_shuffle_keys_uniform_and_deterministic():
-    k1 = D.shuffle_keys(0, np.arange(2000), 30)
-    k2 = D.shuffle_keys(0, np.arange(2000)[::-1].copy(), 30)[::-1]
+    k1 = shuffle_keys(0, np.arange(2000), 30)
+    k2 = shuffle_keys(0, np.arange(2000)[::-1].copy(), 30)[::-1]
     assert np.array_equal(k1, k2)
     assert (k1 >= 0).all() and (k1 < 1).all()
     assert abs(k1.mean() - 0.5) < 0.01 and abs(k1.std() - np.sqrt(1 / 12)) < 0.01
@@ -125,7 +130,7 @@ def test_shuffle_keys_uniform_and_deterministic():
     counts = np.bincount(first, minlength=30)
     assert counts.min() > 30 and counts.max() < 110
     with pytest.raises(ValueError):
-        D.shuffle_keys(0, np.array([-1]), 3)
+        shuffle_keys(0, np.array([-1]), 3)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,7 +140,7 @@ def _hash01(*arrays: torch.Tensor) -> torch.Tensor:
     x = np.zeros(np.broadcast_shapes(*[a.shape for a in arrays]), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for a in arrays:
-            x = D._splitmix64(x ^ np.broadcast_to(a.cpu().numpy().astype(np.uint64), x.shape))
+            x = splitmix64(x ^ np.broadcast_to(a.cpu().numpy().astype(np.uint64), x.shape))
     return torch.from_numpy((x >> np.uint64(11)).astype(np.float64) / 2.0**53)
 
 
@@ -170,7 +175,7 @@ class Oracle(nn.Module):
     """Knows the truth: u^l scores a candidate by the user's profile weight of its category, u^s by
     whether its category is the current topic, and α = 1 − driver."""
 
-    def __init__(self, data, truth: D.Truth):
+    def __init__(self, data, truth: Truth):
         super().__init__()
         pos = np.full(data.cate_vocab_size, -1, np.int64)
         pos[data.cate_index[truth.cats]] = np.arange(len(truth.cats))
@@ -193,9 +198,9 @@ class Oracle(nn.Module):
 
 
 def _evaluate(model, data, truth, reps=50):
-    cf, raw = D.counterfactual_eval(model, data, "test", D.SETS, K_RECENT, 0, batch_size=64)
-    gt, _ = D.ground_truth_eval(model, data, truth, raw["original"], batch_size=64, reps=reps)
-    return cf, D.counterfactual_indices(cf), gt
+    cf, raw = counterfactual_eval(model, data, "test", SETS, K_RECENT, 0, batch_size=64)
+    gt, _ = ground_truth_eval(model, data, truth, raw["original"], batch_size=64, reps=reps)
+    return cf, measures.counterfactual_indices(cf), gt
 
 
 def test_truth_is_aligned_with_the_data(syn, truth):
@@ -234,7 +239,7 @@ def test_entangled_model_scores_chance_on_disentanglement(syn, truth):
 def test_random_model_scores_near_chance(syn, truth):
     data, _ = syn
     cf, _, gt = _evaluate(Random(), data, truth)
-    ref = D.reference_levels(truth, data.candidates["test"].item.shape[1])["chance"]
+    ref = measures.reference_levels(truth, data.candidates["test"].item.shape[1])["chance"]
     assert abs(gt["alpha_auc"] - 0.5) < 0.1
     assert abs(cf["original"]["gauc"] - 0.5) < 0.05
     for r in ("_long", "_short"):
@@ -261,6 +266,69 @@ def test_oracle_model_scores_near_perfect(syn, truth):
     assert gt["gauc_short@short_driven"] > 0.85
 
 
+def test_known_answers_are_met(truth):
+    checks = measures.known_answers(truth)
+    assert len(checks) == 4
+    for name, (measured, expected) in checks.items():
+        assert measured == pytest.approx(expected, abs=1e-12), name
+
+
+# ------------------------------------------------------------------------------------------------
+# one scoring function for training, evaluation and the study
+# ------------------------------------------------------------------------------------------------
+def test_score_batches_matches_direct_forwards_and_ignores_batching(syn):
+    data, _ = syn
+    model = Random()
+    readouts = {"model": None, "long": 1.0, "short": 0.0}
+    small = score_batches(model, counterfactual_batches(data, "original", batch_size=7), readouts, keep=("alpha", "absent"))
+    large = score_batches(model, counterfactual_batches(data, "original", batch_size=1000), readouts, keep=("alpha",))
+    n = len(data.instances["test"])
+    assert np.array_equal(small.instance, np.arange(n)) and np.array_equal(large.instance, small.instance)
+    assert set(small.outputs) == {"alpha"}  # an output the model does not return is left out
+    for r in readouts:
+        assert small.logits[r].shape == (n, data.candidates["test"].item.shape[1])
+        assert np.array_equal(small.logits[r], large.logits[r]), r
+    assert np.array_equal(small.outputs["alpha"], large.outputs["alpha"])
+    # the same numbers as calling the model on each batch by hand
+    direct = {r: [] for r in readouts}
+    users, alphas = [], []
+    for b in counterfactual_batches(data, "original", batch_size=50):
+        for r, a in readouts.items():
+            direct[r].append((model(b) if a is None else model(b, alpha_override=a))["logits"].numpy())
+        alphas.append(model(b)["alpha"].numpy())
+        users.append(b.user.numpy())
+    for r in readouts:
+        np.testing.assert_array_equal(small.logits[r], np.concatenate(direct[r]).astype(np.float32))
+    np.testing.assert_array_equal(small.outputs["alpha"], np.concatenate(alphas).astype(np.float32))
+    np.testing.assert_array_equal(small.user, np.concatenate(users))
+    assert np.array_equal(small.user_row, data.instances["test"].user)
+
+
+def test_score_batches_keeps_outputs_of_the_as_trained_readout_only():
+    m = _clsr()
+    b = _batch()
+    s = score_batches(m, [b, b], {"long": 1.0, "model": None}, keep=("alpha", "u_long"))
+    with torch.no_grad():
+        base = m(b)
+    np.testing.assert_array_equal(s.outputs["alpha"], np.concatenate([base["alpha"].float().numpy()] * 2))
+    assert s.outputs["u_long"].shape == (2 * b.size, base["u_long"].shape[-1])
+    assert s.logits["long"].shape == (2 * b.size, b.n_candidates)
+    with pytest.raises(ValueError, match="as-trained readout"):
+        score_batches(m, [b], {"long": 1.0}, keep=("alpha",))
+    assert list(score_batches(m, [b]).logits) == list(AS_TRAINED)
+
+
+def test_evaluate_is_the_metrics_of_score_batches(syn):
+    from clsr import metrics as M
+    from clsr.train import TrainConfig, evaluate
+
+    data, _ = syn
+    model = Entangled(data.cate_vocab_size)
+    cfg = TrainConfig(eval_batch_size=33, ks=[1, 10])
+    s = score_batches(model, counterfactual_batches(data, "original", batch_size=100))
+    assert evaluate(model, data, "test", cfg) == M.evaluate_scores(s.logits["model"], s.user, (1, 10), cfg.ties)
+
+
 # ------------------------------------------------------------------------------------------------
 # measure helpers
 # ------------------------------------------------------------------------------------------------
@@ -268,21 +336,21 @@ def test_rank_measures_and_chance_levels():
     K = 7
     const = np.zeros((3, K))
     topic = np.array([0, 3, -1])
-    rr = D.target_rr(const, topic)
+    rr = measures.target_rr(const, topic)
     H = sum(1 / i for i in range(1, K + 1))
     assert np.allclose(rr[:2], H / K) and np.isnan(rr[2])  # constant scores = chance, in expectation
     s = np.arange(K)[None, :].astype(float).repeat(2, 0)
-    assert np.allclose(D.target_rr(s, np.array([K - 1, 0])), [1.0, 1.0 / K])
+    assert np.allclose(measures.target_rr(s, np.array([K - 1, 0])), [1.0, 1.0 / K])
     gains = np.random.default_rng(0).dirichlet(np.ones(K), 3)
-    ndcg, chance = D.graded_ndcg(const, gains)
+    ndcg, chance = measures.graded_ndcg(const, gains)
     assert np.allclose(ndcg, chance)
-    ndcg, _ = D.graded_ndcg(gains, gains)
+    ndcg, _ = measures.graded_ndcg(gains, gains)
     assert np.allclose(ndcg, 1.0)
-    assert np.allclose(D.spearman_rows(gains, gains), 1.0)
-    assert np.allclose(D.spearman_rows(gains, -gains), -1.0)
-    assert np.isnan(D.spearman_rows(const, gains)).all()
+    assert np.allclose(measures.spearman_rows(gains, gains), 1.0)
+    assert np.allclose(measures.spearman_rows(gains, -gains), -1.0)
+    assert np.isnan(measures.spearman_rows(const, gains)).all()
     sc = np.array([[3.0, 1.0, 3.0, 5.0], [0.0, 0.0, 0.0, 0.0]])
-    assert np.allclose(D.instance_auc(sc), [(1 + 0.5) / 3, 0.5])
+    assert np.allclose(measures.instance_auc(sc), [(1 + 0.5) / 3, 0.5])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -315,7 +383,7 @@ def _clsr(**kw) -> CLSR:
     torch.manual_seed(0)
     m = CLSR(CLSRConfig(**kw), SIZES).double()
     with torch.no_grad():
-        for t in (m.item_emb, m.cate_emb, m.user_long, m.user_short):
+        for t in (m.tokens.item, m.tokens.cate, m.user_long, m.user_short):
             t.weight.normal_(0, 0.5)
     return m.eval()
 

@@ -1,0 +1,86 @@
+"""One model through the study: scored (`clsr.scoring.score_batches`) on the counterfactual sets and the
+probe batches, then measured (`clsr.disentangle.measures`)."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+
+from clsr import metrics as M
+from clsr.data.batches import Batch
+from clsr.data.store import PreparedData
+from clsr.disentangle import measures
+from clsr.disentangle.counterfactual import SETS, counterfactual_batches
+from clsr.disentangle.measures import READOUTS, SUFFIX
+from clsr.disentangle.truth import Truth, category_batches
+from clsr.scoring import Scores, score_batches
+
+
+def positive_alpha(scores: Scores) -> np.ndarray:
+    """(n,) the as-trained α on each instance's positive (column 0); NaN for a model without α."""
+    if "alpha" not in scores.outputs:
+        return np.full(len(scores.user), np.nan)
+    return scores.outputs["alpha"].reshape(len(scores.user), -1)[:, 0]
+
+
+def counterfactual_eval(
+    model: Callable,
+    data: PreparedData,
+    split: str = "test",
+    sets: Iterable[str] = SETS,
+    recent_k: int = 5,
+    shuffle_seed: int = 0,
+    batch_size: int = 500,
+    ties: str = "released",
+) -> tuple[dict[str, dict[str, float]], dict[str, Scores]]:
+    """For each set: AUC / GAUC / MRR of every readout (``auc``, ``auc_long``, ``auc_short``, ...) and
+    ``mean_alpha_pos`` (mean α of the model readout on positive rows). Also returns the scores."""
+    metrics: dict[str, dict[str, float]] = {}
+    raw: dict[str, Scores] = {}
+    for kind in sets:
+        batches = counterfactual_batches(data, kind, split, batch_size, recent_k, shuffle_seed)
+        s = score_batches(model, batches, READOUTS, keep=("alpha",))
+        row: dict[str, float] = {}
+        for r in READOUTS:
+            m = M.evaluate_scores(s.logits[r], s.user, (10,), ties)
+            for key in ("auc", "gauc", "mrr"):
+                row[f"{key}{SUFFIX[r]}"] = float(m[key])
+        a = positive_alpha(s)
+        row["mean_alpha_pos"] = float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
+        metrics[kind] = row
+        raw[kind] = s
+    return metrics, raw
+
+
+def ground_truth_eval(
+    model: Callable,
+    data: PreparedData,
+    truth: Truth,
+    original: Scores | None = None,
+    split: str = "test",
+    batch_size: int = 500,
+    ties: str = "released",
+    reps: int = 200,
+    seed: int = 0,
+) -> tuple[dict[str, float], dict[str, Scores]]:
+    """All ground-truth measures of one model. `original`: its scores (`READOUTS`, α kept) on the original
+    test set, computed here when None. Returns (measures, {'original', 'categories'} scores)."""
+    if original is None:
+        batches = counterfactual_batches(data, "original", split, batch_size)
+        original = score_batches(model, batches, READOUTS, keep=("alpha",))
+    out: dict[str, float] = {}
+    alpha = positive_alpha(original)
+    if np.isfinite(alpha).all():
+        out.update(measures.alpha_separation(alpha, truth.driver, reps, seed))
+    out.update(measures.driver_accuracy(original.logits, original.user, truth.driver, ties, reps, seed))
+    cat = score_batches(model, category_batches(data, truth, split, batch_size), READOUTS)
+    out.update(measures.interest_match(cat.logits, truth, reps, seed))
+    return out, {"original": original, "categories": cat}
+
+
+def interest_vectors(model: Callable, batch: Batch) -> dict[str, np.ndarray]:
+    """u^l (n, d) and u^s (n, d) (of the positive candidate), the user row and the positive's α."""
+    s = score_batches(model, [batch], keep=("alpha", "u_long", "u_short"))
+    ul, us = s.outputs["u_long"], s.outputs["u_short"]
+    return {"u_long": ul[:, 0] if ul.ndim == 3 else ul, "u_short": us[:, 0] if us.ndim == 3 else us,
+            "user_row": s.user_row, "alpha_pos": positive_alpha(s)}
