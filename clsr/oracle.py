@@ -30,6 +30,11 @@ and the posterior probability that the target was short-driven, given the histor
 The oracle reads the user's whole history (models see the last max_len events of it). Time plays no part
 in the generator's choice of categories or items, so the oracle ignores timestamps.
 
+What "best" means. The full score is the exact predictive probability of the target: the best predictor
+of the next item. Ranking the positive against negatives drawn by popularity is a different task: there
+the AUC-optimal score is the likelihood ratio P(i_t = i | h) / P(i is drawn as a negative), so a score
+that also divides by the negative sampler's item frequency can rank slightly better than the oracle.
+
 Where the parameters come from: `oracle_params(options)` runs the generator with the dataset's source
 options (stored in the prepared dataset's meta.json) and takes θ_u and p_u from its output
 (``user_profiles``, ``user_params``); the category popularity g and the within-category item

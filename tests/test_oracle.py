@@ -179,8 +179,8 @@ def test_without_short_term_drivers_the_topic_carries_no_signal(no_short):
 # ------------------------------------------------------------------------------------------------
 STRONG = {"n_users": 400, "n_items": 200, "n_categories": 8, "mean_events": 30, "seed": 3}
 STRONG_PROTOCOL = ProtocolConfig(max_len=20, test_negatives=19, seed=0)
-CLSR_TRAIN = {"epochs": 1, "patience": 1, "batch_size": 128, "seed": 0, "progress": False, "threads": 1,
-              "max_train_instances": 3000}
+CLSR_TRAIN = {"epochs": 2, "patience": 2, "batch_size": 128, "seed": 0, "progress": False, "threads": 1,
+              "max_train_instances": 0}
 
 
 @pytest.fixture(scope="module")
@@ -198,8 +198,10 @@ def popularity_scores(data) -> np.ndarray:
 
 def test_oracle_beats_popularity_and_a_trained_clsr(strong):
     """Margins on 400 test users, whose GAUC has a standard error of ≈ 0.015 (see test_regression):
-    the oracle must clear the popularity scorer by 0.15 (10 standard errors) and a CLSR trained for one
-    short epoch by any amount: the oracle ranks by the exact predictive probability of the target."""
+    the oracle must clear the popularity scorer by 0.15 (10 standard errors), and CLSR trained as in
+    test_regression (two epochs over every train instance, which lifts it 0.10 above popularity there)
+    by any amount on GAUC and MRR: the oracle ranks by the exact predictive probability of the target,
+    and the comparison is paired (the same candidates), so most of the sampling noise is shared."""
     data, params = strong
     users = data.instances["test"].user
     oracle = M.evaluate_scores(O.score_candidates(data, "test", params)["full"], users)
@@ -211,7 +213,7 @@ def test_oracle_beats_popularity_and_a_trained_clsr(strong):
         clsr = fit(data, "clsr", {}, CLSR_TRAIN, run_dir=None).metrics["test"]
     finally:
         torch.set_num_threads(threads)
-    assert clsr["gauc"] > popularity["gauc"]  # the model did learn something from the history
+    assert clsr["gauc"] > popularity["gauc"] + 0.10  # the model learned from the history
     assert oracle["gauc"] > clsr["gauc"]
     assert oracle["mrr"] > clsr["mrr"]
 
