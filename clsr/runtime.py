@@ -1,4 +1,10 @@
-"""Process-level settings that make CPU training faster without changing any number.
+"""Process-level settings: a faster CPU allocator, and the compute path every run records.
+
+`compute_path` — what decides a run's float rounding besides its configuration: the device, torch's
+CPU thread count (reductions and GEMMs split their work by thread) and whether the C kernels of
+`clsr.models.native` or torch ops run. The same seed and configuration give bit-identical results only on
+the same compute path; runs record it in last.pt and metrics.json, and `clsr.train.fit` refuses to resume
+a checkpoint written on another one.
 
 `tune_cpu_allocator` — why: a CLSR training step allocates and frees tensors of 20-40 MB (the
 short-term attention over B·C·L = 125k rows). glibc serves every block above its mmap threshold
@@ -15,6 +21,8 @@ import ctypes
 import ctypes.util
 import os
 import sys
+
+import torch
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
@@ -40,3 +48,15 @@ def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 <<
     ok = bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
     _done = ok
     return ok
+
+
+def kernel_path(device: torch.device | str = "cpu") -> str:
+    """'native' when the C kernels of `clsr.models.native` run for float tensors on `device`, else 'torch'."""
+    from clsr.models import native  # here: the models package is not needed to tune the allocator
+
+    return "native" if torch.device(device).type == "cpu" and native.available() else "torch"
+
+
+def compute_path(device: torch.device | str = "cpu") -> dict:
+    """{"device", "threads", "kernels"}: the device, `torch.get_num_threads()` and `kernel_path(device)`."""
+    return {"device": str(device), "threads": torch.get_num_threads(), "kernels": kernel_path(device)}

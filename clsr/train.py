@@ -11,10 +11,15 @@ continues after its last finished epoch and ends exactly where an uninterrupted 
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
 import os
+import pickle
+import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,16 +27,26 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the plain text bar: tqdm.auto would ask papermill kernels for ipywidgets
 
 from clsr import metrics as M
 from clsr.config import ConfigError, config_hash, from_dict
 from clsr.data import batches as B
-from clsr.data.store import PreparedData, atomic_write_json
+from clsr.data.sources import DataError
+from clsr.data.store import PreparedData, atomic_path, atomic_write_json
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
 from clsr.models.registry import build_config, build_model
-from clsr.runtime import tune_cpu_allocator
+from clsr.runtime import compute_path, tune_cpu_allocator
 from clsr.scoring import score_batches
+
+
+class RunError(ValueError):
+    """A run directory cannot be used as asked: an unsafe or unreadable checkpoint, another run's finished
+    result, a run in progress, a checkpoint written on another compute path, or other data."""
+
+
+#: device names `TrainConfig.device` accepts
+DEVICE_NAME = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
 
 
 @dataclass
@@ -45,7 +60,7 @@ class TrainConfig:
     lr: float = 1.0e-3  # Adam learning rate (β = (0.9, 0.999), ε = 1e-8 as TF)
     eval_batch_size: int = 500  # instances per evaluation step
     seed: int = 0  # model init, batch order and negatives
-    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N | mps
     threads: int = 0  # torch CPU threads; 0 = leave PyTorch's default
     max_train_instances: int = 0  # > 0: use a fixed, seeded subset of train instances (quick runs)
     select_metric: str = "gauc"  # validation metric for early stopping (released: wauc = gauc)
@@ -65,6 +80,22 @@ class TrainConfig:
             raise ConfigError(f"{where}.ties: {self.ties!r} is not one of ['released', 'mean', 'optimistic']")
         if self.select_metric not in ("gauc", "auc", "mrr"):
             raise ConfigError(f"{where}.select_metric: {self.select_metric!r} is not one of ['gauc', 'auc', 'mrr']")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"{where}.eval_batch_size: must be >= 1, got {self.eval_batch_size}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"{where}.lr: must be a finite number > 0, got {self.lr}")
+        for key in ("threads", "seed", "max_train_instances"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
+        if not DEVICE_NAME.fullmatch(self.device):
+            raise ConfigError(f"{where}.device: {self.device!r} is not a device name; use auto, cpu, cuda, cuda:N or mps")
+        if any(k < 1 for k in self.ks):
+            raise ConfigError(f"{where}.ks: cut-offs must be >= 1, got {self.ks}")
+
+    def result_settings(self) -> dict:
+        """The settings that can change what a run computes (all but `progress`): hashed into the run's
+        configuration, so showing or hiding progress bars never makes a checkpoint "another configuration"."""
+        return {k: v for k, v in asdict(self).items() if k != "progress"}
 
 
 #: package files whose content decides what `fit` computes (relative to clsr/); a checkpoint written by other
@@ -90,6 +121,8 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name!r} asked for, but CUDA is not available here; use 'auto' or 'cpu'")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device: 'mps' asked for, but MPS is not available here; use 'auto' or 'cpu'")
     return torch.device(name)
 
 
@@ -127,10 +160,156 @@ def evaluate(model: Recommender, data: PreparedData, split: str, cfg: TrainConfi
 
 
 # ------------------------------------------------------------------------------------------------
+LAST_REMEDY = "delete it, or pass --no-resume (resume=False) to start afresh"
+BEST_REMEDY = "delete it, or pass --no-resume (resume=False) to train afresh"
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save into a unique temporary sibling, then rename: readers never see half a checkpoint."""
+    with atomic_path(path, suffix=".tmp") as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: Path, device: torch.device | str, remedy: str) -> dict:
+    """A checkpoint read with ``weights_only=True`` (tensors and plain data only, never arbitrary objects).
+
+    A file that holds other objects, or that cannot be read, raises `RunError` naming it and `remedy`.
+    """
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
+        if unsafe:
+            raise RunError(
+                f"{path}: refused: it holds {unsafe.group(1)}, not only tensors and plain data, and loading it "
+                f"could run code; {remedy}"
+            ) from None
+        detail = str(e).split("WeightsUnpickler error:", 1)[-1].strip() or str(e)
+        raise RunError(
+            f"{path}: unreadable checkpoint (not only tensors and plain data: {_first_line(detail)}); {remedy}"
+        ) from None
+    except Exception as e:  # truncated, empty or not a checkpoint at all
+        raise RunError(f"{path}: unreadable checkpoint ({type(e).__name__}: {_first_line(e)}); {remedy}") from None
+    if not isinstance(ck, dict) or "model" not in ck:
+        raise RunError(f"{path}: not a clsr checkpoint (no 'model' entry); {remedy}")
+    return ck
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "empty file or no details"
+
+
+def _read_metrics(run_dir: Path) -> dict:
+    path = run_dir / "metrics.json"
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise RunError(f"{path}: not found; the run has not finished (train it to the end first)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: unreadable ({e}); delete the run directory and train again") from None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold an exclusive lock on ``run_dir/.lock`` for the block (released when it ends, however it ends).
+
+    Non-blocking: a second process (or a second `fit` in this one) fails at once with `RunError` naming the
+    directory and the holder's pid, instead of both writing the same checkpoints.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunError(
+                f"{run_dir}: another training run (pid {holder}) is using this directory; wait for it to end "
+                "or pick another --run-dir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # closing the file releases the lock
+
+
+def _guard_finished_run(run_dir: Path, chash: str, code_hash: str, overwrite: bool) -> None:
+    """A finished run (metrics.json) of another configuration or training code is refused, unless
+    `overwrite`, which removes its result files now. A finished run of this very configuration stays
+    until this run writes its own result."""
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return
+    if overwrite:
+        for name in ("metrics.json", "history.json"):
+            (run_dir / name).unlink(missing_ok=True)
+        return
+    done = _read_metrics(run_dir)
+    if done.get("config_hash") == chash and done.get("code_hash") == code_hash:
+        return
+    raise RunError(
+        f"{run_dir}: holds a finished run of configuration {done.get('config_hash')} (code "
+        f"{done.get('code_hash')}), this run is configuration {chash} (code {code_hash}); pick another "
+        "--run-dir, or pass --overwrite (overwrite=True) to replace it"
+    )
+
+
+def _check_same_compute_path(path: Path, written: Mapping[str, Any] | None, now: Mapping[str, Any]) -> None:
+    """Refuse to continue a checkpoint written on another device, thread count or kernel path: the float
+    rounding differs, so the resumed run would match neither an uninterrupted run of the old nor the new."""
+    written = dict(written or {})
+    diff = [k for k in now if written.get(k) != now[k]]
+    if diff:
+        was = ", ".join(f"{k}={written.get(k)}" for k in diff)
+        is_ = ", ".join(f"{k}={now[k]}" for k in diff)
+        raise RunError(
+            f"{path}: written with {was}, this process has {is_} (torch threads: train.threads, kernels: "
+            "CLSR_NATIVE, device: train.device); run with the checkpoint's settings, or pass --no-resume "
+            "(resume=False) to start afresh"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+def check_data_fits(data: PreparedData, model_name: str, mcfg: ModelConfig) -> None:
+    """Refuse, before anything is built, data on which a run would be void: an empty train, valid or test
+    split, or a model setting that the data's history length makes meaningless (`ModelConfig.check_data`)."""
+    keys = {"train": "split, span, train_keep, min_history", "valid": "split, span, valid_fraction, valid_keep",
+            "test": "split, span, test_fraction, test_keep"}
+    for split, knobs in keys.items():
+        inst = data.instances.get(split)
+        if inst is None or len(inst) == 0:
+            raise DataError(
+                f"dataset {data.name!r}: the {split} split has no instances; change "
+                f"datasets.{data.name}.protocol ({knobs}) and prepare the data again"
+            )
+    max_len, _ = data_settings(data)
+    mcfg.check_data(max_len, f"models.{model_name}", f"datasets.{data.name}.protocol.max_len")
+
+
+def run_settings(model_name: str, mcfg: ModelConfig, cfg: TrainConfig) -> dict:
+    """The model and training settings of a run, as hashed into its configuration."""
+    return {"model": model_name, "model_config": asdict(mcfg), "train": cfg.result_settings()}
+
+
+def default_run_dir(
+    root: str | Path,
+    dataset: str,
+    name: str,
+    model_cfg: ModelConfig | Mapping[str, Any] | None,
+    train_cfg: TrainConfig | Mapping[str, Any] | None,
+) -> Path:
+    """``root/<dataset>/<name>/<hash>``, the hash (12 hex) over model `name`, its config and the training
+    settings: runs of different configurations never share a folder, and the same configuration finds
+    its checkpoint again."""
+    mcfg = model_cfg if isinstance(model_cfg, ModelConfig) else build_config(name, model_cfg)
+    cfg = train_cfg if isinstance(train_cfg, TrainConfig) else from_dict(TrainConfig, train_cfg or {}, "train")
+    return Path(root) / dataset / name / config_hash(run_settings(name, mcfg, cfg))
 
 
 @dataclass
@@ -148,31 +327,45 @@ def fit(
     run_dir: str | Path | None = None,
     resume: bool = True,
     stop_after_epochs: int | None = None,
+    overwrite: bool = False,
 ) -> FitResult:
     """Train `model_name` on `data`, early-stop on validation, test the best checkpoint once.
 
-    `run_dir` receives last.pt, best.pt, metrics.json and history.json. `stop_after_epochs` ends the
+    `run_dir` receives last.pt, best.pt, metrics.json and history.json; it is locked for the whole run
+    (`run_lock`). A finished run of another configuration there is refused unless `overwrite`. With
+    `resume`, a last.pt of this configuration and code is continued; one of another configuration or code
+    is ignored (printed), one written on another compute path is refused. `stop_after_epochs` ends the
     process early as an interruption would (used by the resume test).
     """
     cfg = train_cfg if isinstance(train_cfg, TrainConfig) else from_dict(TrainConfig, train_cfg or {}, "train")
     mcfg = model_params if isinstance(model_params, ModelConfig) else build_config(model_name, model_params)
+    check_data_fits(data, model_name, mcfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     if device.type == "cpu":
         tune_cpu_allocator()  # reuse freed large blocks instead of page-faulting fresh ones (clsr.runtime)
-    max_len, time_unit = data_settings(data)
     resolved = {
-        "model": model_name,
-        "model_config": asdict(mcfg),
-        "train": asdict(cfg),
+        **run_settings(model_name, mcfg, cfg),
         "dataset": data.name,
         "dataset_sha256": data.meta.get("content_sha256"),
         "protocol": data.meta.get("protocol"),
     }
     chash = config_hash(resolved)
     code_hash = code_fingerprint()
+    run_dir = Path(run_dir) if run_dir else None
+    with contextlib.ExitStack() as held:
+        if run_dir:
+            held.enter_context(run_lock(run_dir))
+            _guard_finished_run(run_dir, chash, code_hash, overwrite)
+        return _train(data, model_name, mcfg, cfg, device, resolved, chash, code_hash, run_dir, resume,
+                      stop_after_epochs)
 
+
+def _train(data, model_name, mcfg, cfg, device, resolved, chash, code_hash, run_dir, resume, stop_after_epochs):
+    """The body of `fit` once its settings are checked and its run directory is locked."""
+    max_len, time_unit = data_settings(data)
+    compute = compute_path(device)
     torch.manual_seed(cfg.seed)
     train_data = _subset_train(data, cfg.max_train_instances, cfg.seed)
     model = build_model(model_name, model_sizes(data), mcfg)
@@ -182,26 +375,25 @@ def fit(
     opt = make_optimizer(model, cfg.lr)
     rng = np.random.default_rng(cfg.seed)
 
-    run_dir = Path(run_dir) if run_dir else None
     start_epoch, best, best_epoch, history = 1, -math.inf, 0, []
     if run_dir:
-        run_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = run_dir / "last.pt"
-        if resume and ckpt_path.exists():
-            ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-            if ck.get("config_hash") == chash and ck.get("code_hash") == code_hash:
-                model.load_state_dict(ck["model"])
-                opt.load_state_dict(ck["optimizer"])
-                rng.bit_generator.state = ck["numpy_rng"]
-                torch.set_rng_state(ck["torch_rng"])
-                start_epoch, best, best_epoch, history = ck["epoch"] + 1, ck["best"], ck["best_epoch"], ck["history"]
-                print(f"[{model_name}] resumed from {ckpt_path} after epoch {ck['epoch']}", flush=True)
-            else:
+        ck = load_checkpoint(ckpt_path, device, LAST_REMEDY) if resume and ckpt_path.exists() else None
+        if ck is not None and ck.get("config_hash") == chash and ck.get("code_hash") == code_hash:
+            _check_same_compute_path(ckpt_path, ck.get("compute"), compute)
+            if ck["best_epoch"] > 0:  # fail now, not after the remaining epochs
+                _load_best(run_dir, device, chash, code_hash, ck["best_epoch"])
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            rng.bit_generator.state = ck["numpy_rng"]
+            torch.set_rng_state(ck["torch_rng"])
+            start_epoch, best, best_epoch, history = ck["epoch"] + 1, ck["best"], ck["best_epoch"], ck["history"]
+            print(f"[{model_name}] resumed from {ckpt_path} after epoch {ck['epoch']}", flush=True)
+        else:
+            if ck is not None:
                 other = "configuration" if ck.get("config_hash") != chash else "version of the training code"
                 print(f"[{model_name}] {ckpt_path} belongs to another {other}: starting afresh", flush=True)
-        for stale in ("metrics.json",):
-            if (run_dir / stale).exists():
-                (run_dir / stale).unlink()
+            (run_dir / "best.pt").unlink(missing_ok=True)  # an unfinished run's; never tested with this one
 
     params = [p for p in model.parameters() if p.requires_grad]
     n_batches = B.n_train_batches(train_data, cfg.batch_size, cfg.n_neg)
@@ -241,6 +433,11 @@ def fit(
         valid = evaluate(model, data, "valid", cfg, device)
         eval_s = time.perf_counter() - t1
         score = valid[cfg.select_metric]
+        if not math.isfinite(score):
+            raise FloatingPointError(
+                f"[{model_name}] validation {cfg.select_metric} is {score} in epoch {epoch}; no epoch can be "
+                "selected (check the valid split, or choose another train.select_metric)"
+            )
         improved = score > best
         if improved:
             best, best_epoch = score, epoch
@@ -279,6 +476,7 @@ def fit(
                     "config": resolved,
                     "config_hash": chash,
                     "code_hash": code_hash,
+                    "compute": compute,
                 },
                 run_dir / "last.pt",
             )
@@ -291,8 +489,8 @@ def fit(
             break
 
     # test the best checkpoint once
-    if run_dir and (run_dir / "best.pt").exists():
-        model.load_state_dict(torch.load(run_dir / "best.pt", map_location=device, weights_only=False)["model"])
+    if run_dir:
+        model.load_state_dict(_load_best(run_dir, device, chash, code_hash, best_epoch)["model"])
     elif best_state is not None:
         model.load_state_dict(best_state)
     t2 = time.perf_counter()
@@ -308,6 +506,7 @@ def fit(
         "valid": {k[len("valid_"):]: v for k, v in best_row.items() if k.startswith("valid_")},
         "best_epoch": best_epoch,
         "epochs_run": len(history),
+        "stop_reason": "patience" if history[-1]["epoch"] - best_epoch >= cfg.patience else "cap",
         "seconds_per_epoch": float(np.mean(train_secs)),
         "train_instances_per_s": float(np.mean([r["train_instances_per_s"] for r in history])),
         "test_seconds": test_s,
@@ -317,11 +516,26 @@ def fit(
         "code_hash": code_hash,
         "config": resolved,
         "device": str(device),
+        "compute": compute,
     }
     if run_dir:
         atomic_write_json(run_dir / "history.json", history)
         atomic_write_json(run_dir / "metrics.json", result)
     return FitResult(model=model, metrics=result, history=history)
+
+
+def _load_best(run_dir: Path, device, chash: str, code_hash: str, best_epoch: int) -> dict:
+    """best.pt of this run: written at `best_epoch` by this configuration and code, else `RunError`."""
+    path = run_dir / "best.pt"
+    if not path.exists():
+        raise RunError(f"{path}: missing, but last.pt says epoch {best_epoch} was the best; {BEST_REMEDY}")
+    ck = load_checkpoint(path, device, BEST_REMEDY)
+    if (ck.get("config_hash"), ck.get("code_hash"), ck.get("epoch")) != (chash, code_hash, best_epoch):
+        raise RunError(
+            f"{path}: written by another run (configuration {ck.get('config_hash')}, epoch {ck.get('epoch')}; "
+            f"expected {chash}, epoch {best_epoch}); {BEST_REMEDY}"
+        )
+    return ck
 
 
 def _subset_train(data: PreparedData, n: int, seed: int) -> PreparedData:
@@ -340,15 +554,48 @@ def _subset_train(data: PreparedData, n: int, seed: int) -> PreparedData:
     return sub
 
 
-def load_trained(run_dir: str | Path, data: PreparedData, device: str = "auto") -> Recommender:
-    """The best checkpoint of a finished run, ready for `clsr.scoring.score_batches` (analysis notebooks)."""
+def load_trained(
+    run_dir: str | Path, data: PreparedData, device: str = "auto", allow_other_data: bool = False
+) -> Recommender:
+    """The best checkpoint of a finished run, ready for `clsr.scoring.score_batches` (analysis notebooks).
+
+    `data` must be what the run was trained on (content sha256 and protocol as recorded in metrics.json),
+    else `RunError`; `allow_other_data` turns that into a warning on stderr.
+    """
     run_dir = Path(run_dir)
-    with open(run_dir / "metrics.json") as f:
-        meta = json.load(f)
+    meta = _read_metrics(run_dir)
     cfg = meta["config"]
+    _check_same_data(run_dir, cfg, data, allow_other_data)
     model = build_model(cfg["model"], model_sizes(data), cfg["model_config"])
     if hasattr(model, "attach_data"):
         model.attach_data(_subset_train(data, cfg["train"]["max_train_instances"], cfg["train"]["seed"]))
     dev = pick_device(device)
-    model.load_state_dict(torch.load(run_dir / "best.pt", map_location=dev, weights_only=False)["model"])
+    remedy = "train the run again (--overwrite) or delete its directory"
+    model.load_state_dict(load_checkpoint(run_dir / "best.pt", dev, remedy)["model"])
     return model.to(dev).eval()
+
+
+def _check_same_data(run_dir: Path, cfg: Mapping[str, Any], data: PreparedData, allow_other_data: bool) -> None:
+    """The data's fingerprint (content sha256, protocol) must be the one recorded with the run."""
+    diffs = []
+    sha_run, sha_given = cfg.get("dataset_sha256"), data.meta.get("content_sha256")
+    if sha_run != sha_given:
+        diffs.append(f"content sha256 {sha_run} (run) vs {sha_given} (given)")
+    proto_run, proto_given = _plain(cfg.get("protocol")) or {}, _plain(data.meta.get("protocol")) or {}
+    for key in sorted(set(proto_run) | set(proto_given)):
+        if proto_run.get(key) != proto_given.get(key):
+            diffs.append(f"protocol.{key} {proto_run.get(key)} (run) vs {proto_given.get(key)} (given)")
+    if not diffs:
+        return
+    msg = f"{run_dir}: trained on other data than given ({'; '.join(diffs)})"
+    if not allow_other_data:
+        raise RunError(
+            msg + "; load the dataset the run was trained on, or pass --allow-other-data (allow_other_data=True) "
+            "to use this data anyway"
+        )
+    print(f"WARNING: {msg}; going on with the given data as asked (--allow-other-data)", file=sys.stderr, flush=True)
+
+
+def _plain(obj: Any) -> Any:
+    """`obj` as it reads back from JSON (tuples become lists), so recorded and live values compare equal."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))

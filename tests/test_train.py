@@ -44,9 +44,13 @@ def test_resume_after_interruption_matches_uninterrupted(small_data, tmp_path):
 
 
 def test_checkpoint_of_other_config_is_not_resumed(small_data, tmp_path, capsys):
-    fit(small_data, "clsr", {}, dict(TRAIN, epochs=1), run_dir=tmp_path / "r")
-    fit(small_data, "clsr", {"contrastive": "bpr"}, dict(TRAIN, epochs=1), run_dir=tmp_path / "r")
+    """An unfinished run's checkpoint of another configuration is ignored (a finished one is refused:
+    tests/test_train_reliability.py)."""
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_data, "clsr", {}, dict(TRAIN, epochs=2), run_dir=tmp_path / "r", stop_after_epochs=1)
+    res = fit(small_data, "clsr", {"contrastive": "bpr"}, dict(TRAIN, epochs=1), run_dir=tmp_path / "r")
     assert "another configuration" in capsys.readouterr().out
+    assert [r["epoch"] for r in res.history] == [1]
 
 
 def test_checkpoint_of_other_training_code_is_not_resumed(small_data, tmp_path, capsys, monkeypatch):
