@@ -6,8 +6,16 @@ early stopping on validation GAUC (strictly better = improvement, patience 5, at
 one test evaluation of the best checkpoint. Selection never looks at the test split.
 
 Checkpoints (``run_dir/last.pt``) hold model, optimiser, epoch, best score, history, the random states
-of the data sampler and of torch, and the resolved config: a killed run restarted with ``resume=True``
-continues after its last finished epoch and ends exactly where an uninterrupted run would.
+of the data sampler and of torch, the resolved config and the compute path (device, torch threads,
+kernels: `clsr.runtime.compute_path`): a killed run restarted with ``resume=True`` on the same compute
+path continues after its last finished epoch and ends exactly where an uninterrupted run would; on
+another compute path it is refused (the float rounding differs). Other thread counts give other bits,
+and the difference grows with training like a change of seed.
+
+Safety: checkpoints are read with ``weights_only=True`` and written through unique temporary files;
+a run directory is locked for the whole run; a finished run of another configuration is never
+replaced without ``overwrite``; `load_trained` checks that the data is the one the run was trained on.
+Errors a user can cause are `RunError` (a ValueError), one line naming the file and what to do.
 """
 from __future__ import annotations
 
@@ -597,5 +605,6 @@ def _check_same_data(run_dir: Path, cfg: Mapping[str, Any], data: PreparedData, 
 
 
 def _plain(obj: Any) -> Any:
-    """`obj` as it reads back from JSON (tuples become lists), so recorded and live values compare equal."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+    """`obj` as metrics.json holds it (tuples become lists, numpy scalars numbers), so recorded and live
+    values compare equal."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
