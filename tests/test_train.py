@@ -139,6 +139,8 @@ def test_cli_prepare_train_evaluate(tmp_path, monkeypatch, capsys):
         "datasets:\n  mine:\n    source: {name: csv, path: " + str(csv) + ", columns: {user: uid, item: item, category: category, ts: time}}\n"
         "    protocol: {max_len: 20, test_negatives: 19}\n"
         "train: {epochs: 1, batch_size: 128, progress: false}\n"
+        "pipeline: {datasets: [mine], counterfactual_datasets: [mine], ablation_dataset: mine, "
+        "disentanglement_dataset: mine}\n"
     )
     monkeypatch.chdir(tmp_path)
     assert cli_main(["prepare", "--dataset", "mine", "--params", str(params)]) == 0
