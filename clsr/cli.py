@@ -95,6 +95,11 @@ def cmd_evaluate(a) -> int:
 def cmd_check_params(a) -> int:
     _params(a.params)
     print(f"{a.params}: valid")
+    if a.out:  # the pipeline's first stage: a stamp written only when every section is valid
+        from clsr.data.store import atomic_write_text
+
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(a.out, "params valid\n")
     return 0
 
 
@@ -121,16 +126,6 @@ def cmd_models(a) -> int:
     return 0
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clsr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error (also CLSR_DEBUG=1)")
@@ -154,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default="clsr")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override, e.g. model.recent_k=5, model.fusion=fixed or train.epochs=3 (repeatable)")
-    sp.add_argument("--seed", type=_non_negative, help="the same as --set train.seed=N")
+    sp.add_argument("--seed", type=int, help="the same as --set train.seed=N")
     sp.add_argument("--run-dir", help="default: <runs-dir>/<dataset>/<model>/<hash of the resolved configuration>")
     sp.add_argument("--runs-dir", default="runs/cli")
     sp.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint of this configuration")
@@ -174,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("check-params", help="validate a params file (every section and key)")
     sp.add_argument("--params", default="params.yaml")
+    sp.add_argument("--out", help="write a stamp file there when the file is valid (dvc.yaml's first stage)")
     sp.set_defaults(func=cmd_check_params)
 
     sp = sub.add_parser("readme", help="refresh the README's results block from reports/tables/main.md")

@@ -72,7 +72,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = leave PyTorch's default
     max_train_instances: int = 0  # > 0: use a fixed, seeded subset of train instances (quick runs)
     select_metric: str = "gauc"  # validation metric for early stopping (released: wauc = gauc)
-    ties: str = "released"  # tie convention for ranking metrics (see clsr.metrics)
+    ties: str = "mean"  # ranking metrics' ties: mean (expected rank over tie orders) | pessimistic (= released) | optimistic
     ks: list[int] = field(default_factory=lambda: [1, 2, 4, 6, 10])  # cut-offs for ndcg@k / hit@k
     progress: bool = True  # tqdm bars (one summary line per epoch is always printed)
 
@@ -84,8 +84,8 @@ class TrainConfig:
                 f"{where}.batch_size: {self.batch_size} is smaller than 1 + n_neg = {1 + self.n_neg}; "
                 "in-batch negatives need that many instances per batch"
             )
-        if self.ties not in ("released", "mean", "optimistic"):
-            raise ConfigError(f"{where}.ties: {self.ties!r} is not one of ['released', 'mean', 'optimistic']")
+        if self.ties not in M.TIE_MODES:
+            raise ConfigError(f"{where}.ties: {self.ties!r} is not one of {list(M.TIE_MODES)}")
         if self.select_metric not in ("gauc", "auc", "mrr"):
             raise ConfigError(f"{where}.select_metric: {self.select_metric!r} is not one of ['gauc', 'auc', 'mrr']")
         if self.eval_batch_size < 1:
