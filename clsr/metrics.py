@@ -49,24 +49,31 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(_auc_from_ranks(ranks[labels].sum(), n_pos, n_neg))
 
 
-def group_weighted_auc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
-    """The released `wauc`: Σ_g (rows_g / rows) · AUC_g over groups holding both classes."""
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    labels = np.asarray(labels).ravel().astype(bool)
-    groups = np.asarray(groups).ravel()
-    df = pd.DataFrame({"g": groups, "s": scores, "y": labels})
-    df["r"] = df.groupby("g", sort=False)["s"].rank(method="average")
-    agg = df.assign(rp=df["r"] * df["y"]).groupby("g", sort=False).agg(
+def _group_aucs(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> dict[str, np.ndarray]:
+    """Per group holding both classes: group id (sorted), AUC over the group's rows (ties ½) and its row count."""
+    df = pd.DataFrame({"g": np.asarray(groups).ravel(), "s": np.asarray(scores, dtype=np.float64).ravel(),
+                       "y": np.asarray(labels).ravel().astype(bool)})
+    df["r"] = df.groupby("g", sort=True)["s"].rank(method="average")
+    agg = df.assign(rp=df["r"] * df["y"]).groupby("g", sort=True).agg(
         n=("y", "size"), n_pos=("y", "sum"), rank_pos=("rp", "sum")
     )
     n_pos = agg["n_pos"].to_numpy(np.float64)
     n_neg = agg["n"].to_numpy(np.float64) - n_pos
     ok = (n_pos > 0) & (n_neg > 0)
-    if not ok.any():
+    return {
+        "group": agg.index.to_numpy()[ok],
+        "auc": _auc_from_ranks(agg["rank_pos"].to_numpy(np.float64)[ok], n_pos[ok], n_neg[ok]),
+        "rows": agg["n"].to_numpy(np.int64)[ok],
+    }
+
+
+def group_weighted_auc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    """The released `wauc`: Σ_g (rows_g / rows) · AUC_g over groups holding both classes."""
+    g = _group_aucs(scores, labels, groups)
+    if not len(g["auc"]):
         return float("nan")
-    a = _auc_from_ranks(agg["rank_pos"].to_numpy()[ok], n_pos[ok], n_neg[ok])
-    w = agg["n"].to_numpy(np.float64)[ok]
-    return float((a * w).sum() / w.sum())
+    w = g["rows"].astype(np.float64)
+    return float((g["auc"] * w).sum() / w.sum())
 
 
 def tie_share(ties: str) -> float:
@@ -166,19 +173,8 @@ def per_user_auc(scores: np.ndarray, users: np.ndarray) -> dict[str, np.ndarray]
     n, c = scores.shape
     labels = np.zeros((n, c), dtype=bool)
     labels[:, 0] = True
-    df = pd.DataFrame({"g": np.repeat(np.asarray(users), c), "s": scores.ravel(), "y": labels.ravel()})
-    df["r"] = df.groupby("g", sort=True)["s"].rank(method="average")
-    agg = df.assign(rp=df["r"] * df["y"]).groupby("g", sort=True).agg(
-        n=("y", "size"), n_pos=("y", "sum"), rank_pos=("rp", "sum")
-    )
-    n_pos = agg["n_pos"].to_numpy(np.float64)
-    n_neg = agg["n"].to_numpy(np.float64) - n_pos
-    ok = (n_pos > 0) & (n_neg > 0)
-    return {
-        "user": agg.index.to_numpy()[ok],
-        "auc": _auc_from_ranks(agg["rank_pos"].to_numpy(np.float64)[ok], n_pos[ok], n_neg[ok]),
-        "rows": agg["n"].to_numpy(np.int64)[ok],
-    }
+    g = _group_aucs(scores, labels, np.repeat(np.asarray(users), c))
+    return {"user": g["group"], "auc": g["auc"], "rows": g["rows"]}
 
 
 # ---- full-ranking metrics: the target among every item of the catalogue -----------------------------
