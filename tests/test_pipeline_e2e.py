@@ -98,6 +98,11 @@ def test_dvc_repro_tiny(tmp_path):
     assert list((proj / "reports" / "tables" / "ablations").glob("ablation_*.md"))
     assert (proj / "reports" / "tables" / "disentanglement.md").exists()
 
+    # executed notebooks carry no warnings (e.g. tqdm.auto asking the kernel for ipywidgets: "IProgress not found")
+    noisy = [str(p.relative_to(proj)) for p in (proj / "reports" / "notebooks").rglob("*.ipynb")
+             if "Warning" in p.read_text() or "IProgress" in p.read_text()]
+    assert not noisy, f"warnings in executed notebooks: {noisy}"
+
     status = _run([str(VENV_BIN / "dvc"), "repro"], proj)
     assert "up to date" in (status.stdout + status.stderr).lower(), status.stdout
 
