@@ -42,6 +42,7 @@ from clsr.config import ConfigError, config_hash, from_dict
 from clsr.data import batches as B
 from clsr.data.sources import DataError
 from clsr.data.store import PreparedData, atomic_path, atomic_write_json
+from clsr.evaluation import test_report
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
 from clsr.models.registry import build_config, build_model
 from clsr.runtime import compute_path, tune_cpu_allocator
@@ -75,6 +76,7 @@ class TrainConfig:
     ties: str = "mean"  # ranking metrics' ties: mean (expected rank over tie orders) | pessimistic (= released) | optimistic
     ks: list[int] = field(default_factory=lambda: [1, 2, 4, 6, 10])  # cut-offs for ndcg@k / hit@k
     progress: bool = True  # tqdm bars (one summary line per epoch is always printed)
+    full_ranking_max_items: int = 5000  # test full ranking when the item vocabulary is at most this large (0 = off)
 
     def validate(self, where: str = "train") -> None:
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 1 or self.n_neg < 1:
@@ -92,7 +94,7 @@ class TrainConfig:
             raise ConfigError(f"{where}.eval_batch_size: must be >= 1, got {self.eval_batch_size}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"{where}.lr: must be a finite number > 0, got {self.lr}")
-        for key in ("threads", "seed", "max_train_instances"):
+        for key in ("threads", "seed", "max_train_instances", "full_ranking_max_items"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
         if not DEVICE_NAME.fullmatch(self.device):
@@ -108,7 +110,7 @@ class TrainConfig:
 
 #: package files whose content decides what `fit` computes (relative to clsr/); a checkpoint written by other
 #: code is not resumed, so a fixed bug or a changed model takes effect on the next `dvc repro`
-TRAINING_CODE = ("models", "train.py", "scoring.py", "losses.py", "metrics.py", "data/batches.py")
+TRAINING_CODE = ("models", "train.py", "scoring.py", "evaluation.py", "losses.py", "metrics.py", "data/batches.py")
 
 
 def code_fingerprint() -> str:
@@ -325,6 +327,7 @@ class FitResult:
     model: Recommender
     metrics: dict
     history: list[dict]
+    per_instance: dict = field(default_factory=dict)  # `<protocol>/<name>` -> per test instance (clsr.evaluation)
 
 
 def fit(
@@ -502,7 +505,8 @@ def _train(data, model_name, mcfg, cfg, device, resolved, chash, code_hash, run_
     elif best_state is not None:
         model.load_state_dict(best_state)
     t2 = time.perf_counter()
-    test = evaluate(model, data, "test", cfg, device)
+    protocols, per_instance = test_report(model, data, cfg, device)
+    test = protocols["sampled"]
     test_s = time.perf_counter() - t2
     best_row = next(r for r in history if r["epoch"] == best_epoch)
     train_secs = [r["train_seconds"] for r in history]
@@ -511,6 +515,7 @@ def _train(data, model_name, mcfg, cfg, device, resolved, chash, code_hash, run_
         "dataset": data.name,
         "seed": cfg.seed,
         "test": test,
+        **{f"test_{name}": m for name, m in protocols.items() if name != "sampled"},
         "valid": {k[len("valid_"):]: v for k, v in best_row.items() if k.startswith("valid_")},
         "best_epoch": best_epoch,
         "epochs_run": len(history),
@@ -527,9 +532,24 @@ def _train(data, model_name, mcfg, cfg, device, resolved, chash, code_hash, run_
         "compute": compute,
     }
     if run_dir:
+        save_per_instance(run_dir / PER_INSTANCE, per_instance)
         atomic_write_json(run_dir / "history.json", history)
         atomic_write_json(run_dir / "metrics.json", result)
-    return FitResult(model=model, metrics=result, history=history)
+    return FitResult(model=model, metrics=result, history=history, per_instance=per_instance)
+
+
+#: the per-instance test values of a run (``<protocol>/<name>`` arrays), beside its metrics.json
+PER_INSTANCE = "test_per_instance.npz"
+
+
+def save_per_instance(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+def load_per_instance(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 def _load_best(run_dir: Path, device, chash: str, code_hash: str, best_epoch: int) -> dict:

@@ -1,0 +1,116 @@
+"""The test evaluation of a trained model under three protocols, with per-instance values for paired statistics.
+
+- ``sampled``: the paper's 1 + 99 fixed candidates, negatives drawn by popularity (docs/protocol.md §3);
+- ``uniform``: 1 + 99 fixed candidates with uniformly drawn negatives (stored by `prepare` as "test_uniform");
+- ``full``: the target among every item of the training vocabulary, the user's earlier items excluded (the
+  target itself never is), HR@10/20, NDCG@10/20 and MRR. Instances whose target never occurs in training
+  (vocabulary index 0, one shared embedding row) cannot be ranked by any model and are left out; their count
+  is reported. Runs when the vocabulary has at most ``train.full_ranking_max_items`` items.
+
+Sampled metrics can reorder models (Krichene & Rendle, KDD 2020): the report compares the orderings.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from clsr import metrics as M
+from clsr.data import batches as B
+from clsr.data.store import PreparedData
+from clsr.scoring import score_batches
+
+#: candidate rows (instances × items) per forward in full ranking: bounds the (B, C, L, d) attention tensors
+FULL_RANKING_ROWS = 16384
+
+
+def data_settings(data: PreparedData) -> tuple[int, float]:
+    return int(data.meta.get("max_len", 50)), float(data.meta.get("time_unit", 86400.0))
+
+
+def vocab_item_categories(data: PreparedData) -> np.ndarray:
+    """(V,) category vocabulary index of each item vocabulary index (its first event's category; 0 for padding)."""
+    out = np.zeros(data.item_vocab_size, dtype=np.int64)
+    first = np.unique(data.event_item, return_index=True)[1]  # first event of each item code
+    codes = data.event_item[first]
+    vocab = data.item_index[codes]
+    seen = vocab > 0
+    out[vocab[seen]] = data.cate_index[data.event_cate[first][seen]]
+    return out
+
+
+def earlier_items(data: PreparedData, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (offsets (n+1,), items) of each instance's earlier items in vocabulary indices (all of them, not only
+    the last max_len): the items full ranking leaves out."""
+    inst = data.instances[split]
+    starts = data.user_offsets[inst.user]
+    lengths = inst.pos.astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    return offsets, data.item_index[data.event_item[idx]].astype(np.int64)
+
+
+def full_ranking_batches(data: PreparedData, split: str, rows: np.ndarray) -> Iterator[B.Batch]:
+    """The instances `rows` of `split`, each with every vocabulary item 1..V-1 as candidates."""
+    max_len, time_unit = data_settings(data)
+    inst = data.instances[split]
+    items = torch.arange(1, data.item_vocab_size, dtype=torch.int64)
+    cates = torch.from_numpy(vocab_item_categories(data)[1:])
+    per_batch = max(1, FULL_RANKING_ROWS // max(len(items), 1))
+    for s in range(0, len(rows), per_batch):
+        r = rows[s : s + per_batch]
+        n = len(r)
+        placeholder = np.zeros((n, 1), dtype=np.int64)  # replaced by the whole vocabulary below
+        b = B.make_batch(data, inst.user[r], inst.pos[r], placeholder, placeholder, max_len, time_unit, instance=r)
+        yield replace(b, cand_item=items.expand(n, -1).contiguous(), cand_cate=cates.expand(n, -1).contiguous())
+
+
+def full_ranking(model, data: PreparedData, split: str, ks=M.FULL_RANKING_KS, ties: str = "mean",
+                 device=None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Full-ranking metrics of `split` and their per-instance values (rows = the rankable instances)."""
+    targets = data.item_index[data.event_item[data.target_event(split)]].astype(np.int64)
+    rows = np.flatnonzero(targets > 0)
+    if not len(rows):
+        return {"instances": 0, "left_out": int(len(targets)), "items": int(data.item_vocab_size - 1)}, {}
+    scores = score_batches(model, full_ranking_batches(data, split, rows), device=device)
+    offsets, items = earlier_items(data, split)
+    sub_off = np.concatenate([[0], np.cumsum(offsets[rows + 1] - offsets[rows])])
+    sub_items = np.concatenate([items[offsets[i]:offsets[i + 1]] for i in rows])
+    full = np.zeros((len(rows), data.item_vocab_size), dtype=np.float64)
+    full[:, 1:] = scores.logits["model"]
+    per = M.full_ranking_per_instance(full, targets[rows], (sub_off, sub_items), ks, ties)
+    summary = {"mrr": float(per["rr"].mean())}
+    for k in ks:
+        summary[f"hit@{k}"] = float(per[f"hit@{k}"].mean())
+        summary[f"ndcg@{k}"] = float(per[f"ndcg@{k}"].mean())
+    summary.update(instances=int(len(rows)), left_out=int(len(targets) - len(rows)),
+                   items=int(data.item_vocab_size - 1))
+    return summary, {"instance": rows, "user": scores.user, **{k: v for k, v in per.items() if k != "rank"}}
+
+
+def sampled(model, data: PreparedData, split: str, ks, ties: str, batch_size: int,
+            device=None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The 1 + N metrics of `split`'s fixed candidates and their per-instance values."""
+    scores = score_batches(model, B.eval_batches(data, split, batch_size, *data_settings(data)), device=device)
+    logits = scores.logits["model"]
+    per = M.sampled_per_instance(logits, scores.user, tuple(ks), ties)
+    return M.evaluate_scores(logits, scores.user, tuple(ks), ties), {"instance": scores.instance, **per}
+
+
+def test_report(model, data: PreparedData, cfg, device=None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """{protocol: metrics} for the protocols the data allows, and the flat per-instance arrays
+    (``<protocol>/<name>``) saved beside the metrics for the paired bootstrap of the report."""
+    out: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {}
+    splits = {"sampled": "test"}
+    if "test_uniform" in data.candidates:
+        splits["uniform"] = "test_uniform"
+    for name, split in splits.items():
+        out[name], per = sampled(model, data, split, cfg.ks, cfg.ties, cfg.eval_batch_size, device)
+        arrays.update({f"{name}/{k}": v for k, v in per.items()})
+    if 0 < data.item_vocab_size - 1 <= cfg.full_ranking_max_items:
+        out["full"], per = full_ranking(model, data, "test", ties="mean", device=device)
+        arrays.update({f"full/{k}": v for k, v in per.items()})
+    return out, arrays
