@@ -15,12 +15,14 @@ then only the most recent L events are kept, left-aligned and right-padded with 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from clsr.data.store import PreparedData
+from clsr.data.sources import DataError
+from clsr.data.store import PreparedData, instance_split, rerun_hint
 
 TIME_CLAMP = 0.5
 
@@ -198,9 +200,13 @@ def eval_batches(
     time_unit: float,
     recent_k: int | None = None,
 ) -> Iterator[Batch]:
-    """Instances of `split` in stored order with their fixed candidates."""
-    inst = data.instances[split]
-    cand = data.candidates[split]
+    """Instances of `split` in stored order with their fixed candidates.
+
+    `split` is valid, test, or a candidate set of another split's instances: "test_uniform" = the test
+    instances with uniformly sampled negatives (`clsr.data.protocol.uniform_test_candidates`).
+    """
+    inst = data.instances[instance_split(split)]
+    cand = candidates(data, split)
     for s in range(0, len(inst), batch_size):
         sl = slice(s, s + batch_size)
         yield make_batch(
@@ -214,6 +220,32 @@ def eval_batches(
             instance=np.arange(s, min(s + batch_size, len(inst))),
             recent_k=recent_k,
         )
+
+
+def candidates(data: PreparedData, split: str):
+    """The fixed candidates of `split`; a DataError naming the dataset when it has none by that name."""
+    if split not in data.candidates:
+        raise DataError(
+            f"dataset {data.name!r} has no {split!r} candidates (it has {sorted(data.candidates)}); it was prepared "
+            f"by an older version: {rerun_hint(Path(data.name))}"
+        )
+    return data.candidates[split]
+
+
+def history_items(data: PreparedData, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every earlier item of each instance of `split`, as CSR (offsets (n+1,) int64, items int64).
+
+    Row i holds the item vocabulary indices of the user's events before the target, oldest first, all of
+    them (not truncated to max_len), repeats kept, 0 for items unseen in training: the exclusion set of the
+    full-ranking metrics (`clsr.metrics.full_ranking_per_instance(..., exclude=(offsets, items))`).
+    """
+    inst = data.instances[instance_split(split)]
+    start = data.user_offsets[inst.user].astype(np.int64)
+    n = inst.pos.astype(np.int64)
+    offsets = np.zeros(len(n) + 1, dtype=np.int64)
+    np.cumsum(n, out=offsets[1:])
+    event = np.repeat(start - offsets[:-1], n) + np.arange(offsets[-1], dtype=np.int64)
+    return offsets, data.item_index[data.event_item[event]].astype(np.int64)
 
 
 def shuffle_history(batch: Batch, generator: torch.Generator) -> Batch:

@@ -69,7 +69,9 @@ def prepare(
     if source.get("name") == RELEASED and interactions is None:
         # the authors' files already fix instances and candidates: read them as they are
         data = load_released({k: v for k, v in source.items() if k != "name"}, cfg.time_unit, cfg.max_len, name)
-        data.meta["protocol"] = {"released_files": True, "max_len": cfg.max_len, "time_unit": cfg.time_unit}
+        data.meta["protocol"] = {"released_files": True, "max_len": cfg.max_len, "time_unit": cfg.time_unit,
+                                 "seed": cfg.seed}
+        P.add_uniform_test_candidates(data, cfg.seed)  # the files fix the popularity candidates only
         df = pd.DataFrame()
         t_load = time.perf_counter() - t0
     else:

@@ -5,9 +5,11 @@
         --(history expansion)--> instances: every event after a user's first, history = all earlier events
         --(vocab from train)--> indices, 0 = padding and unseen
         --(seeded sampling)--> 1 + N candidates for valid and test, positive first
+        --(second stream)--> "test_uniform": the test instances with N negatives drawn uniformly
 
 Every random step draws from one `numpy.random.Generator` seeded by `ProtocolConfig.seed`, in a fixed
-order, so the same seed gives byte-identical arrays.
+order, so the same seed gives byte-identical arrays. The uniform test candidates draw from a generator of
+their own (seeded by ``[seed, UNIFORM_STREAM]``), so adding them left every other array as it was.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from clsr.data.sources import DataError, check_interactions
 from clsr.data.store import Candidates, Instances, PreparedData
 
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
+#: second entropy word of the uniform test candidates' generator: default_rng([protocol seed, UNIFORM_STREAM])
+UNIFORM_STREAM = 1
 
 
 @dataclass
@@ -321,7 +325,7 @@ def build(df: pd.DataFrame, cfg: ProtocolConfig, name: str = "dataset") -> Prepa
         cand_cate[:, 0] = events["cate"][tgt]
         candidates[split] = Candidates(item=cand_item, cate=cand_cate.astype(np.int32))
 
-    return PreparedData(
+    data = PreparedData(
         name=name,
         user_offsets=offsets,
         event_item=events["item"],
@@ -338,6 +342,52 @@ def build(df: pd.DataFrame, cfg: ProtocolConfig, name: str = "dataset") -> Prepa
         meta={"protocol": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "time_unit": cfg.time_unit, "max_len": cfg.max_len},
         event_extra=extra,
     )
+    add_uniform_test_candidates(data, cfg.seed)
+    return data
+
+
+def item_categories(data: PreparedData) -> np.ndarray:
+    """Category code per item code: the last category an event shows for the item (0 for items without events)."""
+    item_cate = np.zeros(len(data.item_ids), dtype=np.int32)
+    item_cate[data.event_item] = data.event_cate
+    return item_cate
+
+
+def uniform_test_candidates(data: PreparedData, seed: int) -> tuple[Candidates | None, dict]:
+    """The test instances' positives with N negatives drawn uniformly from the item vocabulary.
+
+    N is the width of the popularity candidates ``candidates["test"]`` minus one; the pool is every item
+    code with a vocabulary index > 0 (seen in training; padding and unseen items never enter), each once,
+    so the negatives of a row are a uniformly random N-subset of the vocabulary without the positive
+    (`sample_negatives` keeps the first N distinct draws of an i.i.d. uniform stream). Column 0 is copied
+    from ``candidates["test"]``. Returns (candidates, description); candidates is None, with the reason in
+    the description, when the vocabulary holds fewer than N + 1 items.
+    """
+    test = data.candidates["test"]
+    n_neg = test.item.shape[1] - 1
+    pool = np.flatnonzero(data.item_index > 0).astype(np.int64)
+    info = {"negatives": n_neg, "pool": "item vocabulary (index > 0), uniform, positive excluded",
+            "pool_size": len(pool), "seed": [int(seed), UNIFORM_STREAM]}
+    if len(pool) < n_neg + 1:
+        info["absent"] = f"the item vocabulary holds {len(pool)} items, fewer than 1 + {n_neg}"
+        return None, info
+    positives = test.item[:, 0].astype(np.int64)
+    rng = np.random.default_rng([int(seed), UNIFORM_STREAM])
+    neg = sample_negatives(positives, n_neg, pool, rng, exclude_positive=True) if len(positives) else (
+        np.zeros((0, n_neg), np.int64))
+    item = np.concatenate([positives[:, None], neg], axis=1).astype(np.int32)
+    cate = item_categories(data)[item]
+    cate[:, 0] = test.cate[:, 0]
+    return Candidates(item=item, cate=cate.astype(np.int32)), info
+
+
+def add_uniform_test_candidates(data: PreparedData, seed: int) -> None:
+    """Store `uniform_test_candidates` as ``data.candidates["test_uniform"]`` (when the vocabulary allows)
+    and their description as ``data.meta["test_uniform"]``."""
+    cand, info = uniform_test_candidates(data, seed)
+    if cand is not None:
+        data.candidates["test_uniform"] = cand
+    data.meta["test_uniform"] = info
 
 
 def stats(data: PreparedData) -> dict:
@@ -369,4 +419,9 @@ def stats(data: PreparedData) -> dict:
         if split in data.candidates:
             s["candidates_shape"] = list(data.candidates[split].item.shape)
         out["splits"][split] = s
+    if "test_uniform" in data.candidates or "test_uniform" in data.meta:
+        u = dict(data.meta.get("test_uniform", {}))
+        if "test_uniform" in data.candidates:
+            u["candidates_shape"] = list(data.candidates["test_uniform"].item.shape)
+        out["test_uniform"] = u
     return out

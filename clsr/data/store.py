@@ -11,7 +11,8 @@ Layout (docs/design.md, "Storage: events once, instances as pointers"):
 - An instance of a split is ``(user row, pos)``: the target is the user's event number ``pos`` (>= 1)
   and its history is the user's events ``0 .. pos-1``, all earlier events across every split.
 - Evaluation candidates are fixed code matrices ``(n_instances, 1 + N)``, positive first, sampled once
-  with a seed, so every model is scored on the very same candidates.
+  with a seed, so every model is scored on the very same candidates. ``candidates["test_uniform"]``
+  (absent in datasets prepared without it) holds the test instances with uniformly drawn negatives.
 
 Files: ``arrays.npz`` (uncompressed numpy arrays, no pickles) + ``meta.json``. A save goes to a temporary
 folder renamed into place, so an interrupted run never leaves a half-written dataset that looks complete.
@@ -33,6 +34,13 @@ import numpy as np
 from clsr.data.sources import DataError, MissingDataError
 
 SPLITS = ("train", "valid", "test")
+#: candidate sets scored on another split's instances: name -> the split whose instances they belong to
+CANDIDATE_INSTANCES = {"test_uniform": "test"}
+
+
+def instance_split(split: str) -> str:
+    """The split whose instances a candidate set belongs to ("test_uniform" -> "test"; a split -> itself)."""
+    return CANDIDATE_INSTANCES.get(split, split)
 
 
 @dataclass
@@ -68,7 +76,7 @@ class PreparedData:
     item_index: np.ndarray  # int32 (I,)
     cate_index: np.ndarray  # int32 (C,)
     instances: dict[str, Instances]
-    candidates: dict[str, Candidates]  # valid, test
+    candidates: dict[str, Candidates]  # valid, test, test_uniform (instances of test; may be absent)
     meta: dict = field(default_factory=dict)
     event_extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. synthetic ground truth
 
@@ -98,8 +106,8 @@ class PreparedData:
         return np.repeat(np.arange(self.n_users, dtype=np.int32), np.diff(self.user_offsets))
 
     def target_event(self, split: str) -> np.ndarray:
-        """Global event index of each instance's target."""
-        inst = self.instances[split]
+        """Global event index of each instance's target (`split` may name a candidate set, see `instance_split`)."""
+        inst = self.instances[instance_split(split)]
         return self.user_offsets[inst.user] + inst.pos
 
     # ---- persistence -------------------------------------------------------------------------
