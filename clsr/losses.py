@@ -82,15 +82,19 @@ def triplet_terms(
 
     Each returned tensor has the broadcast shape of the inputs without the last dimension.
     """
+    return tuple(torch.relu(a).sum(-1) for a in triplet_hinge_args(u_long, u_short, p_long, p_short, margin))
+
+
+def triplet_hinge_args(
+    u_long: torch.Tensor, u_short: torch.Tensor, p_long: torch.Tensor, p_short: torch.Tensor, margin: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-dimension hinge arguments of ℓ1..ℓ4 (before max(0, ·)): a hinge is *active* where its argument is
+    positive, i.e. where the term still sends a gradient."""
     d_lm = (u_long - p_long).square()
     d_lr = (u_long - p_short).square()
     d_sm = (u_short - p_long).square()
     d_sr = (u_short - p_short).square()
-
-    def hinge(pos, neg):
-        return torch.relu(pos - neg + margin).sum(-1)
-
-    return hinge(d_lm, d_lr), hinge(d_sr, d_sm), hinge(d_lm, d_sm), hinge(d_sr, d_lr)
+    return d_lm - d_lr + margin, d_sr - d_sm + margin, d_lm - d_sm + margin, d_sr - d_lr + margin
 
 
 def bpr_terms(
@@ -120,8 +124,12 @@ def contrastive_terms(
     p_long: torch.Tensor,
     p_short: torch.Tensor,
     margin: float = 1.0,
+    normalize: bool = False,
 ) -> tuple[torch.Tensor, ...]:
-    """The four per-row terms of `kind` ('triplet' or 'bpr'); () for 'none'."""
+    """The four per-row terms of `kind` ('triplet' or 'bpr'); () for 'none'. With `normalize` every vector is
+    scaled to unit length first, so distances and margins live on a fixed scale (an option; not released)."""
+    if normalize:
+        u_long, u_short, p_long, p_short = (F.normalize(x, dim=-1) for x in (u_long, u_short, p_long, p_short))
     if kind == "triplet":
         return triplet_terms(u_long, u_short, p_long, p_short, margin)
     if kind == "bpr":
@@ -140,11 +148,12 @@ def contrastive_loss(
     mask: torch.Tensor,
     weight: float = 0.1,
     margin: float = 1.0,
+    normalize: bool = False,
 ) -> torch.Tensor:
     """L_con = w · Σ_{k=1..4} (Σ_r m_r ℓ_{k,r} / Σ_r m_r): a *separate* masked mean per term over all
     rows r (every candidate row of every instance), m_r = 1 when the history is longer than the
     threshold. `mask` must broadcast to the per-row term shape."""
-    terms = contrastive_terms(kind, u_long, u_short, p_long, p_short, margin)
+    terms = contrastive_terms(kind, u_long, u_short, p_long, p_short, margin, normalize)
     total = u_long.new_zeros(())
     for t in terms:
         total = total + masked_mean(t, mask)

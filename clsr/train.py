@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm  # the plain text bar: tqdm.auto would ask papermill kernels for ipywidgets
 
+from clsr import diagnostics
 from clsr import metrics as M
 from clsr.config import ConfigError, config_hash, from_dict
 from clsr.data import batches as B
@@ -110,7 +111,8 @@ class TrainConfig:
 
 #: package files whose content decides what `fit` computes (relative to clsr/); a checkpoint written by other
 #: code is not resumed, so a fixed bug or a changed model takes effect on the next `dvc repro`
-TRAINING_CODE = ("models", "train.py", "scoring.py", "evaluation.py", "losses.py", "metrics.py", "data/batches.py")
+TRAINING_CODE = ("models", "train.py", "scoring.py", "evaluation.py", "diagnostics.py", "losses.py", "metrics.py",
+                 "data/batches.py")
 
 
 def code_fingerprint() -> str:
@@ -423,10 +425,13 @@ def _train(data, model_name, mcfg, cfg, device, resolved, chash, code_hash, run_
             disable=not cfg.progress,
         )
         n_seen = 0
-        for batch in bar:
+        diag: dict[str, float] = {}
+        for step, batch in enumerate(bar):
             batch = batch.to(device)
             out = model(batch)
             parts = model.compute_loss(batch, out)
+            if step == 0 and diagnostics.applies(model, out):  # what the self-supervision does (clsr.diagnostics)
+                diag = diagnostics.self_supervision(model, out, parts)
             opt.zero_grad(set_to_none=True)
             parts["total"].backward()
             if model.clip_norm:
@@ -459,6 +464,7 @@ def _train(data, model_name, mcfg, cfg, device, resolved, chash, code_hash, run_
             "train_seconds": train_s,
             "valid_seconds": eval_s,
             "train_instances_per_s": n_seen / train_s if train_s > 0 else float("nan"),
+            **{f"diag_{k}": v for k, v in diag.items()},
         }
         history.append(row)
         print(

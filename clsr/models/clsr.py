@@ -76,6 +76,7 @@ class CLSRConfig(ModelConfig):
     contrastive: str = "triplet"  # triplet | bpr | none (CLI default triplet; hparams default bpr)
     contrastive_weight: float = 0.1  # contrastive_loss_weight
     margin: float = 1.0  # triplet_margin, added per dimension
+    contrastive_normalize: bool = False  # unit-length u and p in the contrastive terms (not released; see clsr.diagnostics)
     recent_k: int = 3  # contrastive_recent_k: p^s = mean of the last min(k, n) items
     length_threshold: int = 5  # contrastive_length_threshold: rows with n > 5 (strict) enter L_con
     discrepancy_weight: float = 0.01  # discrepancy_loss_weight, applied with a MINUS sign
@@ -353,6 +354,7 @@ class CLSR(Recommender):
                 mask.expand(-1, u_short.shape[1]),
                 weight=cfg.contrastive_weight,
                 margin=cfg.margin,
+                normalize=cfg.contrastive_normalize,
             )
         parts["discrepancy"] = losses.discrepancy_loss(
             self.user_long.weight, self.user_short.weight, batch.user, cfg.discrepancy_weight
