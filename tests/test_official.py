@@ -1,6 +1,7 @@
 """The released TSV format (docs/protocol.md §4): export, read back, a hand-written fixture, bad files."""
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 
 from clsr.data import batches as B
-from clsr.data.official import FILES, export_official, load_released
+from clsr.data.official import FILES, VOCAB_FILES, export_official, load_released
 from clsr.data.sources import DataError
 from conftest import FIXTURES, brute_sequences
 
@@ -96,6 +97,65 @@ def test_round_trip_instances_candidates_vocab(prepared_random, tmp_path):
     export_official(back, tmp_path / "again")
     for fname in FILES.values():
         assert (tmp_path / "again" / fname).read_bytes() == (tmp_path / "out" / fname).read_bytes(), fname
+
+
+# ------------------------------------------------------------------------------------------------
+# the vocabulary pickles: what the released `_create_vocab` builds from the exported train_data
+# ------------------------------------------------------------------------------------------------
+def create_vocab_by_the_released_rule(train_file: Path) -> dict[str, dict[str, int]]:
+    """The released `_create_vocab`, line by line: count the user, the target item and category, then every
+    history item and category (a line without history stops after the target); sort each dict by count,
+    descending, ties in insertion order (Python's sort is stable); reserve index 0."""
+    counts = {"user": {}, "item": {}, "cate": {}}
+
+    def count(kind, key):
+        counts[kind][key] = counts[kind].get(key, 0) + 1
+
+    for line in train_file.read_text().splitlines():
+        arr = line.split("\t")
+        count("user", arr[1])
+        count("item", arr[2])
+        count("cate", arr[3])
+        if len(arr[5]) == 0:
+            continue
+        for m in arr[5].split(","):
+            count("item", m)
+        for c in arr[6].split(","):
+            count("cate", c)
+    out = {}
+    for kind, default in (("user", "default_uid"), ("item", "default_mid"), ("cate", "default_cat")):
+        vocab = {default: 0}
+        for index, (key, _) in enumerate(sorted(counts[kind].items(), key=lambda x: x[1], reverse=True), start=1):
+            vocab[key] = index
+        out[kind] = vocab
+    return out
+
+
+def read_own_pickle(path: Path) -> dict:
+    with open(path, "rb") as f:  # a file this test's own export just wrote
+        return pickle.load(f)
+
+
+@pytest.mark.parametrize("source", ["random_time_span", "random_per_user_keep", "released_fixture"])
+def test_exported_vocab_pickles_equal_the_released_rebuild(source, prepared_random, random_df, tmp_path):
+    if source == "random_time_span":
+        data, _ = prepared_random
+    elif source == "random_per_user_keep":
+        from conftest import build
+        data = build(random_df, split="per_user", train_keep=0.6)
+    else:
+        data = load_released({"folder": str(RELEASED)}, time_unit=86.4, max_len=3)
+    written = export_official(data, tmp_path / "out")
+    assert {p.name for p in written} == set(FILES.values()) | set(VOCAB_FILES.values()) | {"README.txt"}
+    expected = create_vocab_by_the_released_rule(tmp_path / "out" / "train_data")
+    for kind, fname in VOCAB_FILES.items():
+        got = read_own_pickle(tmp_path / "out" / fname)
+        assert list(got.items()) == list(expected[kind].items()), kind  # same entries, same insertion order
+        assert all(type(k) is str and type(v) is int for k, v in got.items())
+    readme = (tmp_path / "out" / "README.txt").read_text()
+    for fname in [*FILES.values(), *VOCAB_FILES.values()]:
+        assert fname in readme
+    assert f"test {len(data.instances['test'])}" in readme
 
 
 # ------------------------------------------------------------------------------------------------

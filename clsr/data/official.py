@@ -8,13 +8,16 @@ with comma-separated, oldest-first, full-length histories. ``train_data`` holds 
 ``valid_data`` / ``test_data`` hold blocks of one positive followed by its N negatives, which share the
 positive's user, timestamp and history.
 
-`export_official` writes a prepared dataset in that format, so the original TensorFlow code can be run on
-exactly our instances and candidates. `load_released` reads the authors' (or our exported) files back
-into a `PreparedData` *as they are*: the same instances and the same candidates, vocabularies rebuilt
-from train_data by the released rule. Nothing downloaded is ever unpickled.
+`export_official` writes a prepared dataset in that format, together with the vocabulary pickles the
+released script loads (``user_vocab.pkl``, ``item_vocab.pkl``, ``category_vocab.pkl``, the dicts its
+`_create_vocab` builds from the exported train_data) and a README.txt, so the original TensorFlow code can
+be run as it is on exactly our instances and candidates. `load_released` reads the authors' (or our
+exported) files back into a `PreparedData` *as they are*: the same instances and the same candidates,
+vocabularies rebuilt from train_data by the released rule. Nothing downloaded is ever unpickled.
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,17 +27,43 @@ import pandas as pd
 from clsr.config import from_dict
 from clsr.data import protocol as P
 from clsr.data.sources import DataError, encoding_error, read_error, require_file
-from clsr.data.store import Candidates, Instances, PreparedData
+from clsr.data.store import Candidates, Instances, PreparedData, atomic_path, atomic_write_text
 
 FILES = {"train": "train_data", "valid": "valid_data", "test": "test_data"}
 N_COLUMNS = 8
+#: the released vocabulary files and the key each reserves for index 0 (padding and unseen ids)
+VOCAB_FILES = {"user": "user_vocab.pkl", "item": "item_vocab.pkl", "cate": "category_vocab.pkl"}
+VOCAB_DEFAULT_KEYS = {"user": "default_uid", "item": "default_mid", "cate": "default_cat"}
+#: pickle protocol of the vocabulary files: readable by every Python the released code runs on (2.7, 3.x)
+PICKLE_PROTOCOL = 2
+
+EXPORT_README = """\
+Files in the layout of the CLSR release (one folder per dataset), written by `python -m clsr export-official`.
+
+train_data          training instances, positives only: one line per instance, grouped by user, in time order
+valid_data          validation: blocks of 1 positive line followed by its {valid_neg} negative lines
+test_data           test: blocks of 1 positive line followed by its {test_neg} negative lines
+user_vocab.pkl      pickled dict raw user id -> index, built from train_data as the released
+item_vocab.pkl      `_create_vocab` builds it: "default_uid" / "default_mid" / "default_cat" -> 0,
+category_vocab.pkl  then the ids by count over train lines (target and full history), descending,
+                    ties in the order the ids are first met (line order, target before history)
+
+Every line has 8 tab-separated columns: label (1 positive, 0 negative), user, item, category, timestamp,
+history items, history categories, history timestamps (comma-separated, oldest first, full length).
+The negatives of a block share the positive's user, timestamp and history.
+
+Dataset: {name}; instances: train {n_train}, valid {n_valid}, test {n_test}.
+Point the released script's data folder at this folder: with these six files present it skips its own
+data preparation and vocabulary step and trains and evaluates on exactly these instances and candidates.
+"""
 
 
 # ------------------------------------------------------------------------------------------------
 # export
 # ------------------------------------------------------------------------------------------------
 def export_official(data: PreparedData, out: str | Path) -> list[Path]:
-    """Write train_data / valid_data / test_data in the released format. Returns the file paths."""
+    """Write train_data / valid_data / test_data in the released format, the three vocabulary pickles
+    (`released_vocabularies`) and README.txt. Returns the file paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     item_raw, cate_raw, user_raw = data.item_ids, data.cate_ids, data.user_ids
@@ -63,7 +92,38 @@ def export_official(data: PreparedData, out: str | Path) -> list[Path]:
                         f.write(f"{label}\t{head}\t{item_raw[cand.item[i, j]]}\t{cate_raw[cand.cate[i, j]]}\t{tail}")
         tmp.replace(path)
         written.append(path)
+    for kind, vocab in released_vocabularies(data).items():
+        path = out / VOCAB_FILES[kind]
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            pickle.dump(vocab, f, protocol=PICKLE_PROTOCOL)
+        written.append(path)
+    widths = {s: data.candidates[s].item.shape[1] - 1 if s in data.candidates else 0 for s in ("valid", "test")}
+    readme = EXPORT_README.format(
+        valid_neg=widths["valid"], test_neg=widths["test"], name=data.name,
+        **{f"n_{s}": len(data.instances[s]) for s in FILES},
+    )
+    atomic_write_text(out / "README.txt", readme)
+    written.append(out / "README.txt")
     return written
+
+
+def released_vocabularies(data: PreparedData) -> dict[str, dict[str, int]]:
+    """The user / item / category dicts the released `_create_vocab` builds from the exported train_data.
+
+    Our vocabulary indices follow the released rule (docs/protocol.md §2.4: counts over train targets and
+    full histories, descending, ties in first-met order, index 0 reserved), so each dict is the reserved
+    key -> 0 followed by every raw id with an index > 0, in index order (the released insertion order).
+    """
+    tables = {"user": (data.user_ids, data.user_index), "item": (data.item_ids, data.item_index),
+              "cate": (data.cate_ids, data.cate_index)}
+    out = {}
+    for kind, (ids, index) in tables.items():
+        used = np.flatnonzero(index > 0)
+        used = used[np.argsort(index[used], kind="stable")]
+        vocab = {VOCAB_DEFAULT_KEYS[kind]: 0}
+        vocab.update((str(ids[c]), int(index[c])) for c in used)
+        out[kind] = vocab
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
