@@ -41,17 +41,6 @@ def vocab_item_categories(data: PreparedData) -> np.ndarray:
     return out
 
 
-def earlier_items(data: PreparedData, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (offsets (n+1,), items) of each instance's earlier items in vocabulary indices (all of them, not only
-    the last max_len): the items full ranking leaves out."""
-    inst = data.instances[split]
-    starts = data.user_offsets[inst.user]
-    lengths = inst.pos.astype(np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-    return offsets, data.item_index[data.event_item[idx]].astype(np.int64)
-
-
 def full_ranking_batches(data: PreparedData, split: str, rows: np.ndarray) -> Iterator[B.Batch]:
     """The instances `rows` of `split`, each with every vocabulary item 1..V-1 as candidates."""
     max_len, time_unit = data_settings(data)
@@ -75,7 +64,7 @@ def full_ranking(model, data: PreparedData, split: str, ks=M.FULL_RANKING_KS, ti
     if not len(rows):
         return {"instances": 0, "left_out": int(len(targets)), "items": int(data.item_vocab_size - 1)}, {}
     scores = score_batches(model, full_ranking_batches(data, split, rows), device=device)
-    offsets, items = earlier_items(data, split)
+    offsets, items = B.history_items(data, split)
     sub_off = np.concatenate([[0], np.cumsum(offsets[rows + 1] - offsets[rows])])
     sub_items = np.concatenate([items[offsets[i]:offsets[i + 1]] for i in rows])
     full = np.zeros((len(rows), data.item_vocab_size), dtype=np.float64)

@@ -30,13 +30,6 @@ def brute_earlier(data, split):
     return out
 
 
-def test_earlier_items_are_every_event_before_the_target(prepared_random):
-    data, _ = prepared_random
-    offsets, items = E.earlier_items(data, "test")
-    for i, want in enumerate(brute_earlier(data, "test")):
-        assert items[offsets[i]:offsets[i + 1]].tolist() == want
-
-
 def test_vocab_item_categories_follow_the_events(prepared_random):
     data, _ = prepared_random
     cat = E.vocab_item_categories(data)
