@@ -244,27 +244,77 @@ def _predicted(data: PreparedData, params: OracleParams, ix: _Indexed) -> np.nda
 # ------------------------------------------------------------------------------------------------
 # scores of a split
 # ------------------------------------------------------------------------------------------------
-def score_candidates(data: PreparedData, split: str, params: OracleParams | None = None) -> dict[str, np.ndarray]:
-    """The oracle's scores of the fixed (n, 1+N) candidates of `split` (positive in column 0), as logits
-    (log-probabilities; −inf where the probability is 0): "full" = log P(i_t = i | h),
-    "long" = log q(i|c)·θ_u(c), "short" = log q(i|c)·π_t(c). `clsr.metrics.evaluate_scores` scores them."""
-    params = params or params_for(data)
-    ix = _indexed(data, params)
-    pi = _predicted(data, params, ix)[data.target_event(split)]  # (n, C)
-    user = ix.user[data.instances[split].user]
-    item = ix.item[data.candidates[split].item]  # (n, 1+N)
-    cate = params.item_category[item]
-    rows = np.arange(len(user))[:, None]
-    q = params.item_prob[item]
-    theta = params.theta[user[:, None], cate]
-    short = pi[rows, cate]
-    p = params.p_short[user][:, None]
+def instances_of(data: PreparedData, candidates: str) -> str:
+    """The instance split a candidate set belongs to: its own name when the data hold instances under it,
+    else the split its name starts with (``test_uniform`` -> ``test``)."""
+    if candidates in data.instances:
+        return candidates
+    for split in data.instances:
+        if candidates.startswith(f"{split}_"):
+            return split
+    raise ValueError(f"dataset {data.name!r}: no instances for candidate set {candidates!r} "
+                     f"(instance splits: {sorted(data.instances)})")
+
+
+def _log_scores(q: np.ndarray, theta: np.ndarray, short: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
     with np.errstate(divide="ignore"):
         return {
             "full": np.log(q * ((1.0 - p) * theta + p * short)),
             "long": np.log(q * theta),
             "short": np.log(q * short),
         }
+
+
+def score_candidates(data: PreparedData, split: str, params: OracleParams | None = None) -> dict[str, np.ndarray]:
+    """The oracle's scores of the fixed (n, 1+N) candidates of `split` (positive in column 0), as logits
+    (log-probabilities; −inf where the probability is 0): "full" = log P(i_t = i | h),
+    "long" = log q(i|c)·θ_u(c), "short" = log q(i|c)·π_t(c). `clsr.metrics.evaluate_scores` scores them.
+    `split` may name a candidate set of a split's instances, e.g. ``test_uniform`` (see `instances_of`)."""
+    params = params or params_for(data)
+    ix = _indexed(data, params)
+    inst = instances_of(data, split)
+    pi = _predicted(data, params, ix)[data.target_event(inst)]  # (n, C)
+    user = ix.user[data.instances[inst].user]
+    item = ix.item[data.candidates[split].item]  # (n, 1+N)
+    cate = params.item_category[item]
+    rows = np.arange(len(user))[:, None]
+    return _log_scores(params.item_prob[item], params.theta[user[:, None], cate], pi[rows, cate],
+                       params.p_short[user][:, None])
+
+
+def score_catalogue(data: PreparedData, split: str, params: OracleParams | None = None) -> dict[str, np.ndarray]:
+    """The oracle's logits ("full", "long", "short" as in `score_candidates`) of every item of the catalogue
+    at each target of `split`: an (n, 1 + I) matrix whose column code + 1 scores item code `code` (the
+    prepared data's ``item_ids``) and whose column 0 (padding, as in `clsr.metrics.full_ranking_metrics`)
+    is −inf."""
+    params = params or params_for(data)
+    ix = _indexed(data, params)
+    pi = _predicted(data, params, ix)[data.target_event(split)]  # (n, C)
+    user = ix.user[data.instances[split].user]
+    cate = params.item_category[ix.item]  # (I,)
+    scores = _log_scores(params.item_prob[ix.item][None, :], params.theta[user][:, cate], pi[:, cate],
+                         params.p_short[user][:, None])
+    pad = np.full((len(user), 1), -np.inf)
+    return {k: np.concatenate([pad, v], axis=1) for k, v in scores.items()}
+
+
+def earlier_items(data: PreparedData, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets (n+1,), columns): the catalogue columns (item code + 1) of each instance's history, the
+    user's events before the target, as the `exclude` argument of `clsr.metrics.full_ranking_metrics`."""
+    inst = data.instances[split]
+    lengths = inst.pos.astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    start = np.repeat(data.user_offsets[inst.user] - offsets[:-1], lengths)
+    events = start + np.arange(int(offsets[-1]))
+    return offsets, data.event_item[events].astype(np.int64) + 1
+
+
+def popularity_scores(data: PreparedData, split: str = "test") -> np.ndarray:
+    """The non-personal reference: each candidate of `split` scored by its item's count among the train
+    targets (no history, no profile)."""
+    tr = data.instances["train"]
+    counts = np.bincount(data.event_item[data.user_offsets[tr.user] + tr.pos], minlength=len(data.item_ids))
+    return counts[data.candidates[split].item].astype(np.float64)
 
 
 def short_driven_posterior(data: PreparedData, split: str, params: OracleParams | None = None) -> np.ndarray:

@@ -84,3 +84,46 @@ def interest_vectors(model: Callable, batch: Batch) -> dict[str, np.ndarray]:
     ul, us = s.outputs["u_long"], s.outputs["u_short"]
     return {"u_long": ul[:, 0] if ul.ndim == 3 else ul, "u_short": us[:, 0] if us.ndim == 3 else us,
             "user_row": s.user_row, "alpha_pos": positive_alpha(s)}
+
+
+def oracle_eval(
+    data: PreparedData, truth: Truth, split: str = "test", ties: str = "released", reps: int = 200, seed: int = 0,
+) -> tuple[dict[str, object], np.ndarray]:
+    """The Bayes oracle (`clsr.oracle`) through the same measures as a model, its readouts being the full
+    oracle (``model``), the long-only (``long``) and the short-only (``short``) one; and the popularity
+    scorer on the same candidates. Returns ({'original': AUC / GAUC / MRR per readout, 'ground_truth':
+    per-driver accuracy and the oracle's α-AUC, 'popularity': metrics}, the posterior long-driven
+    probability P(long | c_t, h) of each instance)."""
+    from clsr import oracle as O
+
+    params = O.params_for(data)
+    scores = O.score_candidates(data, split, params)
+    logits = {"model": scores["full"], "long": scores["long"], "short": scores["short"]}
+    users = data.instances[split].user
+    original: dict[str, float] = {}
+    for r, sc in logits.items():
+        m = M.evaluate_scores(sc, users, (10,), ties)
+        for key in ("auc", "gauc", "mrr"):
+            original[f"{key}{SUFFIX[r]}"] = float(m[key])
+    long_posterior = 1.0 - O.short_driven_posterior(data, split, params)
+    gt = measures.driver_accuracy(logits, users, truth.driver, ties, reps, seed)
+    gt.update(measures.alpha_separation(long_posterior, truth.driver, reps, seed))
+    gt["alpha_auc_posterior"] = measures.soft_auc(long_posterior, long_posterior)
+    pop = M.evaluate_scores(O.popularity_scores(data, split), users, (10,), ties)
+    popularity = {key: float(pop[key]) for key in ("auc", "gauc", "mrr")}
+    return {"original": original, "ground_truth": gt, "popularity": popularity}, long_posterior
+
+
+def ceilings(original: dict[str, float], oracle: dict[str, object], alpha: np.ndarray,
+             long_posterior: np.ndarray, reps: int = 200, seed: int = 0) -> dict[str, object]:
+    """One model against the oracle: the share of the oracle's margin over popularity each readout recovers
+    (as trained vs the full oracle, α = 1 vs the long-only one, α = 0 vs the short-only one; `margin_share`)
+    and, for a model with α, α against the posterior long-driven probability (`alpha_vs_posterior`)."""
+    out: dict[str, object] = {}
+    for r, sfx in SUFFIX.items():
+        model = {k: original.get(f"{k}{sfx}", np.nan) for k in measures.MARGIN_METRICS}
+        best = {k: oracle["original"][f"{k}{sfx}"] for k in measures.MARGIN_METRICS}
+        out[f"margin_share{sfx}"] = measures.margin_share(model, best, oracle["popularity"])
+    if np.isfinite(alpha).all():
+        out["alpha_vs_posterior"] = measures.alpha_vs_posterior(alpha, long_posterior, reps, seed)
+    return out

@@ -269,3 +269,68 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     var = s**2
     ratio = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
     return xc @ vt[:2].T, ratio
+
+
+# ---- ceilings: the Bayes oracle (clsr.oracle) --------------------------------------------------------
+#: the metrics whose share of the oracle's margin over popularity is reported
+MARGIN_METRICS = ("auc", "gauc", "mrr")
+
+
+def margin_share(model: Mapping[str, float], oracle: Mapping[str, float], popularity: Mapping[str, float],
+                 keys: tuple[str, ...] = MARGIN_METRICS) -> dict[str, float]:
+    """Per metric: (model − popularity) / (oracle − popularity), the share of the oracle's margin over the
+    non-personal popularity scorer that the model recovers (1 = as good as the oracle, 0 = no better than
+    popularity, < 0 = worse). NaN where the oracle does not beat popularity on that metric."""
+    out = {}
+    for k in keys:
+        m, o, p = (float(d.get(k, np.nan)) for d in (model, oracle, popularity))
+        out[k] = (m - p) / (o - p) if o - p > 0 else float("nan")
+    return out
+
+
+def soft_auc(scores: np.ndarray, weight: np.ndarray) -> float:
+    """AUC of `scores` against soft labels: each instance i counts as a positive with weight w_i and as a
+    negative with weight 1 − w_i, pairs of distinct instances only, ties ½:
+
+        Σ_{i≠j} w_i (1 − w_j) ([s_i > s_j] + ½[s_i = s_j]) / Σ_{i≠j} w_i (1 − w_j).
+
+    With 0/1 weights it is the ordinary ROC-AUC; with w = P(long-driven | history, target category) it is
+    the share of the posterior-weighted (long-driven, short-driven) pairs that the scores order correctly
+    (the ratio of the expected counts under drivers drawn from the posterior). O(n log n)."""
+    s = np.asarray(scores, dtype=np.float64)
+    w = np.asarray(weight, dtype=np.float64)
+    _, group = np.unique(s, return_inverse=True)  # groups of equal scores, in increasing order
+    w1 = np.bincount(group, weights=w)
+    w0 = np.bincount(group, weights=1.0 - w)
+    below0 = np.concatenate([[0.0], np.cumsum(w0)[:-1]])
+    self_pairs = float((w * (1.0 - w)).sum())  # the i = j terms, each a tie of weight w_i (1 − w_i)
+    num = float((w1 * (below0 + 0.5 * w0)).sum()) - 0.5 * self_pairs
+    den = float(w.sum() * (1.0 - w).sum()) - self_pairs
+    return num / den if den > 0 else float("nan")
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation; NaN when either side is constant."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a**2).sum() * (b**2).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman correlation (Pearson of average ranks); NaN when either side is constant."""
+    return pearson(rankdata(a), rankdata(b))
+
+
+def alpha_vs_posterior(alpha_pos: np.ndarray, long_posterior: np.ndarray, reps: int = 200,
+                       seed: int = 0) -> dict[str, float]:
+    """Per test instance, a model's α against the oracle's posterior long-driven probability
+    P(long | c_t, h) = 1 − P(short | c_t, h): Pearson and Spearman correlation and the soft α-AUC
+    (`soft_auc` with the posterior as the label weight), each with a bootstrap interval."""
+    a = np.asarray(alpha_pos, dtype=np.float64)
+    w = np.asarray(long_posterior, dtype=np.float64)
+    out: dict[str, float] = {}
+    for name, f in (("pearson", pearson), ("spearman", spearman), ("alpha_auc_posterior", soft_auc)):
+        out[name] = f(a, w)
+        out[f"{name}_lo"], out[f"{name}_hi"] = bootstrap_ci(lambda i, f=f: f(a[i], w[i]), len(a), reps, seed)
+    return out

@@ -18,7 +18,8 @@ from clsr import plots
 from clsr.data.store import PreparedData, atomic_write_json, atomic_write_text
 from clsr.disentangle import measures
 from clsr.disentangle.counterfactual import SETS
-from clsr.disentangle.evaluate import counterfactual_eval, ground_truth_eval, interest_vectors, positive_alpha
+from clsr.disentangle.evaluate import (ceilings, counterfactual_eval, ground_truth_eval, interest_vectors,
+                                      oracle_eval, positive_alpha)
 from clsr.disentangle.report import markdown_report
 from clsr.disentangle.truth import Truth, load_truth, projection_batch, read_profiles
 from clsr.pipeline import Context, run_paths
@@ -97,7 +98,8 @@ def _clean(obj: Any) -> Any:
 def run(ctx: Context, boot_reps: int = 200, n_pca_users: int = 5, per_user: int = 8) -> dict[str, Any]:
     """The study on every dataset; writes the JSON, the table and the figures and returns the results
     (as written to the JSON: {dataset: {model: {set: metrics, 'indices', 'run', 'ground_truth'},
-    '_reference': chance and popularity levels}, '_settings': ...})."""
+    '_reference': chance and popularity levels, '_oracle': the Bayes oracle's measures (synthetic source;
+    each model then carries 'ceiling': its margin shares and α against the posterior)}, '_settings': ...})."""
     settings_in = ctx.params["disentanglement"]
     pipe, train = ctx.params["pipeline"], ctx.params["train"]
     recent_k, shuffle_seed, models = settings_in["recent_k"], settings_in["shuffle_seed"], settings_in["models"]
@@ -113,10 +115,13 @@ def run(ctx: Context, boot_reps: int = 200, n_pca_users: int = 5, per_user: int 
     for ds in datasets:
         data = ensure_prepared(ctx, ds)
         per_model: dict[str, Any] = {}
-        truth = None
+        truth, oracle, long_posterior = None, None, None
         if ds == gt_ds:
             truth = ground_truth(ctx, ds, data)
             per_model["_reference"] = measures.reference_levels(truth, data.candidates["test"].item.shape[1])
+            if (data.meta.get("source") or {}).get("name") == "synthetic":
+                oracle, long_posterior = oracle_eval(data, truth, "test", train["ties"], boot_reps)
+                per_model["_oracle"] = oracle
         sets = SETS if ds in cf_ds else ("original",)
         alphas, aucs, vectors = {}, {}, {}
         for name in models:
@@ -134,10 +139,13 @@ def run(ctx: Context, boot_reps: int = 200, n_pca_users: int = 5, per_user: int 
                 vectors[name] = interest_vectors(model, projection_batch(data, n_pca_users, per_user))
                 alphas[name] = positive_alpha(scores["original"])
                 aucs[name] = gt.get("alpha_auc")
+                if oracle is not None:
+                    entry["ceiling"] = ceilings(cf["original"], oracle, alphas[name], long_posterior, boot_reps)
             per_model[name] = entry
         results[ds] = per_model
         if truth is not None:
-            figures[ds] = {"alphas": alphas, "aucs": aucs, "vectors": vectors, "driver": truth.driver}
+            figures[ds] = {"alphas": alphas, "aucs": aucs, "vectors": vectors, "driver": truth.driver,
+                           "long_posterior": long_posterior}
 
     results = _clean(results)
     results_out = {**results, "_settings": _clean(settings)}
@@ -158,3 +166,7 @@ def write_figures(ctx: Context, results: Mapping[str, Any], figures: Mapping[str
         plots.interest_pca(f["vectors"], out / f"interest_pca_{ds}.png")
         gts = {m: results[ds][m]["ground_truth"] for m in models if "ground_truth" in results[ds].get(m, {})}
         plots.interest_match(gts, results[ds].get("_reference", {}), out / f"interest_match_{ds}.png")
+        if f.get("long_posterior") is not None:
+            stats = {m: results[ds][m].get("ceiling", {}).get("alpha_vs_posterior", {}) for m in f["alphas"]}
+            plots.alpha_vs_posterior(f["alphas"], f["long_posterior"], f["driver"], stats,
+                                     out / f"alpha_vs_posterior_{ds}.png")
