@@ -6,6 +6,7 @@
     models:          {name: {...}}         per-model settings, checked against the model's config class
     ablations:       AblationsConfig       the CLSR ablation axes
     disentanglement: DisentanglementConfig the counterfactual / ground-truth study
+    sweep:           SweepConfig           the generator sweep (stages sweep_*, outside the default pipeline)
 
 `check(data)` validates a whole params mapping and returns it normalised: every section present, every
 default filled in from the classes below (params.yaml may restate them, for DVC). An unknown or misspelled
@@ -33,6 +34,7 @@ class PipelineConfig:
     ablation_dataset: str = "ml100k"  # the dataset every ablation runs on
     disentanglement_dataset: str = "synthetic"  # a dataset whose generator recorded the driver of every event
     counterfactual_datasets: list[str] = field(default_factory=lambda: ["ml100k", "synthetic"])
+    oracle_datasets: list[str] = field(default_factory=list)  # synthetic datasets the oracle stage scores
 
     def validate(self, where: str = "pipeline") -> None:
         if not self.datasets:
@@ -87,6 +89,49 @@ class DisentanglementConfig:
 
 
 @dataclass
+class SweepConfig:
+    """The generator sweep (`clsr.stages.sweep`, stages sweep_* of dvc.yaml, not run by `make repro`): one
+    synthetic dataset per (p_short_mean, mean_topic_run) cell, each studied with the oracle and `models`
+    over `seeds`."""
+
+    p_short_mean: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.8])  # the source option, one axis
+    mean_topic_run: list[float] = field(default_factory=lambda: [3.0, 8.0, 20.0])  # the other axis
+    models: list[str] = field(default_factory=lambda: ["clsr", "clsr_nocon", "slirec"])  # names or aliases
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    source: dict = field(default_factory=lambda: {"n_users": 500, "seed": 0})  # other synthetic options of every cell
+    protocol: dict = field(default_factory=dict)  # clsr.data.protocol.ProtocolConfig keys of every cell
+    train: dict = field(default_factory=lambda: {"epochs": 30, "patience": 3, "max_train_instances": 0})  # train overrides
+
+    def validate(self, where: str = "sweep") -> None:
+        from clsr.config import with_overrides
+        from clsr.data.protocol import ProtocolConfig
+        from clsr.data.synthetic import SyntheticOptions
+        from clsr.train import TrainConfig
+
+        for key in ("p_short_mean", "mean_topic_run", "models", "seeds"):
+            values = getattr(self, key)
+            if not values:
+                raise ConfigError(f"{where}.{key}: list at least one value")
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{where}.{key}: {values} lists a value twice")
+        if any(not 0.0 <= p <= 1.0 for p in self.p_short_mean):
+            raise ConfigError(f"{where}.p_short_mean: values must lie in [0, 1], got {self.p_short_mean}")
+        if any(not r >= 1.0 for r in self.mean_topic_run):
+            raise ConfigError(f"{where}.mean_topic_run: values must be >= 1, got {self.mean_topic_run}")
+        if any(s < 0 for s in self.seeds):
+            raise ConfigError(f"{where}.seeds: seeds must be >= 0, got {self.seeds}")
+        source = dict(self.source)
+        if source.pop("name", "synthetic") != "synthetic":
+            raise ConfigError(f"{where}.source.name: the sweep varies the synthetic generator; drop the key or write synthetic")
+        for key in ("p_short_mean", "mean_topic_run"):
+            if key in source:
+                raise ConfigError(f"{where}.source.{key}: set by the sweep's axis; list its values under {where}.{key}")
+        from_dict(SyntheticOptions, source, f"{where}.source")
+        self.protocol = to_dict(from_dict(ProtocolConfig, self.protocol, f"{where}.protocol"))
+        with_overrides(TrainConfig(), dict(self.train), f"{where}.train")
+
+
+@dataclass
 class DatasetConfig:
     """One dataset: where its events come from and how they are split and evaluated."""
 
@@ -113,7 +158,7 @@ DEFAULT_DATASETS: dict[str, dict] = {
     "synthetic": {"source": {"name": "synthetic"}},
 }
 
-SECTIONS = ("pipeline", "datasets", "train", "models", "ablations", "disentanglement")
+SECTIONS = ("pipeline", "datasets", "train", "models", "ablations", "disentanglement", "sweep")
 
 
 def _mapping(value: Any, where: str) -> Mapping:
@@ -153,17 +198,24 @@ def check(data: Mapping[str, Any], where: str = "params.yaml") -> dict:
     dis = from_dict(DisentanglementConfig, _mapping(data.get("disentanglement"), f"{where} disentanglement"),
                     f"{where} disentanglement")
 
+    sweep = from_dict(SweepConfig, _mapping(data.get("sweep"), f"{where} sweep"), f"{where} sweep")
+
     runnable = set(model_names()) | set(MODEL_ALIASES)
-    for key, names in (("pipeline.models", pipeline.models), ("disentanglement.models", dis.models)):
+    for key, names in (("pipeline.models", pipeline.models), ("disentanglement.models", dis.models),
+                       ("sweep.models", sweep.models)):
         for m in names:
             if m not in runnable:
                 raise ConfigError(f"{where} {key}: unknown model {m!r}{suggest(m, runnable)}; "
                                   f"models and aliases: {sorted(runnable)}")
-    for key in ("datasets", "counterfactual_datasets"):
+    for key in ("datasets", "counterfactual_datasets", "oracle_datasets"):
         for d in getattr(pipeline, key):
             if d not in datasets:
                 raise ConfigError(f"{where} pipeline.{key}: {d!r} is not defined under `datasets`"
                                   f"{suggest(d, datasets)}; defined: {sorted(datasets)}")
+    for d in pipeline.oracle_datasets:
+        if (datasets[d]["source"] or {}).get("name") != "synthetic":
+            raise ConfigError(f"{where} pipeline.oracle_datasets: {d!r} does not come from the synthetic source; "
+                              "the oracle needs the generator's parameters")
     for key in ("ablation_dataset", "disentanglement_dataset"):
         d = getattr(pipeline, key)
         if d not in datasets:
@@ -176,6 +228,7 @@ def check(data: Mapping[str, Any], where: str = "params.yaml") -> dict:
         "models": models,
         "ablations": to_dict(ablations),
         "disentanglement": to_dict(dis),
+        "sweep": to_dict(sweep),
     }
 
 

@@ -118,6 +118,26 @@ def alpha_by_driver(alphas: Mapping[str, np.ndarray], driver: np.ndarray, path: 
     plt.close(fig)
 
 
+def alpha_vs_posterior(alphas: Mapping[str, np.ndarray], long_posterior: np.ndarray, driver: np.ndarray,
+                       stats: Mapping[str, Mapping[str, float]], path: str | Path):
+    """One panel per model with α: the positives' α against the oracle's posterior long-driven probability
+    P(long | c_t, h), one dot per test instance coloured by the true driver, with the correlations."""
+    names = [m for m, a in alphas.items() if np.isfinite(a).all()]
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.2 * max(1, len(names)), 3.6), squeeze=False)
+    for ax, m in zip(axes[0], names):
+        for d, lab, col in ((0, "long-driven", "tab:blue"), (1, "short-driven", "tab:orange")):
+            sel = driver == d
+            ax.scatter(long_posterior[sel], alphas[m][sel], s=5, alpha=0.4, color=col, label=lab)
+        st = stats.get(m, {})
+        fmt = lambda k: "—" if st.get(k) is None or not np.isfinite(st[k]) else f"{st[k]:.3f}"  # noqa: E731
+        ax.set(title=f"{label(m)}\nPearson {fmt('pearson')}, Spearman {fmt('spearman')}",
+               xlabel="oracle P(long-driven | history, target category)", ylabel="α on the positive")
+        ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def interest_pca(vectors: Mapping[str, Mapping[str, np.ndarray]], path: str | Path):
     """One panel per model: a joint 2-D PCA of u^l (circles) and u^s (crosses), coloured by user; a line
     joins each user's successive u^s."""

@@ -20,7 +20,8 @@ def test_every_shipped_params_file_loads():
     assert SHIPPED, "no params*.yaml found at the project root"
     for path in SHIPPED:
         params = load_params(path)
-        assert set(params) == {"pipeline", "datasets", "train", "models", "ablations", "disentanglement"}, path
+        assert set(params) == {"pipeline", "datasets", "train", "models", "ablations", "disentanglement",
+                               "sweep"}, path
 
 
 def test_tiny_params_are_valid():
