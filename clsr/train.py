@@ -258,12 +258,17 @@ def _guard_finished_run(run_dir: Path, chash: str, code_hash: str, overwrite: bo
     path = run_dir / "metrics.json"
     if not path.exists():
         return
-    if overwrite:
-        for name in ("metrics.json", "history.json"):
-            (run_dir / name).unlink(missing_ok=True)
-        return
-    done = _read_metrics(run_dir)
+    try:
+        done = _read_metrics(run_dir)
+    except RunError:
+        if not overwrite:
+            raise
+        done = {}  # unreadable: replaced below
     if done.get("config_hash") == chash and done.get("code_hash") == code_hash:
+        return
+    if overwrite:
+        for name in ("metrics.json", "history.json", PER_INSTANCE):
+            (run_dir / name).unlink(missing_ok=True)
         return
     raise RunError(
         f"{run_dir}: holds a finished run of configuration {done.get('config_hash')} (code "
@@ -304,6 +309,35 @@ def check_data_fits(data: PreparedData, model_name: str, mcfg: ModelConfig) -> N
     mcfg.check_data(max_len, f"models.{model_name}", f"datasets.{data.name}.protocol.max_len")
 
 
+def run_identity(data: PreparedData, model_name: str, mcfg: ModelConfig, cfg: TrainConfig) -> tuple[dict, str]:
+    """(the resolved configuration of a run, its hash): model, config, training settings and the data."""
+    resolved = {
+        **run_settings(model_name, mcfg, cfg),
+        "dataset": data.name,
+        "dataset_sha256": data.meta.get("content_sha256"),
+        "protocol": data.meta.get("protocol"),
+    }
+    return resolved, config_hash(resolved)
+
+
+def finished_result(run_dir: str | Path, data: PreparedData, model_name: str, mcfg: ModelConfig,
+                    cfg: TrainConfig) -> "FitResult | None":
+    """The stored result of `run_dir` when it holds a finished run of exactly this configuration and training
+    code (model None: load it with `load_trained`), else None. Lets a pipeline stage reuse a run that another
+    stage already trained instead of training or testing it again."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").exists():
+        return None
+    done = _read_metrics(run_dir)
+    _, chash = run_identity(data, model_name, mcfg.canonical(), cfg)
+    if done.get("config_hash") != chash or done.get("code_hash") != code_fingerprint():
+        return None
+    with open(run_dir / "history.json") as f:
+        history = json.load(f)
+    per = load_per_instance(run_dir / PER_INSTANCE) if (run_dir / PER_INSTANCE).exists() else {}
+    return FitResult(model=None, metrics=done, history=history, per_instance=per)
+
+
 def run_settings(model_name: str, mcfg: ModelConfig, cfg: TrainConfig) -> dict:
     """The model and training settings of a run, as hashed into its configuration."""
     return {"model": model_name, "model_config": asdict(mcfg), "train": cfg.result_settings()}
@@ -321,12 +355,12 @@ def default_run_dir(
     its checkpoint again."""
     mcfg = model_cfg if isinstance(model_cfg, ModelConfig) else build_config(name, model_cfg)
     cfg = train_cfg if isinstance(train_cfg, TrainConfig) else from_dict(TrainConfig, train_cfg or {}, "train")
-    return Path(root) / dataset / name / config_hash(run_settings(name, mcfg, cfg))
+    return Path(root) / dataset / name / config_hash(run_settings(name, mcfg.canonical(), cfg))
 
 
 @dataclass
 class FitResult:
-    model: Recommender
+    model: Recommender | None  # None for a result read back by `finished_result`
     metrics: dict
     history: list[dict]
     per_instance: dict = field(default_factory=dict)  # `<protocol>/<name>` -> per test instance (clsr.evaluation)
@@ -352,19 +386,14 @@ def fit(
     """
     cfg = train_cfg if isinstance(train_cfg, TrainConfig) else from_dict(TrainConfig, train_cfg or {}, "train")
     mcfg = model_params if isinstance(model_params, ModelConfig) else build_config(model_name, model_params)
+    mcfg = mcfg.canonical()  # settings that cannot change the run (e.g. k without a contrastive loss) at one value
     check_data_fits(data, model_name, mcfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     if device.type == "cpu":
         tune_cpu_allocator()  # reuse freed large blocks instead of page-faulting fresh ones (clsr.runtime)
-    resolved = {
-        **run_settings(model_name, mcfg, cfg),
-        "dataset": data.name,
-        "dataset_sha256": data.meta.get("content_sha256"),
-        "protocol": data.meta.get("protocol"),
-    }
-    chash = config_hash(resolved)
+    resolved, chash = run_identity(data, model_name, mcfg, cfg)
     code_hash = code_fingerprint()
     run_dir = Path(run_dir) if run_dir else None
     with contextlib.ExitStack() as held:
