@@ -53,8 +53,9 @@ history items, history categories, history timestamps (comma-separated, oldest f
 The negatives of a block share the positive's user, timestamp and history.
 
 Dataset: {name}; instances: train {n_train}, valid {n_valid}, test {n_test}.
-Point the released script's data folder at this folder: with these six files present it skips its own
-data preparation and vocabulary step and trains and evaluates on exactly these instances and candidates.
+Use this folder as the released script's data folder (its --data_path joined with the --dataset name): it
+runs its own preprocessing only when train_data is missing, so with these files it trains and evaluates on
+exactly these instances and candidates, with these vocabularies.
 """
 
 
