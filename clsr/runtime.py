@@ -2,7 +2,7 @@
 
 `compute_path` — what decides a run's float rounding besides its configuration: the device, torch's
 CPU thread count (reductions and GEMMs split their work by thread) and whether the C kernels of
-`clsr.models.native` or torch ops run. The same seed and configuration give bit-identical results only on
+`clsr.fast.native` or torch ops run. The same seed and configuration give bit-identical results only on
 the same compute path; runs record it in last.pt and metrics.json, and `clsr.train.fit` refuses to resume
 a checkpoint written on another one.
 
@@ -51,8 +51,8 @@ def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 <<
 
 
 def kernel_path(device: torch.device | str = "cpu") -> str:
-    """'native' when the C kernels of `clsr.models.native` run for float tensors on `device`, else 'torch'."""
-    from clsr.models import native  # here: the models package is not needed to tune the allocator
+    """'native' when the C kernels of `clsr.fast.native` run for float tensors on `device`, else 'torch'."""
+    from clsr.fast import native  # here: the kernels are not needed to tune the allocator
 
     return "native" if torch.device(device).type == "cpu" and native.available() else "torch"
 

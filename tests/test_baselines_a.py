@@ -22,6 +22,7 @@ from clsr.models.layers import MLP, mlp_over_parts
 from clsr.models.lightgcn import LightGCN, LightGCNConfig, train_graph_edges
 from clsr.models.registry import build_model, model_names
 from clsr.train import fit
+from tests.test_layers import naive_din_weights
 
 MODELS = ["ncf", "lightgcn", "din", "gru4rec", "caser"]
 ORDER_INVARIANT = {"ncf": True, "lightgcn": True, "din": True, "gru4rec": False, "caser": False}
@@ -136,7 +137,7 @@ def test_din_matches_naive_attention():
     out = model(batch)
     X = torch.cat([model.tokens.item(batch.hist_item), model.tokens.cate(batch.hist_cate)], dim=-1)
     e_v = torch.cat([model.tokens.item(batch.cand_item), model.tokens.cate(batch.cand_cate)], dim=-1)
-    a = model.att(X @ model.att_proj, batch.mask, e_v, naive=True)
+    a = naive_din_weights(model.att, X @ model.att_proj, batch.mask, e_v)
     att = a @ X
     s = (X * batch.mask.unsqueeze(-1)).sum(1)
     feats = torch.cat([e_v, s.unsqueeze(1).expand_as(e_v), att], dim=-1)

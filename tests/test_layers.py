@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from clsr.data.batches import Batch
+from clsr.fast.attention import bn_affine, din_valid_only, tail_folded
 from clsr.models.attention import PAD_SCORE, DinAttention, attention_pool, masked_softmax
 from clsr.models.cells import TFGRUCell, TFLSTMCell, Time4LSTMCell, run_rnn
 from clsr.models.layers import BN_EPS, BN_MOMENTUM, MLP, ItemCategoryEmbedding, glorot_uniform_, trunc_normal_
@@ -72,11 +73,8 @@ def test_mlp_eval_bn_folding_equals_bn():
     mlp.eval()
     x = torch.randn(11, 6, dtype=torch.float64)
     z0 = mlp.linears[0](x)
-    g, t = mlp.bn_affine(0)
-    torch.testing.assert_close(mlp.tail_folded(z0 * g + t), mlp(x), rtol=1e-12, atol=1e-12)
-    mlp.train()
-    with pytest.raises(RuntimeError, match="eval"):
-        mlp.tail_folded(z0)
+    g, t = bn_affine(mlp, 0)
+    torch.testing.assert_close(tail_folded(mlp, z0 * g + t), mlp(x), rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,21 +182,34 @@ def test_din_attention_matches_numpy_and_zeroes_padding(din_case):
     np.testing.assert_allclose(w1.detach().numpy(), ref1, rtol=1e-9, atol=1e-12)
 
 
+def naive_din_weights(att: DinAttention, keys, mask, query, query_shared=None):
+    """The DIN scorer from its definition: MLP([a, q, a − q, a ⊙ q]) over the explicit concatenation
+    (B, C, L, 4d), then the masked softmax. (B, C, L), or (B, L) for a (B, d) query."""
+    q = query if query.dim() == 3 else query.unsqueeze(1)
+    if query_shared is not None:
+        q = torch.cat([query_shared.unsqueeze(1).expand(-1, q.shape[1], -1), q], -1)
+    B, C, d = q.shape
+    a = keys.unsqueeze(1).expand(B, C, keys.shape[1], d)
+    qq = q.unsqueeze(2).expand_as(a)
+    w = masked_softmax(att.mlp(torch.cat([a, qq, a - qq, a * qq], -1)).squeeze(-1), mask.unsqueeze(1))
+    return w if query.dim() == 3 else w.squeeze(1)
+
+
 def test_din_fast_path_equals_naive_path(din_case):
     att, keys, mask = din_case
     query = torch.randn(2, 3, 4, dtype=torch.float64)
-    torch.testing.assert_close(att(keys, mask, query), att(keys, mask, query, naive=True), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(att(keys, mask, query), naive_din_weights(att, keys, mask, query), rtol=1e-10, atol=1e-12)
     # query given as [shared ‖ per-query] parts: fast split == naive concat == full query
     shared, per = query[:, 0, :1], query[..., 1:]
     full = torch.cat([shared.unsqueeze(1).expand(-1, 3, -1), per], -1)
     fast = att(keys, mask, per, query_shared=shared)
-    torch.testing.assert_close(fast, att(keys, mask, per, query_shared=shared, naive=True), rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(fast, att(keys, mask, full, naive=True), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast, naive_din_weights(att, keys, mask, per, shared), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast, naive_din_weights(att, keys, mask, full), rtol=1e-10, atol=1e-12)
     # gradients agree too (keys, both query parts and the first layer's weight)
     inputs = [keys.requires_grad_(True), per.requires_grad_(True), shared.requires_grad_(True),
               att.mlp.linears[0].weight]
     g_fast = torch.autograd.grad((att(keys, mask, per, shared) ** 2).sum(), inputs)
-    g_naive = torch.autograd.grad((att(keys, mask, per, shared, naive=True) ** 2).sum(), inputs)
+    g_naive = torch.autograd.grad((naive_din_weights(att, keys, mask, per, shared) ** 2).sum(), inputs)
     for a, b in zip(g_fast, g_naive):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
 
@@ -212,12 +223,11 @@ def test_din_eval_scores_only_valid_positions_exactly(din_case):
     mask = mask.clone()
     mask[1] = 0  # an empty history: uniform weights, as released
     w = att(keys, mask, query[..., 1:], query_shared=query[:, 0, :1])
-    w_naive = att(keys, mask, query[..., 1:], query_shared=query[:, 0, :1], naive=True)
+    w_naive = naive_din_weights(att, keys, mask, query[..., 1:], query[:, 0, :1])
     torch.testing.assert_close(w, w_naive, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(w[1], torch.full((3, 5), 0.2, dtype=torch.float64))
     # tiny chunks give the same result
-    s = att.scores_valid_only(keys, mask, query[..., 1:], query[:, 0, :1], chunk_rows=2)
-    torch.testing.assert_close(masked_softmax(s, mask.unsqueeze(1)), w)
+    torch.testing.assert_close(din_valid_only.fn(att, keys, mask, query[..., 1:], query[:, 0, :1], chunk_rows=2), w)
 
 
 def test_attention_pool():
@@ -247,9 +257,6 @@ def test_tf_gru_step_matches_equations_and_differs_from_torch_gru():
     expected = z * h + (1 - z) * c
     xt, ht = torch.tensor(x), torch.tensor(h)
     np.testing.assert_allclose(cell(xt, ht).detach().numpy(), expected, rtol=1e-12)
-    # the runner's split form (precomputed input part) gives the same step
-    pre = cell.precompute(xt.unsqueeze(1))[0]
-    np.testing.assert_allclose(cell.step(pre, ht, cell.step_weights())[0].detach().numpy(), expected, rtol=1e-12)
     # torch.nn.GRUCell with the same weights applies r after the recurrent matmul: a different function
     tg = torch.nn.GRUCell(D, H).double()
     with torch.no_grad():
@@ -279,10 +286,6 @@ def test_tf_lstm_step_matches_equations():
     hn, cn = cell(torch.tensor(x), (torch.tensor(h), torch.tensor(c)))
     np.testing.assert_allclose(hn.detach().numpy(), h_new, rtol=1e-12)
     np.testing.assert_allclose(cn.detach().numpy(), c_new, rtol=1e-12)
-    pre = cell.precompute(torch.tensor(x).unsqueeze(1))[0]
-    hs, (_, cs) = cell.step(pre, (torch.tensor(h), torch.tensor(c)), cell.step_weights())
-    np.testing.assert_allclose(hs.detach().numpy(), h_new, rtol=1e-12)
-    np.testing.assert_allclose(cs.detach().numpy(), c_new, rtol=1e-12)
 
 
 def test_time4lstm_step_matches_section_2_3():
@@ -308,10 +311,6 @@ def test_time4lstm_step_matches_section_2_3():
     hn, cn = cell(inputs, (torch.tensor(h), torch.tensor(c)))
     np.testing.assert_allclose(hn.detach().numpy(), h_new, rtol=1e-12)
     np.testing.assert_allclose(cn.detach().numpy(), c_new, rtol=1e-12)
-    pre = cell.precompute(inputs.unsqueeze(1))[0]
-    hs, (_, cs) = cell.step(pre, (torch.tensor(h), torch.tensor(c)), cell.step_weights())
-    np.testing.assert_allclose(hs.detach().numpy(), h_new, rtol=1e-12)
-    np.testing.assert_allclose(cs.detach().numpy(), c_new, rtol=1e-12)
     # initialisation: glorot everywhere (1-D vectors with limit sqrt(6/(2H))), _Linear bias 0
     fresh = Time4LSTMCell(40, 40)
     assert torch.all(fresh.bias == 0)

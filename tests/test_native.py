@@ -1,9 +1,10 @@
-"""The C kernels of `clsr.models.native` against the torch ops they replace (values, every gradient, BN
+"""The C kernels of `clsr.fast.native` against the torch ops they replace (values, every gradient, BN
 running statistics), in float64 (to rounding) and float32, with one and two threads.
 
 The recurrence kernels are tested in test_recurrence.py; here: fused BN + ReLU (plain, with the DIN
 first layer's broadcast terms, and with a one-unit output layer), the DIN product layer, the MLP and DIN
-scorer built on them, and a whole CLSR training step.
+scorer built on them, and a whole CLSR training step. (tests/test_fast.py checks each fast twin against
+its reference block; here the kernels' own Functions, in both dtypes and thread counts.)
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from clsr.models import native
+from clsr.fast import disabled as reference_only
+from clsr.fast import native
 from clsr.models.attention import DinAttention, din_first_layer
 from clsr.models.layers import MLP
 
@@ -148,7 +150,7 @@ def test_mlp_training_step_with_kernels_equals_torch_ops(dtype, threads):
     ref = copy.deepcopy(mlp)
     x = torch.randn(300, 12, dtype=dtype, requires_grad=True)
     y = mlp(x)
-    with native.disabled():
+    with reference_only():
         y_t = ref(x)
     _close(y, y_t, dtype)
     for a, b in zip(_grads(y, [x, *mlp.parameters()]), _grads(y_t, [x, *ref.parameters()])):
@@ -156,6 +158,16 @@ def test_mlp_training_step_with_kernels_equals_torch_ops(dtype, threads):
     for bn, bn_t in zip(mlp.norms, ref.norms):
         _close(bn.running_mean, bn_t.running_mean, dtype)
         _close(bn.running_var, bn_t.running_var, dtype)
+
+
+def naive_din_weights(att, keys, mask, query, query_shared):
+    """The DIN scorer from its definition: MLP([a, q, a − q, a ⊙ q]) over the explicit concatenation."""
+    q = torch.cat([query_shared.unsqueeze(1).expand(-1, query.shape[1], -1), query], -1)
+    B, C, d = q.shape
+    a = keys.unsqueeze(1).expand(B, C, keys.shape[1], d)
+    qq = q.unsqueeze(2).expand_as(a)
+    s = att.mlp(torch.cat([a, qq, a - qq, a * qq], -1)).squeeze(-1)
+    return torch.softmax(s.masked_fill(mask.unsqueeze(1) == 0, -(2**32) + 1), -1)
 
 
 def test_din_attention_with_kernels_equals_naive_concatenation_in_torch_ops(threads):
@@ -171,8 +183,8 @@ def test_din_attention_with_kernels_equals_naive_concatenation_in_torch_ops(thre
     shared = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
     per = torch.randn(4, 5, 4, dtype=torch.float64, requires_grad=True)
     w = att(keys_pad(), mask, per, query_shared=shared)
-    with native.disabled():
-        w_t = ref(keys_pad(), mask, per, query_shared=shared, naive=True)
+    with reference_only():
+        w_t = naive_din_weights(ref, keys_pad(), mask, per, shared)
     _close(w, w_t, torch.float64)
     params = [keys, shared, per, *att.parameters()]
     params_t = [keys, shared, per, *ref.parameters()]
@@ -180,33 +192,33 @@ def test_din_attention_with_kernels_equals_naive_concatenation_in_torch_ops(thre
         _close(a, b, torch.float64)
 
 
-def test_din_first_layer_split_sums_to_the_full_layer():
+def test_din_first_layer_split_equals_the_layer_on_the_concatenation():
     torch.manual_seed(5)
     first = nn.Linear(16, 8).double()
     keys = torch.randn(3, 5, 4, dtype=torch.float64)
     query, shared = torch.randn(3, 2, 3, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64)
-    P, K, Q = din_first_layer(first, keys, query, shared, split=True)
-    z = din_first_layer(first, keys, query, shared)
-    _close((P.view(3, 2, 5, 8) + K.unsqueeze(1) + Q.unsqueeze(2)).view(-1, 8), z, torch.float64)
+    q = torch.cat([shared.unsqueeze(1).expand(3, 2, 1), query], -1).unsqueeze(2).expand(3, 2, 5, 4)
+    a = keys.unsqueeze(1).expand(3, 2, 5, 4)
+    _close(din_first_layer(first, keys, query, shared), first(torch.cat([a, q, a - q, a * q], -1)), torch.float64)
 
 
 def test_clsr_training_step_with_kernels_equals_torch_ops():
     """float64: logits, every loss part and every parameter gradient of a whole CLSR step."""
     from tests.test_clsr_model import _loss_parts, make_batch, make_model
 
-    fast = make_model()
+    model = make_model()
     ref = make_model()
-    ref.load_state_dict(fast.state_dict())
+    ref.load_state_dict(model.state_dict())
     b = make_batch(lengths=(8, 6, 3, 7, 1, 0), C=3, users=[1, 2, 1, 3, 4, 2])
-    out_f, parts_f = _loss_parts(fast, b)
+    out_f, parts_f = _loss_parts(model, b)
     parts_f["total"].backward()
-    with native.disabled():
+    with reference_only():
         out_r, parts_r = _loss_parts(ref, b)
         parts_r["total"].backward()
     _close(out_f["logits"], out_r["logits"], torch.float64)
     for k in parts_f:
         _close(parts_f[k], parts_r[k], torch.float64)
-    for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         if p.grad is not None or q.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)
 
@@ -232,7 +244,7 @@ def test_din_attention_folding_padded_positions_equals_dense_torch_ops(pad_key, 
         return torch.where(mask.unsqueeze(-1) > 0, keys_valid, pad.expand(B, L, d))
 
     w = att(keys(), mask, per, query_shared=shared, lengths=lengths)
-    with native.disabled():
+    with reference_only():
         w_t = ref(keys(), mask, per, query_shared=shared)
     _close(w, w_t, torch.float64)
     inputs = [keys_valid, shared, per] + ([pad] if pad.requires_grad else [])

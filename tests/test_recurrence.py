@@ -1,9 +1,10 @@
 """The whole-sequence recurrences (hand-written backward) against autograd and the literal cells.
 
-`clsr.models.recurrence` replaces the per-step autograd loop of `cells.run_rnn` for speed. These tests
-hold it to the same function: gradcheck in float64 (finite differences vs the hand-written backward),
-and values + gradients equal to the unfused runner, which steps each cell's `step` under autograd
-(itself tested against the cell equations in test_layers.py).
+`clsr.fast.recurrence` replaces the per-step autograd loop of `cells.run_rnn` for speed. These tests
+hold its Functions to the same function: gradcheck in float64 (finite differences vs the hand-written
+backward), and the packed runners, with the C step kernels and with torch-op steps, equal to the
+reference runners, which step each cell's `forward` under autograd (tests/test_fast.py checks the same
+on the smallest cases, and the recorded source hashes).
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import shutil
 import pytest
 import torch
 
-from clsr.models import native
-
-from clsr.models.cells import Packing, TFGRUCell, TFLSTMCell, Time4LSTMCell, run_gru_pair, run_rnn
-from clsr.models.recurrence import GRUSequence, LSTMSequence, Time4Inputs
+from clsr import fast
+from clsr.fast import native
+from clsr.fast.recurrence import GRUSequence, LSTMSequence, Packing, Time4Inputs, time4_projection_weights
+from clsr.models.cells import TFGRUCell, TFLSTMCell, Time4LSTMCell, run_gru_pair, run_rnn
 
 torch.set_num_threads(1)
 f64 = torch.float64
@@ -88,8 +89,8 @@ def test_time4_inputs_equals_the_cell_equations():
     D, H, R = 3, 4, 6
     cell = Time4LSTMCell(D, H).double()
     x, tau = torch.randn(R, D, dtype=f64), torch.rand(R, 2, dtype=f64) * 5
-    Y, b_x = cell.input_part(x, tau)
-    Y = Y + b_x
+    W_x, b_x, W_tau, b_tau, W_T = time4_projection_weights(cell)
+    Y = Time4Inputs.apply(x, tau, W_x, W_tau, b_tau, W_T) + b_x
     t_first, t_now = tau[:, :1], tau[:, 1:]
     T1 = torch.tanh(t_now * cell.time_input_w1 + cell.time_input_b1)
     T2 = torch.tanh(t_first * cell.time_input_w2 + cell.time_input_b2)
@@ -115,8 +116,8 @@ def test_fused_runner_equals_autograd_runner(kind, native):
     w_out, w_fin = torch.randn(B, L, H, dtype=f64), torch.randn(B, H, dtype=f64)
     results = []
     for fused in (True, False):
-        with _native(native):
-            outputs, final = run_rnn(cell, x, lengths, h0=h0, n_steps=7, fused=fused)
+        with _native(native), (contextlib.nullcontext() if fused else fast.disabled()):
+            outputs, final = run_rnn(cell, x, lengths, h0=h0, n_steps=7)
         loss = (outputs * w_out).sum() + (final * w_fin).sum()
         results.append((outputs, final, torch.autograd.grad(loss, [x, h0, *cell.parameters()])))
     (o1, f1, g1), (o2, f2, g2) = results
@@ -148,7 +149,8 @@ def test_gru_pair_equals_two_separate_grus():
     params = [x, h0, *a.parameters(), *b.parameters()]
     fa, fb = run_gru_pair(a, b, x, lengths, h0_a=h0)
     g_pair = torch.autograd.grad((fa * w_a).sum() + (fb * w_b).sum(), params)
-    sa, sb = run_rnn(a, x, lengths, h0=h0, fused=False)[1], run_rnn(b, x, lengths, fused=False)[1]
+    with fast.disabled():
+        sa, sb = run_rnn(a, x, lengths, h0=h0)[1], run_rnn(b, x, lengths)[1]
     g_sep = torch.autograd.grad((sa * w_a).sum() + (sb * w_b).sum(), params)
     torch.testing.assert_close(fa, sa, rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(fb, sb, rtol=1e-12, atol=1e-13)
@@ -159,7 +161,6 @@ def test_gru_pair_equals_two_separate_grus():
 
 def test_packing_layout_and_previous_rows():
     """Rows sorted longest first; step t holds the k_t rows still running; prev_idx as previous_rows."""
-    from clsr.models.cells import Packing
     lengths = torch.tensor([2, 0, 4, 3, 4])
     plan = Packing.plan(lengths, n_steps=4, width=6)
     assert plan.perm.tolist() == [2, 4, 3, 0, 1]  # stable among equal lengths
@@ -189,7 +190,7 @@ def test_tune_cpu_allocator_is_idempotent_and_can_be_disabled(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------
-# the C step kernels (clsr/models/kernels.c, loaded by native)
+# the C step kernels (clsr/fast/kernels.c, loaded by native)
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler on this machine")
 def test_native_kernels_build_and_load_where_a_compiler_exists():
@@ -242,17 +243,3 @@ def test_failed_kernel_build_leaves_no_library(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="failed"):
         native._build(target)
     assert list(tmp_path.iterdir()) == []  # neither the library nor its temporary file
-
-
-def test_packing_shares_one_packed_copy_per_input():
-    """Two recurrent nets reading the same tensor get one packed copy; another tensor is packed afresh,
-    and the shared copy's gradient reaches the input once per use."""
-    x = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
-    plan = Packing.plan(torch.tensor([4, 1, 2]), 4, 4)
-    a, b = plan.pack(x), plan.pack(x)
-    assert a is b and a.shape == (7, 2)
-    y = x.detach().clone()
-    assert plan.pack(y) is not a and torch.equal(plan.pack(y), a.detach())
-    (2 * a.sum() + 3 * b.sum()).backward()
-    expected = 5.0 * (torch.arange(4)[None, :] < torch.tensor([4, 1, 2])[:, None]).double()
-    torch.testing.assert_close(x.grad, expected.unsqueeze(-1).expand(3, 4, 2))

@@ -32,6 +32,11 @@ class ModelConfig:
         if self.rec_loss not in ("softmax", "bce"):
             raise ConfigError(f"{where}.rec_loss: {self.rec_loss!r} is not one of ['softmax', 'bce']")
 
+    def canonical(self) -> "ModelConfig":
+        """This configuration with every setting that cannot change the run at one fixed value, so that runs
+        that must be identical share one configuration hash (and one run folder); self by default."""
+        return self
+
     def check_data(self, max_len: int, where: str = "model", max_len_key: str = "protocol.max_len") -> None:
         """Refuse settings the data's history length `max_len` makes void (ConfigError); none by default."""
 

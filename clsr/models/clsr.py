@@ -31,21 +31,19 @@ Deviations from the released code (all numerically negligible or confined to deg
 - History-only parts are computed once per instance and broadcast to the C candidates
   (``shared_encoders=True``); this is exact because BN statistics over C identical copies of each row
   equal those over the unique rows (docs/design.md, "Compute candidate-independent parts once").
-- The recurrent nets step only the valid positions of each history (packed, longest first; TF's
-  ``dynamic_rnn`` also stops each row at its length) and read the final state at step n−1; their
-  backward is hand-written (clsr.models.recurrence, tested against autograd). The intention GRU and the
-  fusion GRU run as one block-diagonal GRU (cells.run_gru_pair). All exact up to float summation order.
 - Attention scorers never build the 4-fold concatenation (exact algebraic split of the first layer,
-  attention.DinAttention); in evaluation (BN on running statistics) they score only the valid positions,
-  since a padded position's score is masked anyway (exact). In training on a CPU, the padded positions of
-  an instance (all with the same key: zero outputs of the sequence encoder, or the padding item) are
-  folded into one row per candidate that counts L − n times in the BN statistics (exact; clsr.models.native).
-- On a CPU, batch norm + ReLU, the recurrent steps and the DIN product layer run as C kernels
-  (clsr/models/kernels.c; torch ops with CLSR_NATIVE=0): the same function, different float32 rounding.
+  attention.DinAttention).
+- Speed: the recurrent nets, the MLP tails, the scorers and the embedding lookups run through their fast
+  twins in clsr.fast where one applies (packed valid positions with a hand-written backward, the two
+  GRUs of step 4 and 8 as one block-diagonal GRU, fused batch norm + ReLU, padded positions folded into
+  one weighted row, evaluation on the valid positions only; C kernels on a CPU). Each is tested equal to
+  the reference block here in float64, forward and gradients; float32 rounding may differ.
 - τ^now[:, L−1] is read from the last column of the batch tensor, so the batch width must be the
   configured max length L (the data layer pads to L; trimming trailing padding would change it).
 """
 from __future__ import annotations
+
+import dataclasses
 
 from dataclasses import dataclass, field
 
@@ -57,7 +55,8 @@ from clsr.config import ConfigError
 from clsr.data.batches import Batch
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
 from clsr.models.attention import DinAttention, attention_pool
-from clsr.models.cells import Packing, TFGRUCell, TFLSTMCell, Time4LSTMCell, run_gru_pair, run_rnn
+from clsr import fast
+from clsr.models.cells import TFGRUCell, TFLSTMCell, Time4LSTMCell, run_gru_pair, run_rnn
 from clsr.models.layers import MLP, ItemCategoryEmbedding, lookup, trunc_normal_
 
 SEQUENTIAL_MODELS = ("time4lstm", "gru", "lstm")
@@ -87,7 +86,7 @@ class CLSRConfig(ModelConfig):
     manual_alpha_value: float = 0.5  # α when manual_alpha
     clip_norm: float | None = 2.0  # per-tensor gradient clipping norm (max_grad_norm); None = off
     shared_encoders: bool = True  # history parts once per instance (fast); False = naive per-row reference
-    fused_recurrences: bool = True  # packed RNNs with hand-written backward (fast); False = cells stepped under autograd
+    fused_recurrences: bool = True  # recurrences through their fast twins (clsr.fast); False = the reference cells stepped under autograd
 
     def validate(self, where: str = "model") -> None:
         super().validate(where)
@@ -116,6 +115,17 @@ class CLSRConfig(ModelConfig):
             raise ConfigError(f"{where}.manual_alpha_value: must be in [0, 1], got {self.manual_alpha_value}")
         if self.clip_norm is not None and self.clip_norm <= 0:
             raise ConfigError(f"{where}.clip_norm: must be > 0 or null (no clipping), got {self.clip_norm}")
+
+    def canonical(self) -> "CLSRConfig":
+        """Without a contrastive loss, k, l_t, β, the margin and the normalisation are read by nothing that trains;
+        with attention fusion, manual_alpha_value is not read: those settings go to their defaults."""
+        unread = []
+        if self.contrastive == "none":
+            unread += ["recent_k", "length_threshold", "contrastive_weight", "margin", "contrastive_normalize"]
+        if not self.manual_alpha:
+            unread.append("manual_alpha_value")
+        defaults = type(self)()
+        return dataclasses.replace(self, **{k: getattr(defaults, k) for k in unread})
 
     def check_data(self, max_len: int, where: str = "model", max_len_key: str = "protocol.max_len") -> None:
         """recent_k ≥ max_len makes p^s (mean of the last min(k, n) items) equal p^l (mean of all n ≤ max_len)."""
@@ -195,11 +205,11 @@ class CLSR(Recommender):
         return X, e_v, lookup(self.user_long, batch.user), lookup(self.user_short, batch.user)
 
     # ---- 2. long-term encoder ------------------------------------------------------------------------
-    def long_term(self, X, mask, e_long, naive: bool = False, lengths=None):
+    def long_term(self, X, mask, e_long, lengths=None):
         """a = softmax_t MLP([A_t, e^l, A_t − e^l, A_t ⊙ e^l]) with A = X W_l;  u^l = Σ_t a_t X_t (raw X).
         ``lengths``: passed on to the scorer (padded positions all hold the padding item, so equal keys)."""
         A = X @ self.long_proj
-        a = self.long_att(A, mask, e_long, naive=naive, lengths=lengths)  # (B, L)
+        a = self.long_att(A, mask, e_long, lengths=lengths)  # (B, L)
         return attention_pool(a, X), a
 
     # ---- 3 and 5. proxies ------------------------------------------------------------------------------
@@ -214,37 +224,37 @@ class CLSR(Recommender):
         return p_long, p_short
 
     # ---- 4 (and the GRU of 8). intention and fusion GRUs ----------------------------------------------------
-    def intention_and_fusion_states(self, X, lengths, e_short, n_steps=None, plan=None):
+    def _runner(self, fn):
+        """`fn` (a seamed runner of cells) or, with ``fused_recurrences`` off, its reference."""
+        return fn if self.cfg.fused_recurrences else fast.reference(fn)
+
+    def intention_and_fusion_states(self, X, lengths, e_short, n_steps=None):
         """h^s = GRU(X; h0 = e^s) final state at step n−1 (interest_evolve, else h^s = e^s), and
-        h^c = GRU_causal2(X; h0 = 0) final state (None when not used). Separate parameters.
-        ``plan``: the forward's `Packing` of these lengths, shared by the recurrent nets."""
-        fused = self.cfg.fused_recurrences
-        if fused and self.intention_gru is not None and self.fuse_gru is not None:  # one loop (exact)
-            return run_gru_pair(
-                self.intention_gru, self.fuse_gru, X, lengths, h0_a=e_short, n_steps=n_steps, plan=plan
-            )
+        h^c = GRU_causal2(X; h0 = 0) final state (None when not used). Separate parameters."""
+        if self.intention_gru is not None and self.fuse_gru is not None:
+            return self._runner(run_gru_pair)(self.intention_gru, self.fuse_gru, X, lengths, h0_a=e_short,
+                                              n_steps=n_steps)
         h_short = e_short
         if self.intention_gru is not None:
-            h_short = run_rnn(self.intention_gru, X, lengths, h0=e_short, n_steps=n_steps, fused=fused, plan=plan)[1]
+            h_short = self._runner(run_rnn)(self.intention_gru, X, lengths, h0=e_short, n_steps=n_steps)[1]
         h_c = None
         if self.fuse_gru is not None:
-            h_c = run_rnn(self.fuse_gru, X, lengths, n_steps=n_steps, fused=fused, plan=plan)[1]
+            h_c = self._runner(run_rnn)(self.fuse_gru, X, lengths, n_steps=n_steps)[1]
         return h_short, h_c
 
     # ---- 6. sequence encoder -------------------------------------------------------------------------------
-    def sequence(self, X, lengths, time_first, time_now, n_steps=None, plan=None):
+    def sequence(self, X, lengths, time_first, time_now, n_steps=None):
         """O = Time4LSTM([X ‖ τ^first ‖ τ^now]) (or GRU / LSTM on X), zero beyond n. (B, L, H)."""
         times = torch.stack([time_first, time_now], dim=-1) if isinstance(self.seq_cell, Time4LSTMCell) else None
-        fused = self.cfg.fused_recurrences
-        return run_rnn(self.seq_cell, X, lengths, n_steps=n_steps, fused=fused, plan=plan, times=times)[0]
+        return self._runner(run_rnn)(self.seq_cell, X, lengths, n_steps=n_steps, times=times)[0]
 
     # ---- 7. short-term encoder ---------------------------------------------------------------------------------
-    def short_term(self, O, mask, h_short, e_v, naive: bool = False, lengths=None):
+    def short_term(self, O, mask, h_short, e_v, lengths=None):
         """a^s = softmax_t MLP([A_s,t, q, A_s,t − q, A_s,t ⊙ q]) with A_s = O W_s and q = [h^s ‖ e_v]
         (one query per candidate); u^s = Σ_t a^s_t O_t (raw O). Returns u^s (B, C, H), a^s (B, C, L).
         ``lengths``: passed on to the scorer (O is zero at padded positions, so equal keys)."""
         A_s = O @ self.short_proj
-        a = self.short_att(A_s, mask, e_v, query_shared=h_short, naive=naive, lengths=lengths)
+        a = self.short_att(A_s, mask, e_v, query_shared=h_short, lengths=lengths)
         return attention_pool(a, O), a
 
     # ---- 8. fusion --------------------------------------------------------------------------------------------
@@ -269,28 +279,21 @@ class CLSR(Recommender):
         return self.pred_mlp(torch.cat([u, e_v], dim=-1)).squeeze(-1)
 
     # ---- forward ----------------------------------------------------------------------------------------------
-    def _forward_instances(
-        self, batch: Batch, naive: bool, alpha_override: float | None = None
-    ) -> dict[str, torch.Tensor]:
+    def _forward_instances(self, batch: Batch, alpha_override: float | None = None) -> dict[str, torch.Tensor]:
         """Steps 1-9 with the history parts computed once per row of `batch` and broadcast to its C
-        candidates. ``naive`` selects the explicit-concatenation attention."""
+        candidates."""
         X, e_v, e_long, e_short = self.embed(batch)
         mask = batch.mask.to(X.dtype)
         lengths = batch.length
         # the recurrences stop at the longest history of the batch (one host sync per forward)
         n_steps = int(lengths.max()) if lengths.numel() else 0
 
-        # one packing of the histories for the three recurrent nets (fused path; built once per forward)
-        plan = Packing.plan(lengths, n_steps, X.shape[1]) if self.cfg.fused_recurrences and n_steps else None
-
         # left-aligned histories with equal keys at every padded position: the scorers may fold them
-        u_long, att_long = self.long_term(X, mask, e_long, naive, lengths=lengths)
+        u_long, att_long = self.long_term(X, mask, e_long, lengths=lengths)
         p_long, p_short = self.proxies(X, mask)
-        h_short, h_c = self.intention_and_fusion_states(X, lengths, e_short, n_steps, plan)
-        O = self.sequence(
-            X, lengths, batch.time_from_first.to(X.dtype), batch.time_to_now.to(X.dtype), n_steps, plan
-        )
-        u_short, att_short = self.short_term(O, mask, h_short, e_v, naive, lengths=lengths)
+        h_short, h_c = self.intention_and_fusion_states(X, lengths, e_short, n_steps)
+        O = self.sequence(X, lengths, batch.time_from_first.to(X.dtype), batch.time_to_now.to(X.dtype), n_steps)
+        u_short, att_short = self.short_term(O, mask, h_short, e_v, lengths=lengths)
         # τ^now at the last *padded* column L−1 (zero unless n = L), as released
         tau_last = batch.time_to_now[:, -1].to(X.dtype)
         if alpha_override is None:
@@ -318,10 +321,10 @@ class CLSR(Recommender):
         """`alpha_override=a` (in [0, 1]) fixes α = a for every row, nothing else changes: a = 1 reads
         out the long-term interest only, a = 0 the short-term one (evaluation-time probe)."""
         if self.cfg.shared_encoders:
-            return self._forward_instances(batch, naive=False, alpha_override=alpha_override)
+            return self._forward_instances(batch, alpha_override=alpha_override)
         # naive reference: the released row layout, one candidate per row, everything per row
         B, C = batch.size, batch.n_candidates
-        out = self._forward_instances(batch.expand_rows(), naive=True, alpha_override=alpha_override)
+        out = self._forward_instances(batch.expand_rows(), alpha_override=alpha_override)
         per_candidate = ("logits", "alpha", "u_short", "user", "att_short")  # (B·C, 1, ...) -> (B, C, ...)
         return {
             k: v.reshape(B, C, *(v.shape[2:] if k in per_candidate else v.shape[1:])) for k, v in out.items()

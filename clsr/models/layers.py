@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clsr.data.batches import Batch
-from clsr.models import native
+from clsr import fast
 
 #: TF ``tf.layers.batch_normalization(momentum=0.95, epsilon=1e-4)`` in PyTorch terms
 BN_EPS = 1.0e-4
@@ -96,8 +96,8 @@ class MLP(nn.Module):
     - Any leading shape is accepted: the input is viewed as (-1, C) for BN, so on a 3-D or 4-D
       attention input the statistics run over **all** positions, padding included, as released.
     - ``activation`` is one name for every hidden layer or one per layer (TF ``hparams.activation``).
-    - ``tail(z)`` applies everything after the first linear layer to its pre-activation ``z``; the
-      DIN fast path computes ``z`` itself (see `DinAttention`).
+    - ``tail(z)`` applies everything after the first linear layer to its pre-activation ``z``
+      (`mlp_over_parts` and the DIN scorer compute ``z`` themselves).
     """
 
     def __init__(
@@ -139,76 +139,20 @@ class MLP(nn.Module):
                 return torch.relu_(z)
         return self.activations[k](z)
 
-    def tail(self, z: torch.Tensor, din_terms=None) -> torch.Tensor:
+    @fast.seam
+    def tail(self, z: torch.Tensor) -> torch.Tensor:
         """Everything after the first linear layer, given that layer's pre-activation z (any leading
-        shape; flattened to (-1, C) so that BN runs over every leading position).
-
-        ``din_terms`` = (K, Q, (B, Q_n, L)): z is the DIN first layer's product part only, rows (b, q, t),
-        and the pre-activation is z + K[b, t] + Q[b, q] (`din_first_layer(split=True)`).
-
-        In training mode on a CPU, each BN + ReLU runs as one fused kernel pair (`native.bn_relu`, with the
-        DIN terms added inside it), and the last one together with a one-unit output layer
-        (`native.bn_relu_dot`, whose activations are then never written); the torch ops below are the
-        reference and the fallback (tests compare them)."""
+        shape; flattened to (-1, C) so that BN runs over every leading position). (Fast twin:
+        `clsr.fast.mlp.fused_tail`, batch norm + ReLU fused in training on a CPU.)"""
         lead = z.shape[:-1]
-        x = z if z.dim() == 2 else z.reshape(-1, z.shape[-1])
-        last = len(self.linears) - 1
-        for k in range(last + 1):
-            bn = self.norms[k] if self.norms is not None else None
-            fusable = bn is not None and self._act_names[k] == "relu" and native.can_fuse_bn_relu(bn, x)
+        x = z.reshape(-1, z.shape[-1])
+        for k in range(len(self.linears)):
             if k:
-                lin = self.linears[k]
-                if fusable and k == last and self.out is not None:
-                    # the kernel takes the linear bias on the side (BN only moves its mean by it)
-                    fused = native.bn_relu_dot(bn, torch.mm(x, lin.weight.t()), self.out, x_bias=lin.bias)
-                    if fused is not None:
-                        return fused.view(*lead, 1)
-                x = lin(x)
-            fused = None
-            if fusable:
-                K, Q, dims = din_terms if din_terms is not None else (None, None, None)
-                if k == last and self.out is not None and din_terms is None:
-                    fused = native.bn_relu_dot(bn, x, self.out)
-                    if fused is not None:
-                        return fused.view(*lead, 1)
-                fused = native.bn_relu(bn, x, K, Q, dims)
-            if fused is None:
-                if din_terms is not None:  # no kernel: add the DIN terms explicitly
-                    K, Q, (B, Qn, L) = din_terms
-                    x = (x.view(B, Qn, L, -1) + K.unsqueeze(1) + Q.unsqueeze(2)).view(B * Qn * L, -1)
-                fused = self._norm_act(k, x)
-            x, din_terms = fused, None
+                x = self.linears[k](x)
+            x = self._norm_act(k, x)
         if self.out is not None:
             x = self.out(x)
         return x.view(*lead, x.shape[-1])
-
-    # ---- evaluation with batch norm folded into the linear layers --------------------------------
-    def bn_affine(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """BN_k on running statistics as an affine map: BN_k(z) = z ⊙ g + t with
-        g = γ / sqrt(σ²_run + ε), t = β − μ_run ⊙ g (g = 1, t = 0 without BN). Eval mode only."""
-        h = self.sizes[k]
-        if self.norms is None:
-            w = self.linears[k].weight
-            return w.new_ones(h), w.new_zeros(h)
-        bn = self.norms[k]
-        g = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        return g, bn.bias - bn.running_mean * g
-
-    def tail_folded(self, z: torch.Tensor) -> torch.Tensor:
-        """`tail` in eval mode for a 2-D z that already is BN_0(first layer) (the caller folded BN_0
-        into its first-layer weights): act_0, then the later layers with BN folded into W and b,
-        W'_k = diag(g_k) W_k, b'_k = g_k ⊙ b_k + t_k. Saves a pass and an allocation per layer."""
-        if self.norms is not None and self.training:
-            raise RuntimeError("MLP.tail_folded needs running statistics (eval mode)")
-        x = self._act_inplace(0, z)
-        for k in range(1, len(self.linears)):
-            g, t = self.bn_affine(k)
-            lin = self.linears[k]
-            x = self._act_inplace(k, torch.addmm(lin.bias * g + t, x, (lin.weight * g[:, None]).t()))
-        return self.out(x) if self.out is not None else x
-
-    def _act_inplace(self, k: int, z: torch.Tensor) -> torch.Tensor:
-        return torch.relu_(z) if self._act_names[k] == "relu" else self.activations[k](z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.linears:
@@ -250,15 +194,11 @@ def mlp_over_parts(mlp: MLP, parts: Sequence[torch.Tensor]) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 # item + category embedding
 # --------------------------------------------------------------------------------------------------
+@fast.seam
 def lookup(table: nn.Embedding, idx: torch.Tensor) -> torch.Tensor:
     """table(idx) as an index_select of its weight: the same values and the same gradient (an index_add),
-    which on CPU takes a third of nn.Embedding's backward time (0.5 vs 1.7 ms for 25k lookups); with the
-    kernels, the index_add is a plain loop (`native.EmbeddingLookup`: 25k rows into the 20-row category
-    table, ~1 ms with torch's index_add_). Only for plain tables (no padding_idx, max_norm or sparse
-    gradients)."""
-    out = native.lookup(table.weight, idx)
-    if out is not None:
-        return out
+    which on CPU takes a third of nn.Embedding's backward time (0.5 vs 1.7 ms for 25k lookups). Only for
+    plain tables (no padding_idx, max_norm or sparse gradients)."""
     return table.weight.index_select(0, idx.reshape(-1)).view(*idx.shape, table.embedding_dim)
 
 

@@ -1,4 +1,7 @@
-"""Whole-sequence GRU and LSTM recurrences with a hand-written backward (fast path of `cells.run_rnn`).
+"""Fast twins of the recurrent runners of `clsr.models.cells`: whole-sequence GRU and LSTM recurrences
+with a hand-written backward over packed valid positions (`packed_rnn` for `run_rnn`, `packed_gru_pair`
+for `run_gru_pair`), and the AUGRU with its input side computed once per instance (`augru_shared_inputs`
+for `run_augru`).
 
 Why: on a CPU, the time loop of a small RNN (B = 500 rows, H = 40) is bound by per-op overhead and
 memory traffic, not by arithmetic. Under autograd every step records ~10 nodes, and the backward pays
@@ -14,8 +17,10 @@ so padded positions are neither projected nor stepped (≈ 22 % of the positions
 Each row's state at step t continues from its own state at t − 1: the first k_t rows of step t − 1.
 
 The functions compute exactly the cells of `cells.TFGRUCell` / `cells.TFLSTMCell` /
-`cells.Time4LSTMCell` (tests check values and gradients against those cells stepped under autograd,
-and `torch.autograd.gradcheck` in float64). `cells.run_rnn` packs, unpacks and reads final states.
+`cells.Time4LSTMCell` (tests/test_fast.py checks values and gradients against the reference runners in
+float64, tests/test_recurrence.py the Functions with `torch.autograd.gradcheck`). On a CPU the
+element-wise work of a step runs in the C kernels of `clsr.fast.native` when they are loaded (the same
+values; torch ops otherwise, and on other devices).
 
 Notation: gx holds the input part of the gate pre-activations (x_t W_x + b, any constant bias folded
 in), W_h the recurrent kernel (H × k·H, TF layout), σ the logistic function.
@@ -24,8 +29,11 @@ from __future__ import annotations
 
 import torch
 
-from clsr.models import native
-from clsr.models.native import ld, ptr
+from clsr import fast
+from clsr.fast import native
+from clsr.fast.native import ld, ptr
+from clsr.models import cells
+from clsr.models.cells import TFGRUCell, TFLSTMCell, Time4LSTMCell
 
 
 def _one(like: torch.Tensor) -> torch.Tensor:
@@ -63,7 +71,7 @@ class GRUSequence(torch.autograd.Function):
 
     Inputs: proj (P, 3H) = [gx ‖ cx] packed and its bias (3H,) or None (added inside the loop: a bias in
     the projection GEMM costs a copy pass over (P, 3H)); h0 (B, H) in packed (sorted) row order; W_g (H, 2H),
-    W_c (H, H); batch_sizes (k_t per step); prev_idx from `cells.Packing` (each row's packed row at the step before); ``train`` False skips the
+    W_c (H, H); batch_sizes (k_t per step); prev_idx from `Packing` (each row's packed row at the step before); ``train`` False skips the
     backward's factors (no gradient will be asked for: the caller knows, the function cannot see the
     grad mode). Returns the packed states h_t (P, H).
     """
@@ -294,7 +302,7 @@ class LSTMSequence(torch.autograd.Function):
 
 
 class Time4Inputs(torch.autograd.Function):
-    """The input side of a Time4LSTM for all packed rows at once (`cells.Time4LSTMCell.projection_weights`):
+    """The input side of a Time4LSTM for all packed rows at once (`time4_projection_weights`):
 
         T = tanh(τ W_τ + b_τ)  (P, 2H),    Y = x W_x  (P, 6H),    Y[:, 3H:] += T W_T
 
@@ -330,3 +338,239 @@ class Time4Inputs(torch.autograd.Function):
             dT.sum(0) if need[4] else None,
             torch.mm(T.t(), dY_T) if need[5] else None,
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# packing, and the cells' weights in the fused layouts
+# --------------------------------------------------------------------------------------------------
+class Packing:
+    """Rows sorted by length (longest first) and their valid positions stacked step after step, as
+    the sequence Functions above expect (the layout of ``torch.nn.utils.rnn.PackedSequence``).
+
+    perm[i] is the original row of sorted row i; batch_sizes[t] = k_t, the rows still running at step t;
+    packed row p holds position rows_t[p] of original row rows_b[p]; prev_idx[p − k_0] the packed row of
+    row p's previous step (for the rows of steps 1..); last[i] the packed row of sorted row i's final step.
+    """
+
+    def __init__(self, perm, inv, sorted_len, batch_sizes, rows_b, rows_t, prev_idx, last, width):
+        self.perm, self.inv, self.sorted_len = perm, inv, sorted_len
+        self.batch_sizes, self.rows_b, self.rows_t = batch_sizes, rows_b, rows_t
+        self.prev_idx, self.last, self.width = prev_idx, last, width
+        self.flat = rows_b * width + rows_t  # position in a (B·L, ...) view
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, d) -> (P, d). index_select, whose backward is an index_add (the positions are distinct)."""
+        return x.reshape(-1, x.shape[-1]).index_select(0, self.flat)
+
+    @classmethod
+    def plan(cls, lengths: torch.Tensor, n_steps: int, width: int) -> "Packing":
+        """Packing of rows with `lengths` over the first `n_steps` positions of a width-`width` layout."""
+        dev = lengths.device
+        n = lengths.clamp(min=0, max=n_steps)
+        sorted_len, perm = torch.sort(n, descending=True, stable=True)
+        steps = torch.arange(n_steps, device=dev)
+        live = steps.unsqueeze(1) < sorted_len.unsqueeze(0)  # (n_steps, B), time-major
+        batch_sizes = [k for k in live.sum(1).tolist() if k > 0]  # one host sync
+        t_idx, i_idx = live.nonzero(as_tuple=True)  # ordered by step, then sorted row
+        offsets = torch.tensor([0] + batch_sizes[:-1], device=dev, dtype=torch.long).cumsum(0)
+        last = (
+            offsets[(sorted_len - 1).clamp(min=0)] + torch.arange(len(n), device=dev)
+            if batch_sizes else sorted_len.new_zeros(len(n))
+        )
+        k0 = batch_sizes[0] if batch_sizes else 0
+        prev_idx = offsets[t_idx[k0:] - 1] + i_idx[k0:]  # step t's i-th row continues step t−1's i-th row
+        return cls(perm, torch.argsort(perm), sorted_len, batch_sizes, perm[i_idx], t_idx, prev_idx, last, width)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """Packed (P, H) -> (B, L, H), zero at every position that was not packed."""
+        B, H = len(self.perm), packed.shape[1]
+        return packed.new_zeros(B * self.width, H).index_copy(0, self.flat, packed).view(B, self.width, H)
+
+    def final(self, packed: torch.Tensor, h0_sorted: torch.Tensor) -> torch.Tensor:
+        """State after each row's last step, in the original row order; h0 where the length is 0."""
+        fin = torch.where((self.sorted_len > 0).unsqueeze(1), packed[self.last], h0_sorted)
+        return fin[self.inv]
+
+
+_last_plan: tuple | None = None  # (lengths, n_steps, width, plan) of the last `plan_for`
+
+
+def plan_for(lengths: torch.Tensor, n_steps: int, width: int) -> Packing:
+    """`Packing.plan`, reused while the same `lengths` tensor comes back (the recurrent nets of one
+    forward read the same histories: one packing serves them all). A plan holds index tensors only."""
+    global _last_plan
+    if _last_plan is not None and _last_plan[0] is lengths and _last_plan[1:3] == (n_steps, width):
+        return _last_plan[3]
+    plan = Packing.plan(lengths, n_steps, width)
+    _last_plan = (lengths, n_steps, width, plan)
+    return plan
+
+
+def gru_weights(cell: TFGRUCell):
+    """(W_x (D, 3H) = [W_g,x ‖ W_c,x], bias [b_g ‖ b_c] (3H,), W_g,h (H, 2H), W_c,h (H, H)) of a TF GRU."""
+    D = cell.input_dim
+    W_x = torch.cat([cell.gate_kernel[:D], cell.cand_kernel[:D]], dim=1)
+    return W_x, torch.cat([cell.gate_bias, cell.cand_bias]), cell.gate_kernel[D:], cell.cand_kernel[D:]
+
+
+def lstm_weights(cell: TFLSTMCell):
+    """(W_x (D, 4H), bias (4H,) with the forget bias folded into the f block, W_h (H, 4H)) of a TF LSTM."""
+    D, H = cell.input_dim, cell.hidden_size
+    shift = torch.zeros_like(cell.bias)
+    shift[2 * H : 3 * H] = cell.forget_bias
+    return cell.kernel[:D], cell.bias + shift, cell.kernel[D:]
+
+
+def time4_projection_weights(cell: Time4LSTMCell):
+    """The input side of a `Time4LSTMCell` as three linear maps (rows τ = [τ^first, τ^now]):
+        [T1 ‖ T2] = tanh(τ W_τ + b_τ),           W_τ = [[0, w2], [w1, 0]] (2 × 2H), b_τ = [b1 ‖ b2]
+        A = x W_x + b_x,                          W_x = [W_lstm,x | W_x1 | W_x2] (D × 6H),
+                                                  b_x = [b (+1 on f) | c1 | c2]
+        [o | g1 | g2] += [T1 ‖ T2] W_T,           W_T = [[W_o1, W_t1, 0], [W_o2, 0, W_t2]] (2H × 3H)
+    so that A's columns are the pre-activations [i, j, f, o, g1, g2] minus their h part.
+    Returns (W_x, b_x, W_τ, b_τ, W_T)."""
+    H = cell.hidden_size
+    zH = cell.time_input_w1.new_zeros(H)
+    W_tau = torch.stack([torch.cat([zH, cell.time_input_w2]), torch.cat([cell.time_input_w1, zH])])
+    b_tau = torch.cat([cell.time_input_b1, cell.time_input_b2])
+    W_lstm, b_lstm, _ = lstm_weights(cell)
+    W_x = torch.cat([W_lstm, cell.time_kernel_w1, cell.time_kernel_w2], dim=1)
+    b_x = torch.cat([b_lstm, cell.time_bias1, cell.time_bias2])
+    zHH = cell.o_kernel_t1.new_zeros(H, H)
+    W_T = torch.cat(
+        [torch.cat([cell.o_kernel_t1, cell.time_kernel_t1, zHH], 1),
+         torch.cat([cell.o_kernel_t2, zHH, cell.time_kernel_t2], 1)], 0
+    )
+    return W_x, b_x, W_tau, b_tau, W_T
+
+
+# --------------------------------------------------------------------------------------------------
+# the twins
+# --------------------------------------------------------------------------------------------------
+_CELLS = (TFGRUCell, TFLSTMCell, Time4LSTMCell)
+
+
+def _why_not_cell(cell) -> str | None:
+    # the exact classes: a subclass may have edited an equation
+    return None if type(cell) in _CELLS else f"cell {type(cell).__name__} has no packed recurrence"
+
+
+@fast.register(
+    cells.run_rnn,
+    sources=(cells.run_rnn, cells._final_states, TFGRUCell.forward, TFLSTMCell.gates, TFLSTMCell.forward,
+             Time4LSTMCell.time_gates, Time4LSTMCell.forward),
+    checked="3d2385b266374d45",
+)
+def packed_rnn(cell, inputs, lengths, h0=None, n_steps=None, times=None):
+    """`cells.run_rnn` over packed valid positions with `GRUSequence` / `LSTMSequence`."""
+    B, L = inputs.shape[0], inputs.shape[1]
+    n_steps = L if n_steps is None else min(int(n_steps), L)
+    H = cell.hidden_size
+    start = inputs.new_zeros(B, H) if h0 is None else h0
+    plan = plan_for(lengths, n_steps, L) if n_steps else None
+    if plan is None or not plan.batch_sizes:  # no step, or every history empty
+        return inputs.new_zeros(B, L, H), start
+    h0_sorted = start[plan.perm]
+    train = torch.is_grad_enabled()
+    if type(cell) is Time4LSTMCell:
+        if times is None:
+            inputs, times = inputs.split([cell.input_dim, 2], dim=-1)
+        W_x, b_x, W_tau, b_tau, W_T = time4_projection_weights(cell)
+        gx = Time4Inputs.apply(plan.pack(inputs), plan.pack(times), W_x, W_tau, b_tau, W_T)  # (P, 6H)
+        out = LSTMSequence.apply(gx, b_x, h0_sorted, cell.kernel[cell.input_dim :], plan.batch_sizes,
+                                 plan.prev_idx, train)
+    elif type(cell) is TFLSTMCell:
+        W_x, bias, W_h = lstm_weights(cell)
+        gx = torch.mm(plan.pack(inputs), W_x)  # the valid positions, packed step after step
+        out = LSTMSequence.apply(gx, bias, h0_sorted, W_h, plan.batch_sizes, plan.prev_idx, train)
+    else:
+        W_x, bias, W_g, W_c = gru_weights(cell)
+        out = GRUSequence.apply(torch.mm(plan.pack(inputs), W_x), bias, h0_sorted, W_g, W_c, plan.batch_sizes,
+                                plan.prev_idx, train)
+    return plan.unpack(out), plan.final(out, h0_sorted)
+
+
+@packed_rnn.accepts
+def _(cell, inputs, lengths, h0=None, n_steps=None, times=None):
+    return _why_not_cell(cell)
+
+
+@fast.register(
+    cells.run_gru_pair,
+    sources=(cells.run_gru_pair, cells.run_rnn, cells._final_states, TFGRUCell.forward),
+    checked="0505fe41ab7dfa7b",
+)
+def packed_gru_pair(cell_a, cell_b, x, lengths, h0_a=None, n_steps=None):
+    """`cells.run_gru_pair` as ONE GRU of width H_a + H_b over packed valid positions.
+
+    Why: the time loop costs per op, not per element, so two GRUs in one loop cost little more than
+    one. The joint GRU's kernels are block-diagonal in the two state halves, with gate columns ordered
+    [r_a ‖ r_b ‖ z_a ‖ z_b] and candidate columns [c_a ‖ c_b]; the zero blocks add exact zeros, so each
+    half follows its own cell's equations (only the summation order inside the matmuls differs)."""
+    B, L = x.shape[0], x.shape[1]
+    n_steps = L if n_steps is None else min(int(n_steps), L)
+    Ha, Hb, D = cell_a.hidden_size, cell_b.hidden_size, cell_a.input_dim
+    start_a = x.new_zeros(B, Ha) if h0_a is None else h0_a
+    start_b = x.new_zeros(B, Hb)
+    plan = plan_for(lengths, n_steps, L) if n_steps else None
+    if plan is None or not plan.batch_sizes:
+        return start_a, start_b
+
+    def cols(H, W):  # a (rows, 3H) block [r ‖ z ‖ c] -> r, z, c column blocks
+        return W[..., :H], W[..., H : 2 * H], W[..., 2 * H :]
+
+    Wxa, ba, Wga, Wca = gru_weights(cell_a)
+    Wxb, bb, Wgb, Wcb = gru_weights(cell_b)
+    (ra, za, ca), (rb, zb, cb) = cols(Ha, Wxa), cols(Hb, Wxb)
+    W_x = torch.cat([ra, rb, za, zb, ca, cb], dim=1)  # (D, 3 (Ha + Hb))
+    (rba, zba, cba), (rbb, zbb, cbb) = cols(Ha, ba), cols(Hb, bb)
+    bias = torch.cat([rba, rbb, zba, zbb, cba, cbb])
+    proj = torch.mm(plan.pack(x), W_x)  # (P, 3 (Ha + Hb)), packed; the recurrence adds the bias
+    zab, zba_ = Wga.new_zeros(Ha, Hb), Wga.new_zeros(Hb, Ha)
+    W_g = torch.cat(
+        [torch.cat([Wga[:, :Ha], zab, Wga[:, Ha:], zab], dim=1),
+         torch.cat([zba_, Wgb[:, :Hb], zba_, Wgb[:, Hb:]], dim=1)], dim=0
+    )  # (Ha + Hb, 2 (Ha + Hb)), columns [r_a r_b z_a z_b]
+    W_c = torch.block_diag(Wca, Wcb)
+    h0 = torch.cat([start_a, start_b], dim=1)[plan.perm]
+    out = GRUSequence.apply(proj, bias, h0, W_g, W_c, plan.batch_sizes, plan.prev_idx, torch.is_grad_enabled())
+    final = plan.final(out, h0)
+    return final[:, :Ha], final[:, Ha:]
+
+
+@packed_gru_pair.accepts
+def _(cell_a, cell_b, x, lengths, h0_a=None, n_steps=None):
+    if type(cell_a) is not TFGRUCell or type(cell_b) is not TFGRUCell:
+        return "cells are not both TFGRUCell"
+    return None if cell_a.input_dim == cell_b.input_dim else "input widths differ"
+
+
+@fast.register(cells.run_augru, sources=(cells.run_augru, cells.augru_step), checked="237a4d4226639376")
+def augru_shared_inputs(cell, x, att, lengths, n_steps=None):
+    """`cells.run_augru` with the input projections x_t W_x + b computed once per instance for all steps
+    (not once per candidate row); each step does the two recurrent products on the B·C rows."""
+    B, L = x.shape[0], x.shape[1]
+    C, H = att.shape[1], cell.hidden_size
+    n_steps = L if n_steps is None else min(int(n_steps), L)
+    h = x.new_zeros(B, C, H)
+    if n_steps == 0:
+        return h
+    W_x, bias, Wg_h, Wc_h = gru_weights(cell)
+    xs = x[:, :n_steps].transpose(0, 1).reshape(n_steps * B, x.shape[2])
+    proj = torch.addmm(bias, xs, W_x).view(n_steps, B, 3 * H)
+    # per-step views made by unbind (one stacked gradient in backward, no per-step zero fill)
+    gx_all, cx_all = proj.split([2 * H, H], dim=-1)
+    gx_steps, cx_steps = gx_all.unbind(0), cx_all.unbind(0)
+    keep_gate = (1.0 - att[:, :, :n_steps]).unsqueeze(-1).unbind(2)  # T × (B, C, 1): (1 − a_t)
+    live = (torch.arange(n_steps, device=x.device)[None, :] < lengths[:, None]).view(B, 1, n_steps, 1).unbind(2)
+    for t in range(n_steps):
+        r, u = torch.sigmoid(torch.matmul(h, Wg_h).add_(gx_steps[t].unsqueeze(1))).chunk(2, dim=-1)  # (B, C, H) each
+        c = torch.tanh(torch.matmul(r * h, Wc_h).add_(cx_steps[t].unsqueeze(1)))
+        h_new = torch.lerp(c, h, u * keep_gate[t])  # u' h + (1 − u') c with u' = (1 − a_t) u
+        h = torch.where(live[t], h_new, h)
+    return h
+
+
+@augru_shared_inputs.accepts
+def _(cell, x, att, lengths, n_steps=None):
+    return None if type(cell) is TFGRUCell else f"cell {type(cell).__name__} is not a TFGRUCell"

@@ -1,7 +1,7 @@
 """Builds, caches and loads `kernels.c`: C kernels for the two memory- and overhead-bound parts of a CLSR
 training step on a CPU, each with a torch-op twin that computes the same values:
 
-- the element-wise part of one packed GRU / LSTM step as one call (used by `clsr.models.recurrence`);
+- the element-wise part of one packed GRU / LSTM step as one call (used by `clsr.fast.recurrence`);
 - batch norm in training mode fused with the ReLU after it, forward and backward (`bn_relu`, used by
   `layers.MLP`), and with a following one-unit output layer (`bn_relu_dot`: the scorers' last hidden
   layer, whose activations are then never written);
