@@ -51,24 +51,35 @@ class PipelineConfig:
 
 @dataclass
 class AblationsConfig:
-    """The CLSR ablation axes; each list is one axis, run on `pipeline.ablation_dataset`."""
+    """The ablation axes, each run on `pipeline.ablation_dataset`; every list is one axis. A value equal to the
+    main configuration reuses the main table's runs of the same seeds (clsr/stages/train.py)."""
 
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # the headline axes: contrastive × k, slirec_mask
+    other_seeds: list[int] = field(default_factory=lambda: [0])  # every other axis (its table says when it is one)
     contrastive: list[Literal["triplet", "bpr", "none"]] = field(default_factory=lambda: ["triplet", "bpr", "none"])
     k: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 10])  # recent k of the short-term proxy (× contrastive)
     length_threshold: list[int] = field(default_factory=lambda: [0, 5, 10, 20])  # l_t of the contrastive loss
     contrastive_weight: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])  # β
+    normalized_margin: list[float] = field(default_factory=lambda: [0.01])  # triplet on unit vectors, margin per dim
     fusion: list[Literal["attention", "fixed"]] = field(default_factory=lambda: ["attention", "fixed"])
     sequential_model: list[Literal["time4lstm", "gru", "lstm"]] = field(
         default_factory=lambda: ["time4lstm", "gru", "lstm"])
     rec_loss: list[Literal["softmax", "bce"]] = field(default_factory=lambda: ["softmax", "bce"])
+    slirec_mask: list[bool] = field(default_factory=lambda: [True, False])  # SLi-Rec long-term padding mask
 
     def validate(self, where: str = "ablations") -> None:
+        for key in ("seeds", "other_seeds"):
+            values = getattr(self, key)
+            if not values or any(s < 0 for s in values) or len(set(values)) != len(values):
+                raise ConfigError(f"{where}.{key}: list distinct seeds >= 0, got {values}")
         if any(k < 1 for k in self.k):
             raise ConfigError(f"{where}.k: every k must be >= 1, got {self.k}")
         if any(v < 0 for v in self.length_threshold):
             raise ConfigError(f"{where}.length_threshold: values must be >= 0, got {self.length_threshold}")
         if any(not v >= 0 for v in self.contrastive_weight):
             raise ConfigError(f"{where}.contrastive_weight: values must be >= 0, got {self.contrastive_weight}")
+        if any(not v > 0 for v in self.normalized_margin):
+            raise ConfigError(f"{where}.normalized_margin: values must be > 0, got {self.normalized_margin}")
 
 
 @dataclass

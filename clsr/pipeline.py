@@ -42,13 +42,17 @@ TINY_PARAMS: dict[str, Any] = {
     "train": {"epochs": 1, "patience": 1, "batch_size": 64, "progress": False, "threads": 1},
     "models": {},
     "ablations": {
+        "seeds": [0],
+        "other_seeds": [0],
         "contrastive": ["triplet", "none"],
         "k": [3],
         "length_threshold": [5],
         "contrastive_weight": [0.1],
+        "normalized_margin": [0.01],
         "fusion": ["attention", "fixed"],
         "sequential_model": ["time4lstm"],
         "rec_loss": ["softmax"],
+        "slirec_mask": [True, False],
     },
     "disentanglement": {"recent_k": 5, "shuffle_seed": 0, "models": ["clsr", "clsr_nocon", "slirec"]},
 }
@@ -124,11 +128,22 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
-def run_paths(ctx: Context, group: str, dataset: str, variant: str) -> tuple[Path, Path]:
-    """(run folder, metrics file) exactly as dvc.yaml names them."""
+def run_paths(ctx: Context, group: str, dataset: str, variant: str) -> Path:
+    """The metrics file of a run, exactly as dvc.yaml names it: reports/metrics/main/<dataset>/<variant>.json for
+    the main table, reports/metrics/ablation/<group>/<variant>.json for an ablation axis (per-instance test
+    values beside it, .npz)."""
     if group == "main":
-        return ctx.runs_dir / "main" / dataset / variant, ctx.metrics_path("main", dataset, variant)
-    return ctx.runs_dir / "ablation" / group / variant, ctx.metrics_path("ablation", group, variant)
+        return ctx.metrics_path("main", dataset, variant)
+    return ctx.metrics_path("ablation", group, variant)
+
+
+def main_run_dir(ctx: Context, dataset: str, variant: str) -> Path | None:
+    """The run folder behind the main-table metrics file of `variant` (e.g. ``clsr_seed0``), or None when that
+    run has not finished."""
+    metrics = run_paths(ctx, "main", dataset, variant)
+    if not metrics.exists():
+        return None
+    return ctx.work / read_json(metrics)["run_dir"]
 
 
 def pick_dataset(ctx: Context, dataset: str) -> str:

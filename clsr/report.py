@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -25,18 +25,31 @@ MODEL_LABELS = {
 MAIN_METRICS = [("auc", "AUC"), ("gauc", "GAUC"), ("mrr", "MRR"), ("ndcg@2", "NDCG@2")]
 
 
+#: the test protocols a run reports (clsr.evaluation), their metrics-file key and the columns a table shows
+PROTOCOLS: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "sampled": ("test", MAIN_METRICS),
+    "uniform": ("test_uniform", [("auc", "AUC"), ("gauc", "GAUC"), ("mrr", "MRR"), ("ndcg@10", "NDCG@10")]),
+    "full": ("test_full", [("hit@10", "HR@10"), ("hit@20", "HR@20"), ("ndcg@10", "NDCG@10"),
+                           ("ndcg@20", "NDCG@20"), ("mrr", "MRR")]),
+}
+
+
 def flatten_run(m: dict) -> dict:
     row = {
         "dataset": m["dataset"],
-        "model": m["model"],
+        "model": m.get("name", m["model"]),
         "seed": m["seed"],
         "best_epoch": m["best_epoch"],
         "epochs_run": m["epochs_run"],
+        "stop_reason": m.get("stop_reason", "unknown"),
+        "max_train_instances": m.get("config", {}).get("train", {}).get("max_train_instances"),
         "seconds_per_epoch": m["seconds_per_epoch"],
         "train_instances_per_s": m.get("train_instances_per_s"),
         "parameters": m.get("parameters"),
     }
-    row.update({f"test_{k}": v for k, v in m["test"].items()})
+    for protocol, (key, _) in PROTOCOLS.items():
+        prefix = "test" if protocol == "sampled" else f"test_{protocol}"
+        row.update({f"{prefix}_{k}": v for k, v in (m.get(key) or {}).items()})
     row.update({f"valid_{k}": v for k, v in m["valid"].items()})
     return row
 
@@ -47,8 +60,10 @@ def read_metrics(paths: Iterable[str | Path]) -> pd.DataFrame:
         with open(p) as f:
             m = json.load(f)
         row = flatten_run(m)
-        row["variant"] = p.stem
+        row["variant"] = m.get("variant", p.stem)
         row["file"] = str(p)
+        npz = p.with_suffix(".npz")
+        row["npz"] = str(npz) if npz.exists() else None
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -73,54 +88,151 @@ def _fmt(mean: float, std: float, n: int, bold: bool) -> str:
     return f"**{s}**" if bold else s
 
 
-def main_table(df: pd.DataFrame, datasets: list[str], models: list[str]) -> tuple[str, pd.DataFrame]:
-    """Markdown: rows = models grouped long / short / long+short; per dataset AUC, GAUC, MRR, NDCG@2
-    (mean ± std over seeds; best mean in bold) and seconds per epoch."""
-    metric_cols = [f"test_{k}" for k, _ in MAIN_METRICS]
+def _grouped(models: list[str]) -> list[tuple[str, str]]:
+    """(group, model) in the paper's order: long-term, short-term, long + short, then any other."""
+    out = [(g, m) for g, members in MODEL_GROUPS.items() for m in members if m in models]
+    return out + [("other", m) for m in models if not any(m in g for g in MODEL_GROUPS.values())]
+
+
+def _stopping(sub: pd.DataFrame) -> str:
+    """Best epoch over seeds (mean, or the one value), flagged when a run stopped at the epoch cap."""
+    be = sub["best_epoch"]
+    text = f"{be.mean():.1f}" if be.nunique() > 1 else f"{int(be.iloc[0])}"
+    return text + (" (cap!)" if (sub["stop_reason"] == "cap").any() else "")
+
+
+def main_table(df: pd.DataFrame, datasets: list[str], models: list[str], protocol: str = "sampled",
+               extra_rows: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> tuple[str, pd.DataFrame]:
+    """Markdown: rows = models grouped long / short / long+short; per dataset the metrics of `protocol`
+    (mean ± std over seeds; best mean in bold), the best epoch ("(cap!)": a run stopped at the epoch cap, not
+    by patience) and, for the sampled protocol, seconds per epoch. `extra_rows` {label: {dataset: metrics}}
+    adds reference rows (e.g. the Bayes oracle of the synthetic data), not counted for bold."""
+    key, metrics = PROTOCOLS[protocol]
+    prefix = "test" if protocol == "sampled" else f"test_{protocol}"
+    metric_cols = [f"{prefix}_{k}" for k, _ in metrics if f"{prefix}_{k}" in df]
+    labels = [label for k, label in metrics if f"{prefix}_{k}" in df]
     summ = summarise(df, ["dataset", "model"], metric_cols + ["seconds_per_epoch"])
+    timing = protocol == "sampled"
     header = ["group", "model"]
     for ds in datasets:
-        header += [f"{ds} {label}" for _, label in MAIN_METRICS] + [f"{ds} s/epoch"]
+        header += [f"{ds} {label}" for label in labels] + [f"{ds} best epoch"] + ([f"{ds} s/epoch"] if timing else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    best = {}
-    for ds in datasets:
-        sub = summ[(summ["dataset"] == ds) & (summ["model"].isin(models))]
-        for c in metric_cols:
-            best[(ds, c)] = sub[f"{c}_mean"].max() if len(sub) else np.nan
-    def cells_for(model: str) -> list[str]:
-        cells = [MODEL_LABELS.get(model, model)]
+    best = {(ds, c): summ[(summ["dataset"] == ds) & summ["model"].isin(models)][f"{c}_mean"].max()
+            for ds in datasets for c in metric_cols}
+    for group, model in _grouped(models):
+        cells = [group, MODEL_LABELS.get(model, model)]
         for ds in datasets:
             r = summ[(summ["dataset"] == ds) & (summ["model"] == model)]
             if r.empty:
-                cells += ["—"] * (len(MAIN_METRICS) + 1)
+                cells += ["—"] * (len(metric_cols) + 1 + timing)
                 continue
             r = r.iloc[0]
             for c in metric_cols:
                 mean = r[f"{c}_mean"]
                 cells.append(_fmt(mean, r[f"{c}_std"], int(r[f"{c}_count"]), np.isclose(mean, best[(ds, c)])))
-            cells.append(f"{r['seconds_per_epoch_mean']:.1f}")
-        return cells
-
-    grouped = {g: [m for m in members if m in models] for g, members in MODEL_GROUPS.items()}
-    grouped["other"] = [m for m in models if not any(m in g for g in MODEL_GROUPS.values())]
-    for group, members in grouped.items():
-        for model in members:
-            lines.append("| " + " | ".join([group] + cells_for(model)) + " |")
+            cells.append(_stopping(df[(df["dataset"] == ds) & (df["model"] == model)]))
+            if timing:
+                cells.append(f"{r['seconds_per_epoch_mean']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    for label, per_ds in (extra_rows or {}).items():
+        cells = ["reference", label]
+        for ds in datasets:
+            m = (per_ds.get(ds) or {}).get(key) or {}
+            cells += [f"{m[k]:.4f}" if k in m else "—" for k, _ in metrics if f"{prefix}_{k}" in df]
+            cells += ["—"] * (1 + timing)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n", summ
 
 
-def ablation_table(df: pd.DataFrame, title: str, order: list[str] | None = None) -> str:
-    """Markdown: one row per variant, test AUC / GAUC / MRR / NDCG@2 and the epoch chosen."""
+def paired_table(runs: pd.DataFrame, datasets: list[str], models: list[str], reference: str = "clsr",
+                 metrics: tuple[str, ...] = ("GAUC", "MRR", "full NDCG@10")) -> pd.DataFrame:
+    """`reference` against every other model, per dataset and metric: the mean paired difference
+    (reference − other) over seeds, its 95 % interval over test users, and the verdict (clsr.compare)."""
+    from clsr import compare
+
+    rows = []
+    have = runs[runs["npz"].notna()]
+    for ds in datasets:
+        sub = have[have["dataset"] == ds]
+        ref = {int(r.seed): r.npz for r in sub[sub["model"] == reference].itertuples()}
+        if not ref:
+            continue
+        for other in models:
+            if other == reference:
+                continue
+            oth = {int(r.seed): r.npz for r in sub[sub["model"] == other].itertuples()}
+            for metric in metrics:
+                c = compare.compare(oth, ref, metric)
+                if c is None:
+                    continue
+                a, b = MODEL_LABELS.get(other, other), MODEL_LABELS.get(reference, reference)
+                rows.append({"dataset": ds, "baseline": a, "metric": metric, **compare.row(c, a, b)})
+    return pd.DataFrame(rows)
+
+
+def agreement_table(runs: pd.DataFrame, datasets: list[str], models: list[str]) -> pd.DataFrame:
+    """Do the three test protocols order the models alike? Kendall τ-b between the orderings by MRR (mean
+    over seeds) of each pair of protocols, per dataset (1 = the same order, −1 = reversed)."""
+    from clsr.stats import kendall_tau
+
+    cols = {"sampled": "test_mrr", "uniform": "test_uniform_mrr", "full": "test_full_mrr"}
+    rows = []
+    for ds in datasets:
+        sub = runs[(runs["dataset"] == ds) & runs["model"].isin(models)]
+        means = {p: sub.groupby("model")[c].mean().dropna().to_dict() for p, c in cols.items() if c in sub}
+        names = list(means)
+        for i, p in enumerate(names):
+            for q in names[i + 1:]:
+                common = sorted(set(means[p]) & set(means[q]))
+                if len(common) < 3:
+                    continue
+                t = kendall_tau({m: means[p][m] for m in common}, {m: means[q][m] for m in common})
+                rows.append({"dataset": ds, "protocols": f"{p} vs {q}", "models": len(common),
+                             "Kendall τ (MRR order)": round(t.tau, 3), "p-value": round(t.p_value, 4)})
+    return pd.DataFrame(rows)
+
+
+def frame_md(df: pd.DataFrame) -> str:
+    """A DataFrame as a markdown table (no index)."""
+    if df.empty:
+        return "_none_\n"
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def ablation_table(df: pd.DataFrame, title: str, order: list[str] | None = None,
+                   default: pd.DataFrame | None = None, default_label: str = "main configuration") -> str:
+    """Markdown: one row per variant (mean ± std over its seeds), test AUC / GAUC / MRR / NDCG@2, the best
+    epoch ("(cap!)" where a run stopped at the epoch cap) and the seeds; with `default` (the main table's
+    CLSR runs), the paired GAUC difference of each variant against them over the same seeds, its 95 %
+    interval over test users and the verdict (clsr.compare)."""
+    from clsr import compare
+
     cols = [f"test_{k}" for k, _ in MAIN_METRICS]
-    if order:
-        df = df.set_index("variant").loc[[v for v in order if v in set(df["variant"])]].reset_index()
-    best = {c: df[c].max() for c in cols}
-    lines = [f"### {title}", "", "| variant | " + " | ".join(l for _, l in MAIN_METRICS) + " | best epoch |",
-             "|---|" + "---|" * (len(MAIN_METRICS) + 1)]
-    for _, r in df.iterrows():
-        cells = [str(r["variant"])] + [
-            (f"**{r[c]:.4f}**" if np.isclose(r[c], best[c]) else f"{r[c]:.4f}") for c in cols
-        ] + [str(int(r["best_epoch"]))]
+    variants = [v for v in (order or []) if v in set(df["variant"])] + sorted(set(df["variant"]) - set(order or []))
+    summ = summarise(df, ["variant"], cols).set_index("variant")
+    best = {c: summ[f"{c}_mean"].max() for c in cols}
+    head = ["variant"] + [l for _, l in MAIN_METRICS] + ["best epoch", "seeds"]
+    if default is not None:
+        head += ["GAUC − main (95% interval)", "verdict"]
+    one_seed = df.groupby("variant")["seed"].nunique().max() == 1
+    lines = [f"### {title}", ""]
+    if one_seed:
+        lines += ["Single seed: differences below the main table's seed spread are noise.", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ref = {} if default is None else {int(r.seed): r.npz for r in default.itertuples() if r.npz}
+    for v in variants:
+        r, runs = summ.loc[v], df[df["variant"] == v]
+        cells = [str(v)] + [_fmt(r[f"{c}_mean"], r[f"{c}_std"], int(r[f"{c}_count"]), np.isclose(r[f"{c}_mean"], best[c]))
+                            for c in cols]
+        cells += [_stopping(runs), ", ".join(str(s) for s in sorted(runs["seed"]))]
+        if default is not None:
+            mine = {int(x.seed): x.npz for x in runs.itertuples() if x.npz}
+            c = compare.compare(ref, mine, "GAUC") if ref and mine else None
+            cells += (["—", "—"] if c is None else
+                      [f"{c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}]", compare.verdict(c, default_label, str(v))])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -184,50 +296,91 @@ def line_plot(xs, series: dict[str, list[float]], xlabel: str, ylabel: str, titl
     plt.close(fig)
 
 
-def training_curves(histories: dict[str, list[dict]], path: str | Path, metric: str = "valid_gauc"):
+def convergence(histories: Mapping[str, list[list[dict]]], path: str | Path, best_epochs=None) -> None:
+    """Validation GAUC by epoch for every model: the mean over seeds (a line while every seed still runs) with
+    the band from the lowest to the highest seed, and each seed's selected epoch marked; beside it the
+    recommendation loss (not the total, which CLSR's constant triplet term would flatten) the same way.
+    `histories` {model: [history of each seed]}, `best_epochs` {model: [best epoch of each seed]}."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for name, hist in histories.items():
-        ep = [r["epoch"] for r in hist]
-        axes[0].plot(ep, [r["loss_total"] for r in hist], marker=".", label=name)
-        axes[1].plot(ep, [r[metric] for r in hist], marker=".", label=name)
-    axes[0].set_title("training loss (total)")
-    axes[1].set_title(metric.replace("_", " "))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for i, (name, runs) in enumerate(histories.items()):
+        color = f"C{i % 10}"
+        for ax, key in zip(axes, ("valid_gauc", "loss_rec")):
+            n = min(len(h) for h in runs)
+            if n == 0:
+                continue
+            vals = np.array([[r[key] for r in h[:n]] for h in runs])
+            ep = np.arange(1, n + 1)
+            ax.plot(ep, vals.mean(0), color=color, label=MODEL_LABELS.get(name, name))
+            if len(runs) > 1:
+                ax.fill_between(ep, vals.min(0), vals.max(0), color=color, alpha=0.15, lw=0)
+        for h, be in zip(runs, (best_epochs or {}).get(name, [])):
+            row = next((r for r in h if r["epoch"] == be), None)
+            if row is not None:
+                axes[0].plot([be], [row["valid_gauc"]], marker="*", color=color, ms=8, ls="")
+    axes[0].set_title("validation GAUC (mean over seeds, band: min–max; ★ epoch kept)")
+    axes[1].set_title("training loss: recommendation part")
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2)
+    axes[0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def verdict(summ: pd.DataFrame, datasets: list[str], model: str = "clsr") -> pd.DataFrame:
-    """Per dataset and metric: the best model, and `model`'s margin over the best other model."""
+def self_supervision_figure(histories: Mapping[str, list[list[dict]]], path: str | Path) -> bool:
+    """What CLSR's contrastive term does per epoch (clsr.diagnostics): the term's value, the share of active
+    triplet hinges, its gradient norm relative to the recommendation loss's, cos(u^l, p^l). One line per
+    run (label: variant, seed). False when no run logged diagnostics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("loss_contrastive", "contrastive term (β-weighted)"), ("diag_hinge_active", "share of active hinges"),
+              ("diag_grad_ratio_contrastive", "‖∇ contrastive‖ / ‖∇ rec‖ (encoders)"),
+              ("diag_cos_long", "cos(u^l, p^l)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.3))
+    drawn = False
+    for i, (name, runs) in enumerate(histories.items()):
+        for j, h in enumerate(runs):
+            for ax, (key, _) in zip(axes, panels):
+                xs = [r["epoch"] for r in h if key in r]
+                if xs:
+                    drawn = True
+                    ax.plot(xs, [r[key] for r in h if key in r], color=f"C{i % 10}", alpha=0.8,
+                            label=name if j == 0 else None)
+    for ax, (key, title) in zip(axes, panels):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    if drawn:
+        axes[2].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return drawn
+
+
+def verdict(paired: pd.DataFrame, model: str = "CLSR") -> pd.DataFrame:
+    """Per dataset and metric: against how many baselines `model` is better, worse, or not detectably
+    different (95 % paired intervals of `paired_table`), and which baselines beat it."""
     rows = []
-    for ds in datasets:
-        sub = summ[summ["dataset"] == ds].set_index("model")
-        if model not in sub.index or len(sub) < 2:
-            continue
-        for key, label in MAIN_METRICS:
-            col = f"test_{key}_mean"
-            others = sub.drop(index=model)[col]
-            best_other = others.idxmax()
-            margin = sub.loc[model, col] - others.max()
-            rows.append({
-                "dataset": ds,
-                "metric": label,
-                "best model": MODEL_LABELS.get(sub[col].idxmax(), sub[col].idxmax()),
-                f"{model}": round(float(sub.loc[model, col]), 4),
-                "best other": f"{MODEL_LABELS.get(best_other, best_other)} {others.max():.4f}",
-                "margin": round(float(margin), 4),
-                f"{model} seed std": round(float(sub.loc[model, f"test_{key}_std"]), 4),
-                "wins": bool(margin > 0),
-            })
+    if paired.empty:
+        return pd.DataFrame(rows)
+    for (ds, metric), sub in paired.groupby(["dataset", "metric"], sort=False):
+        wins = sub["verdict"] == f"{model} better"
+        losses = sub["verdict"].str.endswith(" better") & ~wins
+        rows.append({"dataset": ds, "metric": metric, "baselines": len(sub), f"{model} better": int(wins.sum()),
+                     f"{model} worse": int(losses.sum()), "no detectable difference": int((~wins & ~losses).sum()),
+                     f"better than {model}": ", ".join(sub.loc[losses, "baseline"]) or "—"})
     return pd.DataFrame(rows)
 
 
@@ -239,6 +392,7 @@ def alpha_distributions(ctx, datasets: list[str], path: str | Path, seed: int = 
     import matplotlib.pyplot as plt
 
     from clsr.data.prepare import load_prepared
+    from clsr.pipeline import main_run_dir
     from clsr.data.batches import eval_batches
     from clsr.scoring import score_batches
     from clsr.train import data_settings, load_trained
@@ -246,8 +400,8 @@ def alpha_distributions(ctx, datasets: list[str], path: str | Path, seed: int = 
     rows = []
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for ds in datasets:
-        run = Path(ctx.runs_dir) / "main" / ds / f"clsr_seed{seed}"
-        if not (run / "best.pt").exists():
+        run = main_run_dir(ctx, ds, f"clsr_seed{seed}")
+        if run is None or not (run / "best.pt").exists():
             continue
         data = load_prepared(ds, ctx.prepared_dir)
         model = load_trained(run, data)

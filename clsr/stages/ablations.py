@@ -1,7 +1,9 @@
-"""Stage ablation_report (notebook 04): a table per ablation axis and the contrastive-loss / k curves.
+"""Stage ablation_report (notebook 04): a table per ablation axis, each variant against the main configuration.
 
-Reads reports/metrics/ablation/<axis>/<variant>.json (written by the ablation_* training stages) and writes
-reports/tables/ablations/ablation_<axis>.md and reports/figures/ablations/*.png.
+Reads reports/metrics/ablation/<axis>/<variant>_seed<s>.json (+ .npz, written by the ablation_* training stages)
+and, as the reference of every axis, the main table's runs of the ablated model on pipeline.ablation_dataset
+(reports/metrics/main/<dataset>/<model>_seed<s>.*). Writes reports/tables/ablations/ablation_<axis>.md and
+reports/figures/ablations/*.png.
 """
 from __future__ import annotations
 
@@ -11,18 +13,28 @@ import pandas as pd
 
 from clsr import report
 from clsr.data.store import atomic_write_text
-from clsr.pipeline import Context
+from clsr.pipeline import Context, read_json
 
 
-def axes(abl: dict) -> dict[str, tuple[str, list[str]]]:
-    """axis -> (title, variant names in display order), exactly as dvc.yaml names the variants."""
+def _value(v) -> str:
+    """An axis value as dvc.yaml spells it in a variant name (YAML booleans as true/false)."""
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def axes(abl: dict) -> dict[str, tuple[str, str, list[str]]]:
+    """axis -> (title, ablated model, variant names in display order), exactly as dvc.yaml names the variants."""
     return {
-        "contrastive": ("Contrastive loss × recent k", [f"{c}_k{k}" for c in abl["contrastive"] for k in abl["k"]]),
-        "threshold": ("Length threshold l_t", [f"lt{v}" for v in abl["length_threshold"]]),
-        "weight": ("Contrastive weight β", [f"beta{v}" for v in abl["contrastive_weight"]]),
-        "fusion": ("Fusion", list(abl["fusion"])),
-        "sequence": ("Short-term sequence model", list(abl["sequential_model"])),
-        "recloss": ("Recommendation loss", list(abl["rec_loss"])),
+        "contrastive": ("Contrastive loss × recent k of the short-term proxy", "clsr",
+                        [f"{c}_k{k}" for c in abl["contrastive"] for k in abl["k"]]),
+        "threshold": ("Length threshold l_t", "clsr", [f"lt{v}" for v in abl["length_threshold"]]),
+        "weight": ("Contrastive weight β", "clsr", [f"beta{_value(v)}" for v in abl["contrastive_weight"]]),
+        "normalized": ("Triplet on unit-length vectors (margin per dimension)", "clsr",
+                       [f"m{_value(v)}" for v in abl["normalized_margin"]]),
+        "fusion": ("Fusion", "clsr", list(abl["fusion"])),
+        "sequence": ("Short-term sequence model", "clsr", list(abl["sequential_model"])),
+        "recloss": ("Recommendation loss", "clsr", list(abl["rec_loss"])),
+        "slirec_mask": ("SLi-Rec long-term attention: padding masked (true) or not (false, released)", "slirec",
+                        [f"mask_{_value(v)}" for v in abl["slirec_mask"]]),
     }
 
 
@@ -34,13 +46,14 @@ class AblationResults:
 
 
 def _tiny_runs(ctx: Context) -> None:
-    """Tiny mode (the notebook tests): two short runs of the contrastive axis to report on."""
+    """Tiny mode (the notebook tests): the contrastive axis at k = 3, and the main CLSR run it is compared with."""
     from clsr.pipeline import pick_dataset
     from clsr.stages import train
 
     ds = pick_dataset(ctx, "")
+    train.run(ctx, ds, "clsr", 0, "main", "clsr")
     for c in ctx.params["ablations"]["contrastive"]:
-        train.run(ctx, ds, "clsr", 0, "contrastive", f"{c}_k3", f"model.contrastive={c}")
+        train.run(ctx, ds, "clsr", 0, "contrastive", f"{c}_k3", f"model.contrastive={c},model.recent_k=3")
 
 
 def run(ctx: Context) -> AblationResults:
@@ -52,20 +65,34 @@ def run(ctx: Context) -> AblationResults:
     root = ctx.reports_dir / "metrics"
     if ctx.tiny and not (root / "ablation").exists():
         _tiny_runs(ctx)
+    dataset = ctx.params["pipeline"]["ablation_dataset"]
+    main = report.collect(root, "main")
     out = AblationResults()
-    for axis, (title, order) in axes(ctx.params["ablations"]).items():
+    for axis, (title, model, order) in axes(ctx.params["ablations"]).items():
         df = report.collect(root, f"ablation/{axis}")
         if df.empty:
             out.missing.append(axis)
             continue
+        default = None
+        if not main.empty:
+            default = main[(main["dataset"] == dataset) & (main["model"] == model)]
         out.runs[axis] = df
-        out.tables[axis] = report.ablation_table(df, title, order)
+        label = f"main {report.MODEL_LABELS.get(model, model)}"
+        out.tables[axis] = report.ablation_table(df, title, order, default, label)
         atomic_write_text(tables / f"ablation_{axis}.md", out.tables[axis])
     _figures(out.runs, figs)
+    if "contrastive" in out.runs:
+        hist = {}
+        for r in out.runs["contrastive"].itertuples():
+            if r.variant.startswith("none"):
+                continue
+            hist.setdefault(r.variant, []).append(read_json(r.file)["history"])
+        report.self_supervision_figure(hist, figs / "self_supervision.png")
     return out
 
 
 def _figures(runs: dict[str, pd.DataFrame], figs) -> None:
+    """Metric against k for each contrastive form, and against l_t and β (means over seeds)."""
     if "contrastive" in runs:
         df = runs["contrastive"].copy()
         df[["form", "k"]] = df["variant"].str.extract(r"(\w+?)_k(\d+)")
@@ -73,13 +100,13 @@ def _figures(runs: dict[str, pd.DataFrame], figs) -> None:
         ks = sorted(df["k"].unique())
         for metric in ("gauc", "ndcg@2"):
             series = {f: [df[(df.form == f) & (df.k == k)][f"test_{metric}"].mean() for k in ks] for f in df.form.unique()}
-            report.line_plot(ks, series, "recent k of the short-term proxy", f"test {metric}", f"{metric} vs k",
-                             figs / f"contrastive_k_{metric.replace('@', '')}.png")
+            report.line_plot(ks, series, "recent k of the short-term proxy", f"test {metric} (mean over seeds)",
+                             f"{metric} vs k", figs / f"contrastive_k_{metric.replace('@', '')}.png")
     for axis, prefix, label, logx in (("threshold", "lt", "length threshold l_t", False),
                                       ("weight", "beta", "contrastive weight β", True)):
         if axis in runs:
             df = runs[axis].copy()
             df["x"] = df["variant"].str[len(prefix):].astype(float)
-            df = df.sort_values("x")
-            report.line_plot(df["x"].tolist(), {m: df[f"test_{m}"].tolist() for m in ("gauc", "auc")},
-                             label, "test metric", label, figs / f"{axis}.png", logx=logx)
+            means = df.groupby("x")[["test_gauc", "test_auc"]].mean().sort_index()
+            report.line_plot(means.index.tolist(), {m: means[f"test_{m}"].tolist() for m in ("gauc", "auc")},
+                             label, "test metric (mean over seeds)", label, figs / f"{axis}.png", logx=logx)

@@ -1,7 +1,14 @@
-"""Stages train@<dataset>-<model>-<seed> and ablation_*@<variant> (notebook 03): one run, its metrics copied to
-reports/metrics/ where the report stages read them."""
+"""Stages train@<dataset>-<model>-<seed> and ablation_*@<variant>-<seed> (notebook 03): one run, its metrics and
+per-instance test values copied to reports/metrics/ where the report stages read them.
+
+Run folders are keyed by the run's canonical configuration (`clsr.train.default_run_dir` under runs/): two stages
+that ask for the same run — an ablation variant equal to the main configuration, or `contrastive: none` with
+any k — share one folder, and whichever comes second reads the finished result instead of training again.
+"""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 from clsr.pipeline import Context, run_paths
@@ -9,22 +16,27 @@ from clsr.stages.protocol import ensure_prepared
 
 
 def run(ctx: Context, dataset: str, model: str, seed: int, group: str, variant: str, overrides: Any = None):
-    """Fit `model` (a registered name or an alias) with `overrides` (see clsr.runs) on `dataset`.
-
-    The run folder belongs to DVC (it re-runs the stage when a parameter changes), so a finished run of an
-    older configuration there is replaced (`overwrite=True`); an unchanged one resumes or is kept."""
-    from clsr.data.store import atomic_write_json
+    """Fit `model` (a registered name or an alias) with `overrides` (see clsr.runs) on `dataset`, or reuse
+    the finished run of the same configuration. `variant` names the configuration in its group (the model for
+    the main table, the axis value for an ablation); the metrics file is ``<variant>_seed<seed>.json``."""
+    from clsr.data.store import atomic_path, atomic_write_json
     from clsr.runs import resolve_run
-    from clsr.train import fit
+    from clsr.train import PER_INSTANCE, default_run_dir, finished_result, fit
 
     spec = resolve_run(ctx.params, model, overrides, seed=seed)
     data = ensure_prepared(ctx, dataset)
-    run_dir, metrics_file = run_paths(ctx, group, dataset, variant)
-    res = fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, overwrite=True)
-    metrics_file.parent.mkdir(parents=True, exist_ok=True)
-    res.metrics["variant"] = variant
-    res.metrics["group"] = group
-    res.metrics["overrides"] = dict(spec.overrides)
-    res.metrics["history"] = res.history  # the report draws training curves from committed files
-    atomic_write_json(metrics_file, res.metrics)
+    run_dir = default_run_dir(ctx.runs_dir, dataset, spec.model, spec.model_cfg, spec.train_cfg)
+    metrics_file = run_paths(ctx, group, dataset, f"{variant}_seed{seed}")
+    res = finished_result(run_dir, data, spec.model, spec.model_cfg, spec.train_cfg)
+    if res is not None:
+        print(f"[{model}] {variant}: the same run is finished in {run_dir}; reusing it", flush=True)
+    else:
+        # DVC re-runs a stage when a parameter changes: an older configuration's run here is replaced
+        res = fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, overwrite=True)
+    metrics = dict(res.metrics)
+    metrics.update(variant=variant, group=group, name=model, overrides=dict(spec.overrides),
+                   run_dir=Path(run_dir).relative_to(ctx.work).as_posix(), history=res.history)
+    atomic_write_json(metrics_file, metrics)  # the report draws training curves from committed files
+    with atomic_path(metrics_file.with_suffix(".npz"), suffix=".npz") as tmp:
+        shutil.copyfile(run_dir / PER_INSTANCE, tmp)
     return res
