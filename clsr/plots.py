@@ -221,3 +221,40 @@ def interest_match(gts: Mapping[str, Mapping[str, float]], ref: Mapping[str, Map
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ---- generator sweep (clsr.stages.sweep) -------------------------------------------------------------
+SWEEP_COLORS = {"oracle": "black", "clsr": "tab:red", "clsr_nocon": "tab:orange", "slirec": "tab:blue"}
+
+
+def sweep(frame: pd.DataFrame, path: str | Path):
+    """One column per p_short_mean, x = mean_topic_run: α-AUC against the true driver (the oracle's dashed:
+    the best reachable) and the share of the oracle's GAUC margin over popularity, per model (mean ± std
+    over seeds)."""
+    ps = sorted(frame["p_short_mean"].unique())
+    rows = (("alpha_auc", "α-AUC (true driver)"), ("gauc_share", "GAUC share of the oracle's margin"))
+    fig, axes = plt.subplots(len(rows), len(ps), figsize=(3.8 * len(ps), 3.2 * len(rows)), squeeze=False,
+                             sharey="row")
+    for j, p in enumerate(ps):
+        sub = frame[frame["p_short_mean"] == p]
+        for i, (key, title) in enumerate(rows):
+            ax = axes[i, j]
+            for model, d in sub.groupby("model", sort=False):
+                g = d.groupby("mean_topic_run")[key].agg(["mean", "std"]).sort_index()
+                if g["mean"].isna().all():
+                    continue
+                style = dict(ls="--", marker="") if model == "oracle" else dict(marker="o", capsize=3)
+                ax.errorbar(g.index, g["mean"], yerr=g["std"].fillna(0.0), color=SWEEP_COLORS.get(model),
+                            label="Bayes oracle" if model == "oracle" else label(model), **style)
+            if key == "alpha_auc":
+                ax.axhline(0.5, color="gray", lw=0.8, ls=":")
+            ax.set_xscale("log")
+            runs = sorted(sub["mean_topic_run"].unique())
+            ax.set_xticks(runs, [f"{r:g}" for r in runs])
+            ax.minorticks_off()
+            ax.set(title=f"p_short_mean = {p:g}" if i == 0 else None, xlabel="mean_topic_run",
+                   ylabel=title if j == 0 else None)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,282 @@
+"""The generator sweep (stages sweep_data@<cell>, sweep_train@<cell>-<model>-<seed> and sweep_report of
+dvc.yaml; not part of `make repro`): where is disentanglement learnable, and where does CLSR's contrastive
+loss help?
+
+Each cell of the ``sweep`` section's grid p_short_mean × mean_topic_run is its own synthetic dataset (the
+other source options from ``sweep.source``, the protocol from ``sweep.protocol``), named
+``p<p_short_mean>_run<mean_topic_run>`` (`cell_name`) and stored under data/sweep/<cell>/. Per cell:
+
+* ``data``:   prepare the dataset and score it with the Bayes oracle (`clsr.stages.oracle.evaluate`)
+              -> reports/metrics/sweep/<cell>/oracle.json;
+* ``train``:  one model × seed, trained with the main train params and the ``sweep.train`` overrides (to
+              early stopping), then through the ground-truth measures of the disentanglement study and
+              against the oracle -> runs/sweep/<cell>/<model>_seed<seed>/ and
+              reports/metrics/sweep/<cell>/<model>_seed<seed>.json;
+* ``report``: every cell's files -> reports/metrics/sweep.json, reports/tables/sweep.md and
+              reports/figures/sweep/sweep.png.
+
+Command line (what dvc.yaml runs): ``python -m clsr.stages.sweep data CELL``,
+``python -m clsr.stages.sweep train CELL MODEL SEED``, ``python -m clsr.stages.sweep report``.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from clsr.data.store import PreparedData, atomic_write_json, atomic_write_text
+from clsr.pipeline import Context, read_json
+
+CELL = re.compile(r"^p(?P<p>[0-9.]+)_run(?P<run>[0-9.]+)$")
+#: the columns of the sweep table (per model: mean over seeds)
+COLUMNS = {
+    "alpha_auc": "α-AUC (true driver)",
+    "alpha_auc_posterior": "α-AUC (posterior)",
+    "gauc": "GAUC",
+    "gauc_share": "GAUC share of oracle margin",
+    "gauc_long@long_driven": "α=1 GAUC, long-driven",
+    "gauc_short@short_driven": "α=0 GAUC, short-driven",
+    "specialisation": "specialisation",
+}
+
+
+def cell_name(p_short_mean: float, mean_topic_run: float) -> str:
+    """``p0.2_run3``: the dataset name of one grid cell (as dvc.yaml spells it from params.yaml)."""
+    return f"p{p_short_mean:g}_run{mean_topic_run:g}"
+
+
+def parse_cell(cell: str) -> tuple[float, float]:
+    """(p_short_mean, mean_topic_run) of a cell name; a ValueError naming the expected form otherwise."""
+    m = CELL.match(cell)
+    if not m:
+        raise ValueError(f"sweep cell {cell!r}: expected p<p_short_mean>_run<mean_topic_run>, e.g. p0.5_run8")
+    return float(m["p"]), float(m["run"])
+
+
+def cells(params: Mapping[str, Any]) -> list[str]:
+    s = params["sweep"]
+    return [cell_name(p, r) for p in s["p_short_mean"] for r in s["mean_topic_run"]]
+
+
+def data_dir(ctx: Context) -> Path:
+    return ctx.work / "data" / "sweep"
+
+
+def metrics_file(ctx: Context, cell: str, name: str) -> Path:
+    return ctx.metrics_path("sweep", cell, name)
+
+
+def cell_params(params: Mapping[str, Any], cell: str) -> dict[str, Any]:
+    """The params mapping `clsr.data.prepare.prepare` reads for the cell's dataset."""
+    p, run = parse_cell(cell)
+    s = params["sweep"]
+    source = {**{k: v for k, v in s["source"].items() if k != "name"}, "name": "synthetic",
+              "p_short_mean": p, "mean_topic_run": run}
+    return {"datasets": {cell: {"source": source, "protocol": dict(s["protocol"])}}}
+
+
+def load_cell(ctx: Context, cell: str) -> PreparedData:
+    from clsr.data.prepare import load_prepared
+
+    return load_prepared(cell, data_dir(ctx))
+
+
+# ---- stages ------------------------------------------------------------------------------------------
+def run_data(ctx: Context, cell: str) -> dict[str, Any]:
+    """Prepare the cell's dataset and write the oracle's metrics on it."""
+    from clsr.data.prepare import prepare
+    from clsr.disentangle.evaluate import oracle_eval
+    from clsr.disentangle.truth import load_truth, read_profiles
+    from clsr.stages.disentanglement import _clean
+    from clsr.stages.oracle import evaluate
+
+    data = prepare(cell, cell_params(ctx.params, cell), ctx.raw_dir, data_dir(ctx))
+    ties = ctx.params["train"]["ties"]
+    out = evaluate(data, ties)
+    truth = load_truth(data, read_profiles(data_dir(ctx), cell), "test")
+    out["ground_truth"] = _clean(oracle_eval(data, truth, "test", ties, reps=0)[0]["ground_truth"])
+    path = metrics_file(ctx, cell, "oracle")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, out)
+    return out
+
+
+def run_train(ctx: Context, cell: str, model: str, seed: int, boot_reps: int = 200) -> dict[str, Any]:
+    """Train one model × seed on the cell's dataset and measure it against the ground truth and the oracle."""
+    import torch
+
+    from clsr.disentangle.evaluate import ceilings, ground_truth_eval, oracle_eval, positive_alpha
+    from clsr.disentangle.truth import load_truth, read_profiles
+    from clsr.runs import resolve_run
+    from clsr.stages.disentanglement import _clean
+    from clsr.train import fit, load_trained
+
+    overrides = {f"train.{k}": v for k, v in ctx.params["sweep"]["train"].items()}
+    spec = resolve_run(ctx.params, model, overrides, seed=seed)
+    data = load_cell(ctx, cell)
+    run_dir = ctx.runs_dir / "sweep" / cell / f"{model}_seed{seed}"
+    t0 = time.perf_counter()
+    res = fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, overwrite=True)
+    seconds = time.perf_counter() - t0
+    if spec.train_cfg.threads > 0:
+        torch.set_num_threads(spec.train_cfg.threads)
+    trained = load_trained(run_dir, data)
+    ties, batch = ctx.params["train"]["ties"], ctx.params["train"]["eval_batch_size"]
+    truth = load_truth(data, read_profiles(data_dir(ctx), cell), "test")
+    gt, scores = ground_truth_eval(trained, data, truth, None, "test", batch, ties, boot_reps)
+    oracle, long_posterior = oracle_eval(data, truth, "test", ties, boot_reps)
+    from clsr import metrics as M
+    from clsr.disentangle.measures import READOUTS, SUFFIX
+
+    original = {}
+    for r in READOUTS:
+        m = M.evaluate_scores(scores["original"].logits[r], scores["original"].user, (10,), ties)
+        original.update({f"{k}{SUFFIX[r]}": float(m[k]) for k in ("auc", "gauc", "mrr")})
+    out = {
+        "cell": cell, "model": model, "seed": seed, "test": res.metrics["test"], "original": original,
+        "ground_truth": gt, "ceiling": ceilings(original, oracle, positive_alpha(scores["original"]),
+                                                long_posterior, boot_reps),
+        "best_epoch": res.metrics.get("best_epoch"), "epochs_run": len(res.history), "train_seconds": seconds,
+        "run": str(run_dir.relative_to(ctx.work)) if run_dir.is_relative_to(ctx.work) else str(run_dir),
+    }
+    out = _clean(out)
+    path = metrics_file(ctx, cell, f"{model}_seed{seed}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, out)
+    return out
+
+
+def collect(ctx: Context) -> pd.DataFrame:
+    """One row per cell × model × seed (plus one 'oracle' row per cell) with the sweep's measures."""
+    rows = []
+    s = ctx.params["sweep"]
+    for cell in cells(ctx.params):
+        p, run = parse_cell(cell)
+        o = read_json(metrics_file(ctx, cell, "oracle"))
+        pop = o["popularity"]["test"]["gauc"]
+        og = o["ground_truth"]
+        rows.append({"cell": cell, "p_short_mean": p, "mean_topic_run": run, "model": "oracle", "seed": None,
+                     "alpha_auc": o["alpha_auc"], "alpha_auc_posterior": og.get("alpha_auc_posterior"),
+                     "gauc": o["test"]["gauc"], "gauc_share": 1.0, "popularity_gauc": pop,
+                     **{k: og.get(k) for k in ("gauc_long@long_driven", "gauc_short@short_driven", "specialisation")}})
+        for model in s["models"]:
+            for seed in s["seeds"]:
+                path = metrics_file(ctx, cell, f"{model}_seed{seed}")
+                if not path.exists():
+                    raise FileNotFoundError(f"{path}: missing; run `dvc repro sweep_train` (or the sweep command "
+                                            "in the README) before the sweep report")
+                r = read_json(path)
+                g, c = r["ground_truth"], r["ceiling"]
+                row = {"cell": cell, "p_short_mean": p, "mean_topic_run": run, "model": model, "seed": seed,
+                       "gauc": r["original"]["gauc"], "gauc_share": c["margin_share"]["gauc"],
+                       "popularity_gauc": pop, "train_seconds": r["train_seconds"], "epochs_run": r["epochs_run"]}
+                for k in ("alpha_auc", "gauc_long@long_driven", "gauc_short@short_driven", "specialisation"):
+                    row[k] = g.get(k)
+                row["alpha_auc_posterior"] = (c.get("alpha_vs_posterior") or {}).get("alpha_auc_posterior")
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds per cell × model (the oracle has one row per cell)."""
+    cols = [c for c in COLUMNS if c in frame]
+    order = {m: i for i, m in enumerate(dict.fromkeys(frame["model"]))}  # the oracle first, then the models
+    frame = frame.assign(order=frame["model"].map(order))
+    g = frame.groupby(["p_short_mean", "mean_topic_run", "order", "model"], sort=True)[cols]
+    out = g.mean().join(g.std(ddof=1).add_suffix("_std")).join(g.size().rename("seeds"))
+    return out.reset_index(level="order", drop=True)
+
+
+def markdown(frame: pd.DataFrame, params: Mapping[str, Any]) -> str:
+    from clsr.disentangle.report import label
+
+    s = params["sweep"]
+    summ = summary(frame).reset_index()
+    lines = [
+        "# Generator sweep: where is disentanglement learnable?", "",
+        f"Synthetic source options of every cell: {dict(s['source'])}; p_short_mean × mean_topic_run = "
+        f"{s['p_short_mean']} × {s['mean_topic_run']}; models {s['models']}, seeds {s['seeds']}; train overrides "
+        f"{dict(s['train'])}. Values: mean ± std over seeds. α-AUC (true driver): ROC-AUC of α for long-driven "
+        "targets (the oracle row: its posterior, the best reachable); α-AUC (posterior): against the oracle's "
+        "posterior; GAUC share = (model − popularity) / (oracle − popularity).", "",
+    ]
+    cols = [c for c in COLUMNS if c in summ]
+    lines += ["| p_short_mean | mean_topic_run | model | " + " | ".join(COLUMNS[c] for c in cols) + " |",
+              "|---|---|---|" + "---|" * len(cols)]
+    for _, r in summ.iterrows():
+        cells_ = []
+        for c in cols:
+            v, sd = r.get(c), r.get(f"{c}_std")
+            if v is None or not np.isfinite(v):
+                cells_.append("—")
+            elif sd is not None and np.isfinite(sd):
+                cells_.append(f"{v:.3f} ± {sd:.3f}")
+            else:
+                cells_.append(f"{v:.3f}")
+        name = "*Bayes oracle*" if r["model"] == "oracle" else label(r["model"])
+        lines.append(f"| {r['p_short_mean']:g} | {r['mean_topic_run']:g} | {name} | " + " | ".join(cells_) + " |")
+    if "clsr" in s["models"] and "clsr_nocon" in s["models"]:
+        lines += ["", "Effect of the contrastive loss per cell (CLSR − CLSR w/o contrastive, paired by seed; "
+                  "mean ± std over seeds):", "", "| p_short_mean | mean_topic_run | Δ α-AUC | Δ GAUC | Δ specialisation |",
+                  "|---|---|---|---|---|"]
+        for (p, run), d in contrastive_effect(frame).groupby(["p_short_mean", "mean_topic_run"]):
+            cells_ = [f"{d[k].mean():+.3f} ± {d[k].std(ddof=1):.3f}" if len(d) > 1 else f"{d[k].mean():+.3f}"
+                      for k in ("alpha_auc", "gauc", "specialisation")]
+            lines.append(f"| {p:g} | {run:g} | " + " | ".join(cells_) + " |")
+    if "train_seconds" in frame:
+        t = frame["train_seconds"].dropna()
+        lines += ["", f"Training time per run: median {t.median():.0f} s, total {t.sum() / 3600:.2f} h over {len(t)} runs."]
+    return "\n".join(lines) + "\n"
+
+
+def contrastive_effect(frame: pd.DataFrame) -> pd.DataFrame:
+    """CLSR − CLSR w/o contrastive per cell and seed."""
+    key = ["p_short_mean", "mean_topic_run", "seed"]
+    cols = ["alpha_auc", "gauc", "specialisation"]
+    a = frame[frame.model == "clsr"].set_index(key)[cols].astype(float)
+    b = frame[frame.model == "clsr_nocon"].set_index(key)[cols].astype(float)
+    return (a - b).dropna(how="all").reset_index()
+
+
+def run_report(ctx: Context) -> pd.DataFrame:
+    """Collect every cell; write reports/metrics/sweep.json, reports/tables/sweep.md and the figure."""
+    from clsr import plots
+    from clsr.stages.disentanglement import _clean
+
+    frame = collect(ctx)
+    atomic_write_json(ctx.reports_dir / "metrics" / "sweep.json",
+                      _clean({"settings": ctx.params["sweep"], "rows": frame.to_dict(orient="records")}))
+    atomic_write_text(ctx.table("sweep.md"), markdown(frame, ctx.params))
+    plots.sweep(frame, ctx.figure("sweep/sweep.png"))
+    return frame
+
+
+def main(argv: list[str] | None = None) -> None:
+    from clsr import pipeline as pl
+
+    ap = argparse.ArgumentParser(prog="python -m clsr.stages.sweep", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="step", required=True)
+    d = sub.add_parser("data", help="prepare one cell's dataset and score it with the oracle")
+    d.add_argument("cell")
+    t = sub.add_parser("train", help="train and measure one model x seed on a cell")
+    t.add_argument("cell")
+    t.add_argument("model")
+    t.add_argument("seed", type=int)
+    sub.add_parser("report", help="collect every cell into the sweep table and figure")
+    args = ap.parse_args(argv)
+    ctx = pl.context()
+    if args.step == "data":
+        run_data(ctx, args.cell)
+    elif args.step == "train":
+        run_train(ctx, args.cell, args.model, args.seed)
+    else:
+        run_report(ctx)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The oracle as a ceiling: the oracle stage's JSON, the margin share, α against the posterior, the sweep.
+
+- The oracle stage writes reports/metrics/oracle/<dataset>.json with a model run's test keys, and its
+  catalogue scores are a predictive distribution consistent with the candidate scores.
+- `margin_share`, `soft_auc`, `pearson` / `spearman` and `ceilings` against hand-worked examples and
+  brute-force pair counting.
+- The sweep group runs end to end on a tiny grid (2 cells × 3 models × 1 seed, one epoch).
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from clsr import metrics as M
+from clsr import oracle as O
+from clsr import pipeline as pl
+from clsr.disentangle import measures
+from clsr.disentangle.evaluate import ceilings
+from clsr.params import check
+from clsr.pipeline import read_json
+from clsr.stages import oracle as oracle_stage
+from clsr.stages import sweep
+
+
+@pytest.fixture(scope="module")
+def tiny_ctx(tmp_path_factory):
+    work = tmp_path_factory.mktemp("ceilings")
+    return pl.Context(root=pl.find_root(), params=check(copy.deepcopy(pl.TINY_PARAMS), "tiny"), tiny=True, work=work)
+
+
+# ------------------------------------------------------------------------------------------------
+# the oracle stage
+# ------------------------------------------------------------------------------------------------
+def test_oracle_stage_writes_the_model_metric_keys(tiny_ctx):
+    out = oracle_stage.run(tiny_ctx, "tiny")
+    written = read_json(oracle_stage.result_path(tiny_ctx, "tiny"))
+    assert written["dataset"] == "tiny"
+    model_keys = set(M.evaluate_scores(np.random.default_rng(0).normal(size=(5, 20)), np.arange(5), ties="mean"))
+    cand_sets = [c for c in ("test", "test_uniform") if c in out["popularity"]]
+    assert "test" in cand_sets
+    for block in (written, written["long"], written["short"]):
+        for c in cand_sets:
+            assert set(block[c]) == model_keys
+        assert {"mrr", "hit@10", "ndcg@10", "hit@20", "ndcg@20", "instances", "items"} <= set(block["full_ranking"])
+    for c in cand_sets:
+        assert set(written["popularity"][c]) == model_keys
+    assert 0.5 < written["alpha_auc"] <= 1.0
+    assert 0.0 < written["short_driven"]["posterior_mean"] < 1.0
+    # the oracle is far above popularity on tiny data with a strong planted signal
+    assert written["test"]["gauc"] > written["popularity"]["test"]["gauc"]
+
+
+def test_catalogue_scores_are_the_predictive_distribution(tiny_ctx):
+    """exp(full) over every generator item sums to 1; over the items the data hold it sums to 1 minus the
+    mass of the items never drawn; the candidates' columns equal `score_candidates`; the exclusion lists
+    are each history's items."""
+    from clsr.stages.protocol import ensure_prepared
+
+    data = ensure_prepared(tiny_ctx, "tiny")
+    params = O.params_for(data)
+    cat = O.score_catalogue(data, "test", params)
+    cand = O.score_candidates(data, "test", params)
+    rows = np.arange(len(data.instances["test"]))[:, None]
+    for k in ("full", "long", "short"):
+        np.testing.assert_allclose(cat[k][rows, data.candidates["test"].item + 1], cand[k], rtol=0, atol=1e-12)
+    assert np.all(cat["full"][:, 0] == -np.inf)
+    # the mass of the generator's items that never appear in the data, per row
+    seen = np.zeros(len(params.item_prob), dtype=bool)
+    seen[data.item_ids.astype(np.int64) - 1] = True
+    user = data.user_ids[data.instances["test"].user].astype(np.int64) - 1
+    pi = O.topic_posterior(data, params)[data.target_event("test")]  # (n, C) over generator categories
+    mix = (1 - params.p_short[user])[:, None] * params.theta[user] + params.p_short[user][:, None] * pi
+    unseen = (~seen)[None, :] * params.item_prob[None, :] * mix[:, params.item_category]
+    np.testing.assert_allclose(np.exp(cat["full"]).sum(1), 1.0 - unseen.sum(1), rtol=0, atol=1e-9)
+    offsets, items = O.earlier_items(data, "test")
+    inst = data.instances["test"]
+    for r in range(0, len(inst), 7):
+        start = data.user_offsets[inst.user[r]]
+        np.testing.assert_array_equal(items[offsets[r]:offsets[r + 1]],
+                                      data.event_item[start:start + inst.pos[r]].astype(np.int64) + 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# the measures, by hand
+# ------------------------------------------------------------------------------------------------
+def test_margin_share_by_hand():
+    share = measures.margin_share({"auc": 0.7, "gauc": 0.4, "mrr": 0.3}, {"auc": 0.9, "gauc": 0.8, "mrr": 0.2},
+                                  {"auc": 0.5, "gauc": 0.6, "mrr": 0.25})
+    assert share["auc"] == pytest.approx(0.5)  # (0.7 − 0.5) / (0.9 − 0.5)
+    assert share["gauc"] == pytest.approx(-1.0)  # (0.4 − 0.6) / (0.8 − 0.6): worse than popularity
+    assert np.isnan(share["mrr"])  # the oracle does not beat popularity: no margin to share
+
+
+def brute_soft_auc(s, w):
+    num = den = 0.0
+    for i in range(len(s)):
+        for j in range(len(s)):
+            if i != j:
+                pw = w[i] * (1 - w[j])
+                den += pw
+                num += pw * ((s[i] > s[j]) + 0.5 * (s[i] == s[j]))
+    return num / den
+
+
+def test_soft_auc_by_hand_and_by_pairs():
+    # pairs (i, j) weigh w_i (1 − w_j); the correctly ordered ones: (1,0) .72, (2,0) .32, (2,1) .04 of 1.76
+    assert measures.soft_auc(np.array([0.0, 1.0, 2.0]), np.array([0.2, 0.9, 0.4])) == pytest.approx(1.08 / 1.76)
+    assert measures.soft_auc(np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.5, 1.0])) == pytest.approx(1.0)
+    assert measures.soft_auc(np.array([1.0, 1.0]), np.array([0.5, 0.5])) == pytest.approx(0.5)
+    rng = np.random.default_rng(1)
+    s = rng.integers(0, 5, 40).astype(float)  # many ties
+    w = rng.uniform(size=40)
+    assert measures.soft_auc(s, w) == pytest.approx(brute_soft_auc(s, w), abs=1e-12)
+    y = rng.integers(0, 2, 40)
+    assert measures.soft_auc(s, y.astype(float)) == pytest.approx(M.auc(s, y == 1), abs=1e-12)
+
+
+def test_correlations_by_hand():
+    assert measures.pearson(np.array([1.0, 2, 3]), np.array([1.0, 3, 2])) == pytest.approx(0.5)
+    assert measures.spearman(np.array([1.0, 2, 3]), np.array([10.0, 300, 20])) == pytest.approx(0.5)
+    x = np.linspace(0.1, 1, 20)
+    assert measures.spearman(x, x**3) == pytest.approx(1.0)
+    assert measures.pearson(x, 2 * x + 1) == pytest.approx(1.0)
+    assert np.isnan(measures.pearson(np.ones(5), x[:5]))
+
+
+def test_alpha_vs_posterior_and_ceilings_by_hand():
+    post = np.linspace(0.05, 0.95, 30)
+    v = measures.alpha_vs_posterior(0.3 + 0.1 * post, post, reps=50)
+    assert v["pearson"] == pytest.approx(1.0) and v["spearman"] == pytest.approx(1.0)
+    assert v["pearson_lo"] <= v["pearson"] <= v["pearson_hi"]
+    assert v["alpha_auc_posterior"] == pytest.approx(measures.soft_auc(post, post))
+    flat = measures.alpha_vs_posterior(np.full(30, 0.5), post, reps=0)
+    assert np.isnan(flat["pearson"]) and flat["alpha_auc_posterior"] == pytest.approx(0.5)
+
+    original = {"auc": 0.7, "gauc": 0.7, "mrr": 0.3, "auc_long": 0.6, "gauc_long": 0.6, "mrr_long": 0.2,
+                "auc_short": 0.55, "gauc_short": 0.55, "mrr_short": 0.2}
+    oracle = {"original": {"auc": 0.9, "gauc": 0.9, "mrr": 0.5, "auc_long": 0.8, "gauc_long": 0.8, "mrr_long": 0.4,
+                           "auc_short": 0.6, "gauc_short": 0.6, "mrr_short": 0.3},
+              "popularity": {"auc": 0.5, "gauc": 0.5, "mrr": 0.1}}
+    c = ceilings(original, oracle, np.full(30, np.nan), post, reps=0)
+    assert c["margin_share"]["gauc"] == pytest.approx(0.5)  # (0.7 − 0.5) / (0.9 − 0.5)
+    assert c["margin_share_long"]["mrr"] == pytest.approx(1 / 3)  # (0.2 − 0.1) / (0.4 − 0.1)
+    assert c["margin_share_short"]["auc"] == pytest.approx(0.5)  # (0.55 − 0.5) / (0.6 − 0.5)
+    assert "alpha_vs_posterior" not in c  # a model without α
+
+
+# ------------------------------------------------------------------------------------------------
+# the sweep group, end to end on a tiny grid
+# ------------------------------------------------------------------------------------------------
+def test_cell_names_round_trip():
+    assert sweep.cell_name(0.2, 3.0) == "p0.2_run3"
+    assert sweep.parse_cell("p0.2_run3") == (0.2, 3.0)
+    with pytest.raises(ValueError, match="p<p_short_mean>_run<mean_topic_run>"):
+        sweep.parse_cell("p0.2-run3")
+
+
+def test_sweep_group_end_to_end(tmp_path):
+    params = copy.deepcopy(pl.TINY_PARAMS)
+    params["sweep"] = {"p_short_mean": [0.2, 0.8], "mean_topic_run": [3], "models": ["clsr", "clsr_nocon", "slirec"],
+                       "seeds": [0], "source": {"n_users": 60, "n_items": 120, "n_categories": 6, "mean_events": 25},
+                       "protocol": {"test_negatives": 19, "max_len": 20}, "train": {"epochs": 1, "patience": 1}}
+    ctx = pl.Context(root=pl.find_root(), params=check(params, "tiny"), tiny=True, work=tmp_path)
+    assert sweep.cells(ctx.params) == ["p0.2_run3", "p0.8_run3"]
+    for cell in sweep.cells(ctx.params):
+        sweep.run_data(ctx, cell)
+        assert load_p_short(ctx, cell) == sweep.parse_cell(cell)[0]
+        for model in params["sweep"]["models"]:
+            r = sweep.run_train(ctx, cell, model, 0, boot_reps=10)
+            assert {"test", "ground_truth", "ceiling", "train_seconds", "epochs_run"} <= set(r)
+            assert "alpha_vs_posterior" in r["ceiling"]
+    frame = sweep.run_report(ctx)
+    assert len(frame) == 2 * (1 + 3)  # an oracle row and three models per cell
+    oracle_rows = frame[frame.model == "oracle"]
+    assert (oracle_rows["alpha_auc"] > 0.5).all()
+    table = (ctx.reports_dir / "tables" / "sweep.md").read_text()
+    assert "Bayes oracle" in table and "Δ α-AUC" in table
+    assert (ctx.reports_dir / "figures" / "sweep" / "sweep.png").stat().st_size > 0
+    assert read_json(ctx.reports_dir / "metrics" / "sweep.json")["rows"]
+
+
+def load_p_short(ctx, cell) -> float:
+    return float(sweep.load_cell(ctx, cell).meta["source"]["p_short_mean"])
