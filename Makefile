@@ -15,7 +15,7 @@ PIPFILTER := { grep -v "^WARNING: Location" || true; }
 help:
 	@echo "make setup   create $(VENV), install clsr[dev] (torch==2.13.0 CPU build), register the 'clsr' Jupyter kernel"
 	@echo "make test    setup + the whole test suite (pytest: unit, protocol, notebooks, pipeline end to end)"
-	@echo "make repro   setup + dvc repro: regenerate every table and figure in reports/"
+	@echo "make repro   setup + dvc repro: regenerate every table and figure in reports/ (JOBS=N: N runs side by side)"
 	@echo "make repro-quick  the quick look: params-quick.yaml over params.yaml, then dvc repro (under-trained models)"
 	@echo "make readme  copy reports/tables/main.md into the README's results block (after make repro)"
 	@echo "make bench   setup + speed/scale benchmarks -> reports/benchmarks/"
@@ -36,13 +36,18 @@ test: setup
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow"
 
+# the default targets: every table and figure of reports/ (the generator sweep is `make sweep`, apart)
+REPRO_TARGETS := report ablation_report disentanglement
+JOBS ?= 1
+
 repro: setup
-	source $(VENV)/bin/activate && dvc repro
+	source $(VENV)/bin/activate && dvc repro protocol && \
+	  { [ "$(JOBS)" = 1 ] || python -m clsr prefill --jobs $(JOBS); } && dvc repro $(REPRO_TARGETS)
 
 repro-quick: setup
 	cp params-quick.yaml params.yaml
 	@echo "params.yaml now holds the quick profile (git checkout params.yaml restores the converged default)"
-	source $(VENV)/bin/activate && dvc repro
+	source $(VENV)/bin/activate && dvc repro $(REPRO_TARGETS)
 
 readme: setup
 	$(PY) -m clsr readme

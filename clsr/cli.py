@@ -6,6 +6,7 @@
     clsr evaluate --run-dir DIR [--split test]
     clsr check-params [--params params.yaml]
     clsr readme                      # copy reports/tables/main.md into the README's results block
+    clsr prefill --jobs 4            # train the pipeline's runs side by side, then `dvc repro`
     clsr models
 
 Overrides (``--set``) use the syntax of `clsr.runs`: ``train.<key>=value`` or ``model.<key>=value``, values
@@ -116,6 +117,15 @@ def cmd_readme(a) -> int:
     return 0
 
 
+def cmd_prefill(a) -> int:
+    from clsr.prefill import prefill
+
+    results = prefill(a.jobs, dry_run=a.dry_run)
+    failed = [r for r in results if r[2].startswith("failed")]
+    print(f"prefill: {len(results) - len(failed)} run(s) ready" + (f", {len(failed)} failed" if failed else ""))
+    return 0
+
+
 def cmd_models(a) -> int:
     from clsr.models.registry import model_names
     from clsr.runs import MODEL_ALIASES
@@ -176,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--table", default="reports/tables/main.md")
     sp.add_argument("--readme", default="README.md")
     sp.set_defaults(func=cmd_readme)
+
+    sp = sub.add_parser("prefill", help="train the pipeline's unfinished runs side by side before `dvc repro`")
+    sp.add_argument("--jobs", type=int, default=2, help="worker processes (each uses train.threads threads)")
+    sp.add_argument("--dry-run", action="store_true", help="only list the runs that would be trained")
+    sp.set_defaults(func=cmd_prefill)
 
     sp = sub.add_parser("models", help="list the registered models and aliases")
     sp.set_defaults(func=cmd_models)

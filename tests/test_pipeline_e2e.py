@@ -81,7 +81,13 @@ def test_dvc_repro_tiny(tmp_path):
     _run(["git", "add", "-A"], proj)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], proj)
 
-    _run([str(VENV_BIN / "dvc"), "repro"], proj)
+    # the runs trained side by side first (clsr prefill), then `dvc repro` only reuses them
+    _run([str(VENV_BIN / "dvc"), "repro", "protocol"], proj)
+    pre = _run([str(VENV_BIN / "python"), "-m", "clsr", "prefill", "--jobs", "2"], proj)
+    assert "in 2 process(es)" in pre.stdout and "failed" not in pre.stdout, pre.stdout[-3000:]
+    repro = _run([str(VENV_BIN / "dvc"), "repro"], proj)
+    log = repro.stdout + repro.stderr
+    assert "the same run is finished" in log and "[clsr] epoch" not in log, log[-3000:]
 
     # every output declared in dvc.lock exists
     with open(proj / "dvc.lock") as f:

@@ -1,0 +1,125 @@
+"""Train the pipeline's runs side by side before `dvc repro`, on machines with more cores than one run uses.
+
+    python -m clsr prefill --jobs 4            # then: dvc repro  (make repro JOBS=4 does both)
+
+`dvc repro` runs its stages one after another. Every training stage (train@…, ablation_*@…) trains into a run
+folder keyed by its canonical configuration (clsr/stages/train.py), and a stage whose run is already finished
+only copies its metrics. So the runs can be trained beforehand, several at a time: `prefill` asks DVC for the
+training stages as it renders them (the same -p parameters the notebooks receive), drops the ones whose run is
+finished and the duplicates (stages that share one configuration), and trains the rest in `jobs` worker
+processes. It writes only run folders, never a DVC output; `dvc repro` afterwards records everything as usual.
+
+Each run uses `train.threads` torch threads (params.yaml), so jobs × threads should not exceed the cores;
+with `train.threads: 0` (PyTorch's default: every core) more than one job is refused.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from clsr.config import ConfigError
+
+TRAINING_STAGES = ("train@", "ablation_")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    stage: str  # the DVC stage that asks for it (the first, when several share the run)
+    dataset: str
+    model: str
+    seed: int
+    overrides: str
+
+
+def notebook_parameters(cmd: str) -> dict[str, str]:
+    """The ``-p key value`` pairs of a papermill command line (after its notebooks; `mkdir -p` comes before)."""
+    words = shlex.split(cmd)
+    start = max(i for i, w in enumerate(words) if w.endswith(".ipynb"))
+    return {words[i + 1]: words[i + 2] for i in range(start, len(words) - 2) if words[i] == "-p"}
+
+
+def training_stages(root: str | Path = ".") -> list[PlannedRun]:
+    """Every training stage of dvc.yaml, as DVC renders it from params.yaml."""
+    from dvc.repo import Repo
+
+    runs = []
+    with Repo(str(root)) as repo:
+        for st in repo.index.stages:
+            name = st.addressing
+            if not name.startswith(TRAINING_STAGES) or name.endswith("_report"):
+                continue
+            p = notebook_parameters(st.cmd)
+            runs.append(PlannedRun(name, p["dataset"], p["model"], int(p["seed"]), p.get("overrides", "")))
+    return runs
+
+
+def plan(ctx, stages: list[PlannedRun]) -> list[tuple[PlannedRun, Path]]:
+    """The runs still to train: one per run folder, finished ones left out."""
+    from clsr.data.prepare import load_prepared
+    from clsr.runs import resolve_run
+    from clsr.train import default_run_dir, finished_result
+
+    todo, seen, data = [], set(), {}
+    for st in stages:
+        spec = resolve_run(ctx.params, st.model, st.overrides, seed=st.seed)
+        run_dir = default_run_dir(ctx.runs_dir, st.dataset, spec.model, spec.model_cfg, spec.train_cfg)
+        if run_dir in seen:
+            continue
+        seen.add(run_dir)
+        if st.dataset not in data:
+            data[st.dataset] = load_prepared(st.dataset, ctx.prepared_dir)
+        if finished_result(run_dir, data[st.dataset], spec.model, spec.model_cfg, spec.train_cfg) is None:
+            todo.append((st, run_dir))
+    return todo
+
+
+def _train_one(args: tuple[PlannedRun, str]) -> tuple[str, float, str]:
+    """Worker: train one planned run into its folder (the stage's own fit, without writing DVC outputs)."""
+    st, root = args
+    os.chdir(root)
+    from clsr import pipeline
+    from clsr.data.prepare import load_prepared
+    from clsr.runs import resolve_run
+    from clsr.train import default_run_dir, fit
+
+    ctx = pipeline.context(tiny=False)
+    spec = resolve_run(ctx.params, st.model, st.overrides, seed=st.seed)
+    data = load_prepared(st.dataset, ctx.prepared_dir)
+    run_dir = default_run_dir(ctx.runs_dir, st.dataset, spec.model, spec.model_cfg, spec.train_cfg)
+    t0 = time.perf_counter()
+    try:
+        fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, overwrite=True)
+    except Exception as e:  # reported, not fatal: `dvc repro` trains that stage itself and shows the error
+        return st.stage, time.perf_counter() - t0, f"failed: {' '.join(str(e).split())}"
+    return st.stage, time.perf_counter() - t0, "done"
+
+
+def prefill(jobs: int, root: str | Path = ".", dry_run: bool = False) -> list[tuple[str, float, str]]:
+    """Train every unfinished training run of the pipeline in `jobs` processes; returns (stage, seconds, status)."""
+    from clsr import pipeline
+
+    if jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
+    ctx = pipeline.context(tiny=False)
+    threads = ctx.params["train"]["threads"]
+    if jobs > 1 and threads == 0:
+        raise ConfigError(f"--jobs {jobs} with train.threads: 0 (every core per run) would oversubscribe the CPU; "
+                          f"set train.threads in params.yaml (e.g. {max(1, (os.cpu_count() or 1) // jobs)})")
+    missing = [d for d in ctx.params["pipeline"]["datasets"] if not (ctx.prepared_dir / d / "meta.json").exists()]
+    if missing:
+        raise ConfigError(f"datasets not prepared yet: {missing}; run `dvc repro protocol` first")
+    todo = plan(ctx, training_stages(ctx.root))
+    print(f"prefill: {len(todo)} run(s) to train in {jobs} process(es) × {threads or 'all'} thread(s)", flush=True)
+    if dry_run or not todo:
+        return [(st.stage, 0.0, "planned") for st, _ in todo]
+    args = [(st, str(ctx.root)) for st, _ in todo]
+    results = []
+    with mp.get_context("spawn").Pool(jobs) as pool:
+        for stage, seconds, status in pool.imap_unordered(_train_one, args):
+            print(f"prefill: {stage} {status} in {seconds:.0f} s", flush=True)
+            results.append((stage, seconds, status))
+    return results
