@@ -298,17 +298,6 @@ def score_catalogue(data: PreparedData, split: str, params: OracleParams | None 
     return {k: np.concatenate([pad, v], axis=1) for k, v in scores.items()}
 
 
-def earlier_items(data: PreparedData, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets (n+1,), columns): the catalogue columns (item code + 1) of each instance's history, the
-    user's events before the target, as the `exclude` argument of `clsr.metrics.full_ranking_metrics`."""
-    inst = data.instances[split]
-    lengths = inst.pos.astype(np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    start = np.repeat(data.user_offsets[inst.user] - offsets[:-1], lengths)
-    events = start + np.arange(int(offsets[-1]))
-    return offsets, data.event_item[events].astype(np.int64) + 1
-
-
 def popularity_scores(data: PreparedData, split: str = "test") -> np.ndarray:
     """The non-personal reference: each candidate of `split` scored by its item's count among the train
     targets (no history, no profile)."""

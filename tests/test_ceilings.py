@@ -38,24 +38,27 @@ def test_oracle_stage_writes_the_model_metric_keys(tiny_ctx):
     written = read_json(oracle_stage.result_path(tiny_ctx, "tiny"))
     assert written["dataset"] == "tiny"
     model_keys = set(M.evaluate_scores(np.random.default_rng(0).normal(size=(5, 20)), np.arange(5), ties="mean"))
-    cand_sets = [c for c in ("test", "test_uniform") if c in out["popularity"]]
-    assert "test" in cand_sets
+    assert set(written["test"]) == model_keys
+    assert written["protocols"]["sampled"] == written["test"]
+    protocols = [p for p in ("sampled", "uniform") if p in out["popularity"]["protocols"]]
+    assert protocols == ["sampled", "uniform"]  # the prepared data hold the uniform test candidates
+    full_keys = {"mrr", "hit@10", "ndcg@10", "hit@20", "ndcg@20", "instances", "items", "left_out"}
     for block in (written, written["long"], written["short"]):
-        for c in cand_sets:
-            assert set(block[c]) == model_keys
-        assert {"mrr", "hit@10", "ndcg@10", "hit@20", "ndcg@20", "instances", "items"} <= set(block["full_ranking"])
-    for c in cand_sets:
-        assert set(written["popularity"][c]) == model_keys
+        for p in protocols:
+            assert set(block["protocols"][p]) == model_keys
+        assert set(block["protocols"]["full"]) == full_keys
+        assert block["protocols"]["full"]["instances"] + block["protocols"]["full"]["left_out"] == written["test"]["instances"]
+    for p in protocols:
+        assert set(written["popularity"]["protocols"][p]) == model_keys
     assert 0.5 < written["alpha_auc"] <= 1.0
     assert 0.0 < written["short_driven"]["posterior_mean"] < 1.0
     # the oracle is far above popularity on tiny data with a strong planted signal
-    assert written["test"]["gauc"] > written["popularity"]["test"]["gauc"]
+    assert written["test"]["gauc"] > written["popularity"]["protocols"]["sampled"]["gauc"]
 
 
 def test_catalogue_scores_are_the_predictive_distribution(tiny_ctx):
-    """exp(full) over every generator item sums to 1; over the items the data hold it sums to 1 minus the
-    mass of the items never drawn; the candidates' columns equal `score_candidates`; the exclusion lists
-    are each history's items."""
+    """exp(full) over the items the data hold sums to 1 minus the mass of the generator's items never
+    drawn; the candidates' columns equal `score_candidates`."""
     from clsr.stages.protocol import ensure_prepared
 
     data = ensure_prepared(tiny_ctx, "tiny")
@@ -74,12 +77,6 @@ def test_catalogue_scores_are_the_predictive_distribution(tiny_ctx):
     mix = (1 - params.p_short[user])[:, None] * params.theta[user] + params.p_short[user][:, None] * pi
     unseen = (~seen)[None, :] * params.item_prob[None, :] * mix[:, params.item_category]
     np.testing.assert_allclose(np.exp(cat["full"]).sum(1), 1.0 - unseen.sum(1), rtol=0, atol=1e-9)
-    offsets, items = O.earlier_items(data, "test")
-    inst = data.instances["test"]
-    for r in range(0, len(inst), 7):
-        start = data.user_offsets[inst.user[r]]
-        np.testing.assert_array_equal(items[offsets[r]:offsets[r + 1]],
-                                      data.event_item[start:start + inst.pos[r]].astype(np.int64) + 1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,3 +180,34 @@ def test_sweep_group_end_to_end(tmp_path):
 
 def load_p_short(ctx, cell) -> float:
     return float(sweep.load_cell(ctx, cell).meta["source"]["p_short_mean"])
+
+
+def test_oracle_full_ranking_by_counting(tiny_ctx):
+    """The oracle's full-ranking MRR recomputed row by row: the target's rank among the training
+    vocabulary's items that are not in the user's history (ties count ½)."""
+    from clsr.stages.protocol import ensure_prepared
+
+    data = ensure_prepared(tiny_ctx, "tiny")
+    params = O.params_for(data)
+    got = oracle_stage.full_ranking(data, params)["full"]
+    cat = O.score_catalogue(data, "test", params)["full"]
+    inst = data.instances["test"]
+    vocab_of_code = data.item_index
+    rr = []
+    for r in range(len(inst)):
+        target_code = data.event_item[data.target_event("test")[r]]
+        if vocab_of_code[target_code] == 0:
+            continue
+        start = data.user_offsets[inst.user[r]]
+        history = set(vocab_of_code[data.event_item[start:start + inst.pos[r]]].tolist())
+        t = cat[r, target_code + 1]
+        greater = equal = 0
+        for code in range(len(data.item_ids)):
+            v = vocab_of_code[code]
+            if v == 0 or code == target_code or v in history:
+                continue
+            greater += cat[r, code + 1] > t
+            equal += cat[r, code + 1] == t
+        rr.append(1.0 / (1 + greater + 0.5 * equal))
+    assert got["instances"] == len(rr)
+    assert got["mrr"] == pytest.approx(np.mean(rr), abs=1e-12)

@@ -158,7 +158,7 @@ def collect(ctx: Context) -> pd.DataFrame:
     for cell in cells(ctx.params):
         p, run = parse_cell(cell)
         o = read_json(metrics_file(ctx, cell, "oracle"))
-        pop = o["popularity"]["test"]["gauc"]
+        pop = o["popularity"]["protocols"]["sampled"]["gauc"]
         og = o["ground_truth"]
         rows.append({"cell": cell, "p_short_mean": p, "mean_topic_run": run, "model": "oracle", "seed": None,
                      "alpha_auc": o["alpha_auc"], "alpha_auc_posterior": og.get("alpha_auc_posterior"),
