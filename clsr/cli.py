@@ -3,6 +3,7 @@
     clsr prepare --dataset ml100k [--params params.yaml]
     clsr export-official --dataset ml100k --out DIR
     clsr train --dataset ml100k --model clsr [--set model.contrastive=bpr --set train.epochs=3] [--run-dir DIR]
+    torchrun --nproc_per_node 2 -m clsr train --dataset ml100k   # data-parallel (clsr.distributed)
     clsr evaluate --run-dir DIR [--split test]
     clsr check-params [--params params.yaml]
     clsr readme                      # copy reports/tables/main.md into the README's results block
@@ -63,9 +64,18 @@ def cmd_train(a) -> int:
     data = load_prepared(a.dataset, a.prepared_dir)
     run_dir = Path(a.run_dir) if a.run_dir else default_run_dir(Path(a.runs_dir), a.dataset, spec.name,
                                                                spec.model_cfg, spec.train_cfg)
-    print(f"run folder: {run_dir}", flush=True)
-    res = fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, resume=not a.no_resume,
-              overwrite=a.overwrite)
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 reports (clsr.distributed)
+    if main_process:
+        print(f"run folder: {run_dir}", flush=True)
+    try:
+        res = fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, resume=not a.no_resume,
+                  overwrite=a.overwrite)
+    finally:
+        from clsr.distributed import shutdown
+
+        shutdown()
+    if not main_process:
+        return 0
     print(json.dumps({"run_dir": str(run_dir), "test": res.metrics["test"], "best_epoch": res.metrics["best_epoch"],
                       "stop_reason": res.metrics.get("stop_reason")}, indent=2))
     return 0

@@ -20,7 +20,7 @@ import torch
 from clsr import metrics as M
 from clsr.data import batches as B
 from clsr.data.store import PreparedData
-from clsr.scoring import score_batches
+from clsr.distributed import current, score_sharded
 
 #: candidate rows (instances × items) per forward in full ranking: bounds the (B, C, L, d) attention tensors
 FULL_RANKING_ROWS = 16384
@@ -41,14 +41,22 @@ def vocab_item_categories(data: PreparedData) -> np.ndarray:
     return out
 
 
-def full_ranking_batches(data: PreparedData, split: str, rows: np.ndarray) -> Iterator[B.Batch]:
-    """The instances `rows` of `split`, each with every vocabulary item 1..V-1 as candidates."""
+def full_ranking_per_batch(data: PreparedData) -> int:
+    """Instances per full-ranking batch (each scores the whole vocabulary)."""
+    return max(1, FULL_RANKING_ROWS // max(data.item_vocab_size - 1, 1))
+
+
+def full_ranking_batches(data: PreparedData, split: str, rows: np.ndarray,
+                         block: range | None = None) -> Iterator[B.Batch]:
+    """The instances `rows` of `split`, each with every vocabulary item 1..V-1 as candidates (`block`: only
+    these batch numbers, one rank's share of a distributed evaluation)."""
     max_len, time_unit = data_settings(data)
     inst = data.instances[split]
     items = torch.arange(1, data.item_vocab_size, dtype=torch.int64)
     cates = torch.from_numpy(vocab_item_categories(data)[1:])
-    per_batch = max(1, FULL_RANKING_ROWS // max(len(items), 1))
-    for s in range(0, len(rows), per_batch):
+    per_batch = full_ranking_per_batch(data)
+    starts = range(0, len(rows), per_batch)
+    for s in (starts if block is None else starts[block.start : block.stop]):
         r = rows[s : s + per_batch]
         n = len(r)
         placeholder = np.zeros((n, 1), dtype=np.int64)  # replaced by the whole vocabulary below
@@ -63,7 +71,10 @@ def full_ranking(model, data: PreparedData, split: str, ks=M.FULL_RANKING_KS, ti
     rows = np.flatnonzero(targets > 0)
     if not len(rows):
         return {"instances": 0, "left_out": int(len(targets)), "items": int(data.item_vocab_size - 1)}, {}
-    scores = score_batches(model, full_ranking_batches(data, split, rows), device=device)
+    n_batches = -(-len(rows) // full_ranking_per_batch(data))
+    scores = score_sharded(model, lambda block: full_ranking_batches(data, split, rows, block), n_batches, device)
+    if scores is None:  # another rank of a distributed run computes the metrics
+        return None, None
     offsets, items = B.history_items(data, split)
     sub_off = np.concatenate([[0], np.cumsum(offsets[rows + 1] - offsets[rows])])
     sub_items = np.concatenate([items[offsets[i]:offsets[i + 1]] for i in rows])
@@ -82,7 +93,11 @@ def full_ranking(model, data: PreparedData, split: str, ks=M.FULL_RANKING_KS, ti
 def sampled(model, data: PreparedData, split: str, ks, ties: str, batch_size: int,
             device=None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """The 1 + N metrics of `split`'s fixed candidates and their per-instance values."""
-    scores = score_batches(model, B.eval_batches(data, split, batch_size, *data_settings(data)), device=device)
+    scores = score_sharded(model, lambda block: B.eval_batches(data, split, batch_size, *data_settings(data),
+                                                               block=block),
+                           B.n_eval_batches(data, split, batch_size), device)
+    if scores is None:  # another rank of a distributed run computes the metrics
+        return None, None
     logits = scores.logits["model"]
     per = M.sampled_per_instance(logits, scores.user, tuple(ks), ties)
     return M.evaluate_scores(logits, scores.user, tuple(ks), ties), {"instance": scores.instance, **per}
@@ -90,7 +105,10 @@ def sampled(model, data: PreparedData, split: str, ks, ties: str, batch_size: in
 
 def test_report(model, data: PreparedData, cfg, device=None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """{protocol: metrics} for the protocols the data allows, and the flat per-instance arrays
-    (``<protocol>/<name>``) saved beside the metrics for the paired bootstrap of the report."""
+    (``<protocol>/<name>``) saved beside the metrics for the paired bootstrap of the report.
+
+    In a distributed run (`clsr.distributed`) every rank scores its share; rank 0 gets the report, the other
+    ranks ({}, {})."""
     out: dict[str, Any] = {}
     arrays: dict[str, np.ndarray] = {}
     splits = {"sampled": "test"}
@@ -98,8 +116,10 @@ def test_report(model, data: PreparedData, cfg, device=None) -> tuple[dict[str, 
         splits["uniform"] = "test_uniform"
     for name, split in splits.items():
         out[name], per = sampled(model, data, split, cfg.ks, cfg.ties, cfg.eval_batch_size, device)
-        arrays.update({f"{name}/{k}": v for k, v in per.items()})
+        arrays.update({f"{name}/{k}": v for k, v in (per or {}).items()})
     if 0 < data.item_vocab_size - 1 <= cfg.full_ranking_max_items:
         out["full"], per = full_ranking(model, data, "test", ties="mean", device=device)
-        arrays.update({f"full/{k}": v for k, v in per.items()})
+        arrays.update({f"full/{k}": v for k, v in (per or {}).items()})
+    if not current().is_main:
+        return {}, {}
     return out, arrays

@@ -38,6 +38,7 @@ import torch
 from tqdm import tqdm  # the plain text bar: tqdm.auto would ask papermill kernels for ipywidgets
 
 from clsr import diagnostics
+from clsr import distributed as D
 from clsr import metrics as M
 from clsr.config import ConfigError, config_hash, from_dict
 from clsr.data import batches as B
@@ -47,7 +48,6 @@ from clsr.evaluation import test_report
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
 from clsr.models.registry import build_config, build_model
 from clsr.runtime import compute_path, tune_cpu_allocator
-from clsr.scoring import score_batches
 
 
 class RunError(ValueError):
@@ -164,10 +164,17 @@ def clip_per_tensor_(params: list[torch.Tensor], max_norm: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-def evaluate(model: Recommender, data: PreparedData, split: str, cfg: TrainConfig, device=None) -> dict[str, float]:
-    """Ranking metrics (clsr.metrics) of the model as trained on the fixed candidates of `split`."""
-    batches = B.eval_batches(data, split, cfg.eval_batch_size, *data_settings(data))
-    scores = score_batches(model, batches, device=device)
+def evaluate(model: Recommender, data: PreparedData, split: str, cfg: TrainConfig, device=None) -> dict[str, float] | None:
+    """Ranking metrics (clsr.metrics) of the model as trained on the fixed candidates of `split`.
+
+    In a distributed run every rank scores its share of the batches and rank 0 gets the metrics (None on the
+    other ranks): the same numbers as one process scoring every batch (`clsr.distributed.score_sharded`)."""
+    scores = D.score_sharded(
+        model, lambda block: B.eval_batches(data, split, cfg.eval_batch_size, *data_settings(data), block=block),
+        B.n_eval_batches(data, split, cfg.eval_batch_size), device,
+    )
+    if scores is None:
+        return None
     return M.evaluate_scores(scores.logits["model"], scores.user, tuple(cfg.ks), cfg.ties)
 
 
@@ -279,9 +286,17 @@ def _guard_finished_run(run_dir: Path, chash: str, code_hash: str, overwrite: bo
 
 def _check_same_compute_path(path: Path, written: Mapping[str, Any] | None, now: Mapping[str, Any]) -> None:
     """Refuse to continue a checkpoint written on another device, thread count or kernel path: the float
-    rounding differs, so the resumed run would match neither an uninterrupted run of the old nor the new."""
-    written = dict(written or {})
-    diff = [k for k in now if written.get(k) != now[k]]
+    rounding differs, so the resumed run would match neither an uninterrupted run of the old nor the new.
+
+    The world size (processes of a data-parallel run) may change: a run moved to more or fewer processes
+    continues (printed) from the same weights, optimiser state and permutation stream, and is then an
+    uninterrupted run of neither size. (A checkpoint without a world size was written by one process.)"""
+    written = {"world": 1, **dict(written or {})}
+    if written["world"] != now.get("world", 1):
+        print(f"{path}: written by {written['world']} process(es), continued by {now.get('world', 1)}: same weights, "
+              "optimiser and permutation stream; negatives, batch-norm statistics and rounding follow the new "
+              "world size", flush=True)
+    diff = [k for k in now if k != "world" and written.get(k) != now[k]]
     if diff:
         was = ", ".join(f"{k}={written.get(k)}" for k in diff)
         is_ = ", ".join(f"{k}={now[k]}" for k in diff)
@@ -390,24 +405,30 @@ def fit(
     check_data_fits(data, model_name, mcfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    if device.type == "cpu":
+    ctx = D.context(pick_device(cfg.device))  # under torchrun: this process's rank, the world size, its device
+    if cfg.batch_size // ctx.world < 1 + cfg.n_neg:
+        raise ConfigError(f"train.batch_size: {cfg.batch_size} split over {ctx.world} processes leaves fewer than "
+                          f"1 + n_neg = {1 + cfg.n_neg} instances per process; raise it or use fewer processes")
+    if ctx.device.type == "cpu":
         tune_cpu_allocator()  # reuse freed large blocks instead of page-faulting fresh ones (clsr.runtime)
     resolved, chash = run_identity(data, model_name, mcfg, cfg)
     code_hash = code_fingerprint()
     run_dir = Path(run_dir) if run_dir else None
     with contextlib.ExitStack() as held:
-        if run_dir:
+        D.set_current(ctx)
+        held.callback(D.set_current, None)
+        if run_dir and ctx.is_main:  # rank 0 alone locks and writes the run folder
             held.enter_context(run_lock(run_dir))
             _guard_finished_run(run_dir, chash, code_hash, overwrite)
-        return _train(data, model_name, mcfg, cfg, device, resolved, chash, code_hash, run_dir, resume,
+        return _train(data, model_name, mcfg, cfg, ctx, resolved, chash, code_hash, run_dir, resume,
                       stop_after_epochs)
 
 
-def _train(data, model_name, mcfg, cfg, device, resolved, chash, code_hash, run_dir, resume, stop_after_epochs):
+def _train(data, model_name, mcfg, cfg, ctx, resolved, chash, code_hash, run_dir, resume, stop_after_epochs):
     """The body of `fit` once its settings are checked and its run directory is locked."""
     max_len, time_unit = data_settings(data)
-    compute = compute_path(device)
+    device, main = ctx.device, ctx.is_main
+    compute = {**compute_path(device), "world": ctx.world}
     torch.manual_seed(cfg.seed)
     train_data = _subset_train(data, cfg.max_train_instances, cfg.seed)
     model = build_model(model_name, model_sizes(data), mcfg)
@@ -421,24 +442,28 @@ def _train(data, model_name, mcfg, cfg, device, resolved, chash, code_hash, run_
     if run_dir:
         ckpt_path = run_dir / "last.pt"
         ck = load_checkpoint(ckpt_path, device, LAST_REMEDY) if resume and ckpt_path.exists() else None
+        D.barrier(ctx)  # every rank has read last.pt before rank 0 may change the folder
         if ck is not None and ck.get("config_hash") == chash and ck.get("code_hash") == code_hash:
             _check_same_compute_path(ckpt_path, ck.get("compute"), compute)
-            if ck["best_epoch"] > 0:  # fail now, not after the remaining epochs
+            if ck["best_epoch"] > 0 and main:  # fail now, not after the remaining epochs
                 _load_best(run_dir, device, chash, code_hash, ck["best_epoch"])
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             rng.bit_generator.state = ck["numpy_rng"]
             torch.set_rng_state(ck["torch_rng"])
             start_epoch, best, best_epoch, history = ck["epoch"] + 1, ck["best"], ck["best_epoch"], ck["history"]
-            print(f"[{model_name}] resumed from {ckpt_path} after epoch {ck['epoch']}", flush=True)
-        else:
+            if main:
+                print(f"[{model_name}] resumed from {ckpt_path} after epoch {ck['epoch']}", flush=True)
+        elif main:
             if ck is not None:
                 other = "configuration" if ck.get("config_hash") != chash else "version of the training code"
                 print(f"[{model_name}] {ckpt_path} belongs to another {other}: starting afresh", flush=True)
             (run_dir / "best.pt").unlink(missing_ok=True)  # an unfinished run's; never tested with this one
 
     params = [p for p in model.parameters() if p.requires_grad]
-    n_batches = B.n_train_batches(train_data, cfg.batch_size, cfg.n_neg)
+    step_model = D.wrap(model, ctx)  # DDP around the model when world > 1 (clsr.distributed)
+    n_train = len(train_data.instances["train"])
+    n_batches = B.n_train_batches(train_data, cfg.batch_size, cfg.n_neg, world=ctx.world)
     best_state = None
     done_epochs = 0
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -448,21 +473,29 @@ def _train(data, model_name, mcfg, cfg, device, resolved, chash, code_hash, run_
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         parts_acc: dict[str, torch.Tensor] = {}
+        shard = {}
+        if ctx.distributed:  # this rank's share of each global batch, its own negatives and torch draws
+            shard = dict(rank=ctx.rank, world=ctx.world, neg_rng=D.negative_rng(cfg.seed, epoch, ctx.rank))
+            torch.manual_seed(D.torch_seed(cfg.seed, epoch, ctx.rank))
         bar = tqdm(
-            B.train_batches(train_data, cfg.batch_size, cfg.n_neg, max_len, time_unit, rng),
+            B.train_batches(train_data, cfg.batch_size, cfg.n_neg, max_len, time_unit, rng, **shard),
             total=n_batches, desc=f"{model_name} epoch {epoch}", mininterval=5, leave=False,
-            disable=not cfg.progress,
+            disable=not (cfg.progress and main),
         )
         n_seen = 0
         diag: dict[str, float] = {}
         for step, batch in enumerate(bar):
             batch = batch.to(device)
-            out = model(batch)
+            out = step_model(batch)
             parts = model.compute_loss(batch, out)
-            if step == 0 and diagnostics.applies(model, out):  # what the self-supervision does (clsr.diagnostics)
-                diag = diagnostics.self_supervision(model, out, parts)
+            if step == 0 and main and diagnostics.applies(model, out):  # what the self-supervision does
+                diag = diagnostics.self_supervision(model, out, parts)  # (clsr.diagnostics; rank 0's share)
             opt.zero_grad(set_to_none=True)
-            parts["total"].backward()
+            if ctx.distributed:  # DDP averages the ranks' gradients: weight each by its share of the batch
+                scale = D.loss_scale(batch.size, D.global_batch_size(step, n_train, cfg.batch_size), ctx.world)
+                (parts["total"] * scale).backward()
+            else:
+                parts["total"].backward()
             if model.clip_norm:
                 clip_per_tensor_(params, model.clip_norm)
             opt.step()
@@ -471,12 +504,27 @@ def _train(data, model_name, mcfg, cfg, device, resolved, chash, code_hash, run_
             n_seen += batch.size
         steps = max(n_batches, 1)
         sums = {k: float(v) / steps for k, v in parts_acc.items()}
+        if ctx.distributed:  # the ranks' mean losses, averaged; instances summed
+            *totals, n_seen = D.all_reduce_sum([*sums.values(), n_seen], ctx)
+            sums = {k: v / ctx.world for k, v in zip(sums, totals)}
         train_s = time.perf_counter() - t0
         if not all(math.isfinite(v) for v in sums.values()):
             raise FloatingPointError(f"[{model_name}] non-finite loss in epoch {epoch}: {sums}")
         t1 = time.perf_counter()
+        D.sync_buffers(model, ctx)  # every rank evaluates rank 0's model, the one checkpointed below
         valid = evaluate(model, data, "valid", cfg, device)
         eval_s = time.perf_counter() - t1
+        if not main:  # rank 0 decides (below) and broadcasts the epoch's row and the early-stopping state
+            row, best, best_epoch = D.broadcast_object(None, ctx)
+            history.append(row)
+            if best_epoch == epoch and not run_dir:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            done_epochs += 1
+            if stop_after_epochs is not None and done_epochs >= stop_after_epochs:
+                raise KeyboardInterrupt(f"stopped after {done_epochs} epoch(s) on request")
+            if epoch - best_epoch >= cfg.patience:
+                break
+            continue
         score = valid[cfg.select_metric]
         if not math.isfinite(score):
             raise FloatingPointError(
@@ -528,6 +576,7 @@ def _train(data, model_name, mcfg, cfg, device, resolved, chash, code_hash, run_
             )
         elif improved:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        D.broadcast_object((row, best, best_epoch), ctx)  # after the checkpoints: the other ranks may read them
         done_epochs += 1
         if stop_after_epochs is not None and done_epochs >= stop_after_epochs:
             raise KeyboardInterrupt(f"stopped after {done_epochs} epoch(s) on request")
@@ -540,7 +589,10 @@ def _train(data, model_name, mcfg, cfg, device, resolved, chash, code_hash, run_
     elif best_state is not None:
         model.load_state_dict(best_state)
     t2 = time.perf_counter()
+    D.sync_buffers(model, ctx)
     protocols, per_instance = test_report(model, data, cfg, device)
+    if not main:  # rank 0 holds the test report and writes the result
+        return FitResult(model=model, metrics={}, history=history)
     test = protocols["sampled"]
     test_s = time.perf_counter() - t2
     best_row = next(r for r in history if r["epoch"] == best_epoch)
@@ -566,6 +618,8 @@ def _train(data, model_name, mcfg, cfg, device, resolved, chash, code_hash, run_
         "device": str(device),
         "compute": compute,
     }
+    if ctx.distributed:
+        result["world"] = ctx.world
     if run_dir:
         save_per_instance(run_dir / PER_INSTANCE, per_instance)
         atomic_write_json(run_dir / "history.json", history)

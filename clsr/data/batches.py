@@ -23,6 +23,7 @@ import torch
 
 from clsr.data.sources import DataError
 from clsr.data.store import PreparedData, instance_split, rerun_hint
+from clsr.distributed import local_share
 
 TIME_CLAMP = 0.5
 
@@ -163,33 +164,41 @@ def train_batches(
     time_unit: float,
     rng: np.random.Generator,
     split: str = "train",
+    rank: int = 0,
+    world: int = 1,
+    neg_rng: np.random.Generator | None = None,
 ) -> Iterator[Batch]:
     """One epoch of shuffled training batches with fresh in-batch negatives (1 + n_neg candidates).
 
-    As released, a final chunk with fewer than 1 + n_neg instances is dropped.
+    As released, a final chunk with fewer than 1 + n_neg instances is dropped. With `world` > 1 (data-parallel
+    training, `clsr.distributed`) every rank draws the same permutation from `rng`, takes its share of each
+    global batch of `batch_size` and draws the negatives from its share with `neg_rng`; a final chunk is kept
+    when every share has 1 + n_neg instances. With world 1 and no `neg_rng`, `rng` serves both.
     """
     inst = data.instances[split]
     order = rng.permutation(len(inst))
     target = data.target_event(split)
+    neg_rng = rng if neg_rng is None else neg_rng
     for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        if len(idx) < 1 + n_neg:
+        chunk = order[s : s + batch_size]
+        if len(chunk) // world < 1 + n_neg:
             break
+        idx = local_share(chunk, rank, world)
         t_ev = target[idx]
         items = data.event_item[t_ev]
         cates = data.event_cate[t_ev]
-        draw = in_batch_negatives(items, n_neg, rng)
+        draw = in_batch_negatives(items, n_neg, neg_rng)
         cand_item = np.concatenate([items[:, None], items[draw]], axis=1)
         cand_cate = np.concatenate([cates[:, None], cates[draw]], axis=1)
         yield make_batch(data, inst.user[idx], inst.pos[idx], cand_item, cand_cate, max_len, time_unit)
 
 
-def n_train_batches(data: PreparedData, batch_size: int, n_neg: int, split: str = "train") -> int:
+def n_train_batches(data: PreparedData, batch_size: int, n_neg: int, split: str = "train", world: int = 1) -> int:
     n = len(data.instances[split])
-    if batch_size < 1 + n_neg:  # every chunk is smaller than 1 + n_neg: train_batches yields nothing
+    if batch_size // world < 1 + n_neg:  # every share is smaller than 1 + n_neg: train_batches yields nothing
         return 0
     full, rest = divmod(n, batch_size)
-    return full + (1 if rest >= 1 + n_neg else 0)
+    return full + (1 if rest // world >= 1 + n_neg else 0)
 
 
 def eval_batches(
@@ -199,15 +208,18 @@ def eval_batches(
     max_len: int,
     time_unit: float,
     recent_k: int | None = None,
+    block: range | None = None,
 ) -> Iterator[Batch]:
     """Instances of `split` in stored order with their fixed candidates.
 
     `split` is valid, test, or a candidate set of another split's instances: "test_uniform" = the test
-    instances with uniformly sampled negatives (`clsr.data.protocol.uniform_test_candidates`).
+    instances with uniformly sampled negatives (`clsr.data.protocol.uniform_test_candidates`). `block`: only
+    these batch numbers (one rank's share of a distributed evaluation, `clsr.distributed.shard_range`).
     """
     inst = data.instances[instance_split(split)]
     cand = candidates(data, split)
-    for s in range(0, len(inst), batch_size):
+    starts = range(0, len(inst), batch_size)
+    for s in (starts if block is None else starts[block.start : block.stop]):
         sl = slice(s, s + batch_size)
         yield make_batch(
             data,
@@ -220,6 +232,11 @@ def eval_batches(
             instance=np.arange(s, min(s + batch_size, len(inst))),
             recent_k=recent_k,
         )
+
+
+def n_eval_batches(data: PreparedData, split: str, batch_size: int) -> int:
+    """How many batches `eval_batches` yields for `split`."""
+    return -(-len(data.instances[instance_split(split)]) // batch_size)
 
 
 def candidates(data: PreparedData, split: str):

@@ -180,8 +180,7 @@ class PreparedData:
                 f"{meta_path}: not the metadata of a prepared dataset (needs name, splits, candidate_splits); {again}"
             )
         try:
-            with np.load(npz_path, allow_pickle=False) as z:
-                a = {k: z[k] for k in z.files}
+            a = map_npz(npz_path)
         except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
             raise DataError(f"{npz_path}: truncated or corrupt ({_one_line(e)}); {again}") from None
         try:
@@ -201,6 +200,53 @@ class PreparedData:
             )
         except (KeyError, TypeError) as e:
             raise DataError(f"{npz_path}: arrays do not match meta.json ({_one_line(e)}); {again}") from None
+
+
+def map_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of an uncompressed ``.npz`` (as `np.savez` writes it), memory-mapped in place.
+
+    ``np.load`` ignores ``mmap_mode`` for ``.npz`` files and reads every array into memory. Here each member is
+    located in the zip (local header offset + header length), its ``.npy`` header parsed, and the data mapped
+    copy-on-write: pages are read from the page cache on first touch, shared by every process that maps the
+    same file (the ranks of a distributed run, the workers of a pipeline), and a write changes this process's
+    copy only. Compressed members, which cannot be mapped, are read as ``np.load`` would.
+    A truncated or foreign file raises ValueError, OSError or `zipfile.BadZipFile`.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as z, open(path, "rb") as f:
+        for info in z.infolist():
+            name = info.filename[: -len(".npy")] if info.filename.endswith(".npy") else info.filename
+            if info.compress_type != zipfile.ZIP_STORED:
+                with z.open(info) as member:
+                    out[name] = np.lib.format.read_array(member, allow_pickle=False)
+                continue
+            f.seek(info.header_offset)
+            local = f.read(30)
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                raise ValueError(f"member {info.filename}: bad local header")
+            name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read_header:  # a newer header format: read it the ordinary way
+                with z.open(info) as member:
+                    out[name] = np.lib.format.read_array(member, allow_pickle=False)
+                continue
+            shape, fortran, dtype = read_header[version](f)
+            if dtype.hasobject:
+                raise ValueError(f"member {info.filename}: holds Python objects, which are not loaded")
+            offset = f.tell()
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if offset + nbytes > size:
+                raise ValueError(f"member {info.filename}: {nbytes} bytes announced, the file ends before")
+            if nbytes == 0:
+                out[name] = np.zeros(shape, dtype=dtype, order="F" if fortran else "C")
+                continue
+            mapped = np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape, order="F" if fortran else "C")
+            out[name] = mapped.view(np.ndarray)  # a plain array over the mapping (which it keeps alive)
+    return out
 
 
 def rerun_hint(folder: Path) -> str:
