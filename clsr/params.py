@@ -111,7 +111,9 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     source: dict = field(default_factory=lambda: {"n_users": 500, "seed": 0})  # other synthetic options of every cell
     protocol: dict = field(default_factory=dict)  # clsr.data.protocol.ProtocolConfig keys of every cell
-    train: dict = field(default_factory=lambda: {"epochs": 30, "patience": 3, "max_train_instances": 0})  # train overrides
+    # train overrides of every run: to early stopping on every train instance, no full-ranking test (not used)
+    train: dict = field(default_factory=lambda: {"epochs": 30, "patience": 3, "max_train_instances": 0,
+                                                 "full_ranking_max_items": 0})
 
     def validate(self, where: str = "sweep") -> None:
         from clsr.config import with_overrides
