@@ -64,8 +64,8 @@ def oracle_rows(ctx: Context, datasets: list[str]) -> dict:
     for ds in datasets:
         path = ctx.reports_dir / "metrics" / "oracle" / f"{ds}.json"
         if path.exists():
-            o = read_json(path)
-            per_ds[ds] = {"test": o.get("test"), "test_uniform": o.get("test_uniform"), "test_full": o.get("test_full")}
+            protocols = read_json(path).get("protocols", {})
+            per_ds[ds] = {key: protocols.get(p) for p, (key, _) in report.PROTOCOLS.items()}
     return {"oracle (Bayes)": per_ds} if per_ds else {}
 
 
