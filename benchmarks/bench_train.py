@@ -1,27 +1,28 @@
 """Training and evaluation speed on MovieLens-100K (default configuration), written to reports/benchmarks/.
 
-Measures, on this machine:
+Measures, on this machine (the load average before and after is written down: run it on an idle machine):
 - the machine's speed at bench time (`machine_reference`: a 2048³ GEMM and a 256 MB copy), to compare
   runs made on different days;
-- batch building: training batches/s of the data layer alone (it must not be the bottleneck);
-- CLSR, shared-encoder path: one full training epoch (wall seconds, instances/s) and scoring the whole
-  1 + 99 test set (seconds, candidates/s);
-- CLSR's three recurrent nets, forward + backward on one batch: the packed recurrences with and without the
-  C step kernels, and the cells stepped under autograd;
-- CLSR, shared-encoder path with the torch ops instead of the C kernels (`CLSR_NATIVE=0`): a few steps,
-  extrapolated;
-- CLSR, naive per-row path (`shared_encoders: false`, the released layout): a few steps, extrapolated;
-- FLOPs of one training step (forward + backward) and one test batch, counted by
-  torch.utils.flop_counter, and the GFLOP/s they imply;
-- every registered baseline: training instances/s over a few steps.
+- CLSR: one full training epoch and scoring the whole 1 + 99 test set (seconds);
+- every registered model: one epoch with 2 and 1 torch threads (extrapolated from --steps steps), the
+  FLOPs of a step and the GFLOP/s they imply next to the machine's GEMM reference at that thread count,
+  and a profile excerpt (the five most expensive ops);
+- what each group of C kernels adds over the best torch path (the fast twins turned off one group at a
+  time, `clsr.fast.only` / `native.disabled`), with the compiler and flags they were built with, and
+  `torch.compile` (inductor) on the batch norm + ReLU tail of CLSR's largest scorer;
+- 1 vs 2 threads while another CPU-bound process runs, with the OpenMP wait policy clsr sets
+  (PASSIVE, `clsr.runtime`) and with libgomp's default (spinning).
 
-    python benchmarks/bench_train.py [--out reports/benchmarks] [--steps 20] [--skip-epoch]
+    python benchmarks/bench_train.py [--out reports/benchmarks] [--steps 30] [--skip-epoch]
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,10 +34,11 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from clsr import fast  # noqa: E402
 from clsr.data import batches as B  # noqa: E402
 from clsr.data.prepare import load_prepared, prepare  # noqa: E402
 from clsr.data.store import atomic_write_json, atomic_write_text  # noqa: E402
-from clsr.models import native  # noqa: E402
+from clsr.fast import native  # noqa: E402
 from clsr.models.registry import build_model, model_names  # noqa: E402
 from clsr.runtime import tune_cpu_allocator  # noqa: E402
 from clsr.train import clip_per_tensor_, data_settings, make_optimizer, model_sizes  # noqa: E402
@@ -87,34 +89,20 @@ def train_steps(model, batches, measure_flops=False):
     return time.perf_counter() - t0, n, flops
 
 
-def recurrence_timing(model, batch, repeats: int = 5) -> dict:
-    """Milliseconds for forward + backward of CLSR's three recurrent nets on one training batch, through the
-    model's own methods with ``fused_recurrences`` on (packed, hand-written backward; its steps in the C
-    kernels of native, then in torch ops) and off (the cells stepped under autograd)."""
-    X, _, _, e_short = model.embed(batch)
-    X, e_short = X.detach().requires_grad_(), e_short.detach().requires_grad_()
-    t_first, t_now = batch.time_from_first.to(X.dtype), batch.time_to_now.to(X.dtype)
-    n = int(batch.length.max())
-
-    def once():
-        h_s, h_c = model.intention_and_fusion_states(X, batch.length, e_short, n)
-        O = model.sequence(X, batch.length, t_first, t_now, n)
-        (h_s.sum() + h_c.sum() + O.sum()).backward()
-
-    out, setting = {}, model.cfg.fused_recurrences
-    variants = (("fused_ms", True, True), ("fused_torch_ops_ms", True, False), ("autograd_ms", False, True))
+def gemm_gflops(threads: int) -> float:
+    """A 2048³ float32 GEMM with `threads` torch threads, GFLOP/s."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        for key, fused, kernels_on in variants:
-            model.cfg.fused_recurrences = fused
-            with contextlib.nullcontext() if kernels_on else native.disabled():
-                once()
-                t0 = time.perf_counter()
-                for _ in range(repeats):
-                    once()
-            out[key] = (time.perf_counter() - t0) / repeats * 1000
+        a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+        for _ in range(3):
+            a @ b
+        t0 = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        return 10 * 2 * 2048**3 / (time.perf_counter() - t0) / 1e9
     finally:
-        model.cfg.fused_recurrences = setting
-    return out
+        torch.set_num_threads(old)
 
 
 def machine_reference() -> dict:
@@ -137,146 +125,255 @@ def machine_reference() -> dict:
     return {"gemm_gflops": gemm, "copy_gb_per_s": copy}
 
 
+
+TWIN_GROUPS = {  # what to turn off, and how: (fast twins allowed, C kernels on)
+    "all fast twins, C kernels on (default)": (None, True),
+    "C kernels off: the same twins with torch-op steps / reference tails": (None, False),
+    "C only in the recurrence steps (no fused BN + ReLU tails, no DIN C scorers, no C embedding backward)":
+        (("packed_rnn", "packed_gru_pair", "augru_shared_inputs", "din_valid_only"), True),
+    "without the C embedding backward (native_lookup)":
+        (("packed_rnn", "packed_gru_pair", "augru_shared_inputs", "din_valid_only", "fused_tail", "din_ragged",
+          "din_fused"), True),
+    "no fast twin at all (the reference blocks of clsr/models)": ((), True),
+}
+
+
+def _paths(allowed, kernels_on):
+    stack = contextlib.ExitStack()
+    if allowed is not None:
+        stack.enter_context(fast.only(*allowed) if allowed else fast.disabled())
+    if not kernels_on:
+        stack.enter_context(native.disabled())
+    return stack
+
+
+def epoch_seconds(name, data, batches, threads, n_train, **cfg):
+    """(extrapolated epoch seconds, instances/s, FLOPs per instance) for `name` at `threads` threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        sec, n, flops = train_steps(make_model(name, data, **cfg), batches, measure_flops=True)
+    finally:
+        torch.set_num_threads(old)
+    return sec * n_train / n, n / sec, flops / batches[0].size
+
+
+def profile_excerpt(name, data, batches, top: int = 5) -> list[tuple[str, float, float]]:
+    """(op, self CPU ms per step, share of the step) of the `top` ops by self CPU time over a few steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = make_model(name, data)
+    train_steps(model, batches[:2])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_steps(model, batches[:4])
+    ev = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ev) or 1.0
+    steps = 4
+    return [(e.key, e.self_cpu_time_total / 1000 / steps, e.self_cpu_time_total / total) for e in ev[:top]]
+
+
+def compile_check(data, batches) -> dict:
+    """torch.compile (inductor, CPU) of the reference batch norm + ReLU tail of CLSR's short-term scorer on
+    a real batch's first-layer output, forward + backward, against eager torch and the fused C kernels."""
+    model = make_model("clsr", data)
+    mlp = model.short_att.mlp
+    g = torch.Generator().manual_seed(0)
+    n_rows = batches[0].size * batches[0].n_candidates * batches[0].hist_item.shape[1]
+    z = torch.randn(n_rows, mlp.sizes[0], generator=g)
+
+    def run(fn, reps=5):
+        zz = z.clone().requires_grad_()
+        fn(zz).sum().backward()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            zz = z.clone().requires_grad_()
+            fn(zz).sum().backward()
+        return (time.perf_counter() - t0) / reps * 1000
+
+    reference = fast.reference(type(mlp).tail)
+    res = {"rows": n_rows}
+    with fast.disabled():
+        res["eager_ms"] = run(lambda x: reference(mlp, x))
+    res["c_kernels_ms"] = run(lambda x: mlp.tail(x))
+    try:
+        t0 = time.perf_counter()
+        compiled = torch.compile(lambda x: reference(mlp, x), dynamic=False)
+        with fast.disabled():
+            compiled(z.clone().requires_grad_()).sum().backward()
+            res["compile_seconds"] = time.perf_counter() - t0
+            res["compiled_ms"] = run(compiled)
+    except Exception as e:  # noqa: BLE001 - recorded in the report, whatever it is
+        res["compile_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return res
+
+
+def contention(steps: int) -> dict:
+    """CLSR instances/s with 1 and 2 threads while one busy-looping process shares the cores, under the
+    OpenMP wait policy clsr sets (PASSIVE) and libgomp's default (ACTIVE: idle threads spin)."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        out = {}
+        for policy in ("PASSIVE", "ACTIVE"):
+            for threads in (1, 2):
+                env = dict(os.environ, OMP_WAIT_POLICY=policy)
+                cmd = [sys.executable, __file__, "--child-steps", str(steps), "--threads", str(threads)]
+                r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+                out[f"{policy} {threads}"] = json.loads(r.stdout.strip().splitlines()[-1])["instances_per_s"]
+        return out
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def child(steps: int) -> None:
+    data = get_data()
+    L, r = data_settings(data)
+    batches = list(B.train_batches(data, 500, 4, L, r, np.random.default_rng(0)))[: steps + 1]
+    sec, n, _ = train_steps(make_model("clsr", data), batches)
+    print(json.dumps({"instances_per_s": n / sec}))
+
+
+def compiler() -> str:
+    cc = os.environ.get("CC", "cc")
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        version = "unknown"
+    return f"`{cc}` ({version}), flags `{' '.join(native.CFLAGS + native.LIBS)}`"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per baseline")
-    ap.add_argument("--skip-epoch", action="store_true", help="skip the full-epoch CLSR timing")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per model and setting")
+    ap.add_argument("--skip-epoch", action="store_true", help="extrapolate CLSR's epoch too")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--child-steps", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.child_steps:
+        return child(a.child_steps)
+    from clsr import runtime
+
+    load_before = os.getloadavg()
     allocator_tuned = tune_cpu_allocator()  # as clsr.train.fit does
     data = get_data()
     L, r = data_settings(data)
+    n_train = len(data.instances["train"])
+    threads = torch.get_num_threads()
     res = {
-        "machine": {"cpu_threads": torch.get_num_threads(), "glibc_large_blocks_kept": allocator_tuned, "native_rnn": "loaded" if native.available() else native.status(), "torch": torch.__version__, "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine()},
-        "dataset": {"train_instances": len(data.instances["train"]), "test_instances": len(data.instances["test"]),
-                    "max_len": L},
+        "machine": {"cpu_threads": threads, "glibc_large_blocks_kept": allocator_tuned,
+                    "native": native.status(), "compiler": compiler(), "torch": torch.__version__,
+                    "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
+                    "omp_wait_policy": runtime.openmp_wait_policy, "load_before": load_before},
+        "dataset": {"train_instances": n_train, "test_instances": len(data.instances["test"]), "max_len": L},
     }
+    ref = res["machine"]["reference"] = machine_reference()
+    gemm = {t: gemm_gflops(t) for t in (1, 2)}
+    res["machine"]["gemm_gflops_by_threads"] = {str(t): v for t, v in gemm.items()}
+    print(f"GEMM {gemm[1]:.0f} / {gemm[2]:.0f} GFLOP/s (1 / 2 threads), copy {ref['copy_gb_per_s']:.1f} GB/s", flush=True)
 
-    res["machine"]["reference"] = ref = machine_reference()
-    print(f"machine reference: GEMM {ref['gemm_gflops']:.0f} GFLOP/s, copy {ref['copy_gb_per_s']:.1f} GB/s", flush=True)
-
-    # data layer alone
     rng = np.random.default_rng(0)
-    t0 = time.perf_counter()
-    nb = sum(1 for _ in B.train_batches(data, 500, 4, L, r, rng))
-    dt = time.perf_counter() - t0
-    res["batches"] = {"train_batches": nb, "seconds": dt, "batches_per_s": nb / dt}
-    print(f"batch building: {nb / dt:.0f} batches/s", flush=True)
+    all_batches = list(B.train_batches(data, 500, 4, L, r, rng))
+    batches = all_batches[: a.steps + 1]
 
-    # CLSR shared path: full epoch + FLOPs
-    rng = np.random.default_rng(0)
+    # CLSR: one full epoch at the default thread count
     model = make_model("clsr", data)
-    first = list(B.train_batches(data, 500, 4, L, r, rng))
-    if a.skip_epoch:
-        first = first[: a.steps + 1]
-    sec, n, flops = train_steps(model, first, measure_flops=True)
-    per_inst_flops = flops / 500
-    epoch_s = sec * len(data.instances["train"]) / max(n, 1)
-    res["clsr_shared"] = {
-        "timed_instances": n, "seconds": sec, "instances_per_s": n / sec,
-        "epoch_seconds": epoch_s if a.skip_epoch else sec, "epoch_extrapolated": bool(a.skip_epoch),
-        "train_flops_per_instance": per_inst_flops, "achieved_gflops": per_inst_flops * n / sec / 1e9,
-    }
-    print(f"CLSR shared: {n / sec:.0f} inst/s, epoch {res['clsr_shared']['epoch_seconds']:.1f}s, "
-          f"{per_inst_flops / 1e6:.1f} MFLOP/instance, {res['clsr_shared']['achieved_gflops']:.1f} GFLOP/s", flush=True)
+    sec, n, flops = train_steps(model, all_batches if not a.skip_epoch else batches, measure_flops=True)
+    res["clsr_epoch"] = {"seconds": sec * n_train / n, "measured_instances": n, "extrapolated": bool(a.skip_epoch),
+                         "threads": threads}
+    print(f"CLSR epoch: {res['clsr_epoch']['seconds']:.1f} s", flush=True)
 
     # CLSR test scoring (1 + 99)
     model.eval()
     with torch.no_grad():
-        tb = next(B.eval_batches(data, "test", 500, L, r))
-        with FlopCounterMode(display=False) as fc:
-            model(tb)
-        test_flops = fc.get_total_flops() / tb.size
         t0 = time.perf_counter()
-        cands = 0
         for b in B.eval_batches(data, "test", 500, L, r):
             model(b)
-            cands += b.size * b.n_candidates
-        dt = time.perf_counter() - t0
-    res["clsr_test"] = {"seconds": dt, "candidates_per_s": cands / dt, "flops_per_instance": test_flops,
-                        "achieved_gflops": test_flops * len(data.instances["test"]) / dt / 1e9}
-    print(f"CLSR test set: {dt:.2f}s, {cands / dt:.0f} candidates/s, {test_flops / 1e6:.1f} MFLOP/instance", flush=True)
+        res["clsr_test_seconds"] = time.perf_counter() - t0
+    print(f"CLSR test scoring: {res['clsr_test_seconds']:.2f} s", flush=True)
 
-    # CLSR's recurrences alone (intention + fusion GRU, Time4LSTM), forward + backward on a real batch:
-    # the packed hand-written-backward path (default) vs stepping the cells under autograd
-    res["clsr_recurrences"] = recurrence_timing(model, first[1])
-    rr = res["clsr_recurrences"]
-    print(f"CLSR recurrences fwd+bwd: fused {rr['fused_ms']:.1f} ms ({native.status()}), fused with torch-op "
-          f"steps {rr['fused_torch_ops_ms']:.1f} ms, autograd loop {rr['autograd_ms']:.1f} ms", flush=True)
-
-    # CLSR shared path with the torch ops instead of the C kernels (CLSR_NATIVE=0): what the kernels add
-    with native.disabled():
-        ops_model = make_model("clsr", data)
-        sec, n, _ = train_steps(ops_model, first[: a.steps + 1])
-    res["clsr_torch_ops"] = {"timed_instances": n, "seconds": sec, "instances_per_s": n / sec,
-                             "epoch_seconds_extrapolated": sec * len(data.instances["train"]) / n}
-    print(f"CLSR shared, torch ops only: {n / sec:.0f} inst/s, epoch ≈ "
-          f"{res['clsr_torch_ops']['epoch_seconds_extrapolated']:.1f}s", flush=True)
-
-    # CLSR naive per-row path
-    naive = make_model("clsr", data, shared_encoders=False)
-    sec, n, nflops = train_steps(naive, first[: min(6, len(first))], measure_flops=True)
-    res["clsr_naive"] = {"timed_instances": n, "seconds": sec, "instances_per_s": n / sec,
-                         "epoch_seconds_extrapolated": sec * len(data.instances["train"]) / n,
-                         "train_flops_per_instance": nflops / 500}
-    print(f"CLSR naive: {n / sec:.0f} inst/s (epoch ≈ {res['clsr_naive']['epoch_seconds_extrapolated']:.0f}s)", flush=True)
-    with torch.no_grad():
-        naive.eval()
-        t0 = time.perf_counter()
-        naive(tb)
-        dt = time.perf_counter() - t0
-    res["clsr_naive"]["test_seconds_extrapolated"] = dt * len(data.instances["test"]) / tb.size
-
-    # every model
+    # every model, 2 and 1 threads
     res["models"] = {}
     for name in model_names():
-        m = make_model(name, data)
-        sec, n, fl = train_steps(m, first[: a.steps + 1], measure_flops=True)
-        res["models"][name] = {"instances_per_s": n / sec, "epoch_seconds_extrapolated": sec * len(data.instances["train"]) / n,
-                               "train_flops_per_instance": fl / 500, "parameters": m.n_parameters()}
-        print(f"{name:10s} {n / sec:8.0f} inst/s  epoch ≈ {res['models'][name]['epoch_seconds_extrapolated']:.1f}s", flush=True)
+        row = {}
+        for t in (2, 1):
+            ep, ips, fl = epoch_seconds(name, data, batches, t, n_train)
+            row[f"threads_{t}"] = {"epoch_seconds": ep, "instances_per_s": ips, "gflops": fl * ips / 1e9}
+            row["mflop_per_instance"] = fl / 1e6
+        row["profile"] = profile_excerpt(name, data, batches)
+        res["models"][name] = row
+        print(f"{name:9s} epoch {row['threads_2']['epoch_seconds']:6.1f} s (2 threads)  "
+              f"{row['threads_1']['epoch_seconds']:6.1f} s (1 thread)",
+              flush=True)
 
-    out = Path(a.out)
+    # what each group of C kernels adds, per model that uses them
+    res["c_groups"] = {}
+    for name in ("clsr", "din", "slirec"):
+        res["c_groups"][name] = {}
+        for label, (allowed, kernels_on) in TWIN_GROUPS.items():
+            with _paths(allowed, kernels_on):
+                res["c_groups"][name][label] = epoch_seconds(name, data, batches, threads, n_train)[0]
+        print(name, {k[:30]: round(v, 1) for k, v in res["c_groups"][name].items()}, flush=True)
+    res["compile"] = compile_check(data, batches)
+    print("torch.compile:", res["compile"], flush=True)
+    res["contention"] = contention(min(a.steps, 15))
+    print("contention:", res["contention"], flush=True)
+    res["machine"]["load_after"] = os.getloadavg()
+    write_reports(res, a, Path(a.out))
+
+
+def write_reports(res, a, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "train.json", res)
+    m = res["machine"]
+    gemm = {int(t): v for t, v in m["gemm_gflops_by_threads"].items()}
+    lb, la = m["load_before"], m["load_after"]
+    cmd = f"python benchmarks/bench_train.py --steps {a.steps}{' --skip-epoch' if a.skip_epoch else ''}"
     lines = [
         "# Training and evaluation speed (ml100k, default configuration)", "",
-        f"Machine: {res['machine']['cpu_threads']} torch threads, torch {res['machine']['torch']}, glibc large blocks "
-        f"kept (clsr.runtime): {res['machine']['glibc_large_blocks_kept']}. "
-        f"Command: `python benchmarks/bench_train.py{' --skip-epoch' if a.skip_epoch else ''}`. "
-        f"Machine speed at bench time (shared CPUs vary from day to day; compare runs by these): 2048³ GEMM "
-        f"{res['machine']['reference']['gemm_gflops']:.0f} GFLOP/s, 256 MB copy "
-        f"{res['machine']['reference']['copy_gb_per_s']:.1f} GB/s, batch building (below, pure Python/numpy).", "",
-        "| measurement | value |", "|---|---|",
-        f"| batch building | {res['batches']['batches_per_s']:.0f} batches/s |",
-        f"| CLSR training, shared encoders | {res['clsr_shared']['instances_per_s']:.0f} instances/s; epoch "
-        f"{res['clsr_shared']['epoch_seconds']:.1f} s{' (extrapolated)' if a.skip_epoch else ''} "
-        f"({res['dataset']['train_instances']} instances; 78,000 instances, the issue's estimate of an epoch, "
-        f"take {78000 / res['clsr_shared']['instances_per_s']:.1f} s; target ≤ 30 s) |",
-        f"| CLSR training, shared encoders, torch ops instead of the C kernels (`CLSR_NATIVE=0`) | "
-        f"{res['clsr_torch_ops']['instances_per_s']:.0f} instances/s; epoch ≈ "
-        f"{res['clsr_torch_ops']['epoch_seconds_extrapolated']:.1f} s (extrapolated from {a.steps} steps) |",
-        f"| CLSR training, naive per-row | {res['clsr_naive']['instances_per_s']:.0f} instances/s; epoch ≈ "
-        f"{res['clsr_naive']['epoch_seconds_extrapolated']:.0f} s (extrapolated) |",
-        f"| CLSR FLOPs per training instance (fwd+bwd, 1+4) | {res['clsr_shared']['train_flops_per_instance'] / 1e6:.1f} M "
-        f"(naive {res['clsr_naive']['train_flops_per_instance'] / 1e6:.1f} M) |",
-        f"| CLSR achieved training throughput | {res['clsr_shared']['achieved_gflops']:.1f} GFLOP/s |",
-        f"| CLSR's three recurrent nets, forward + backward, one batch | packed, hand-written backward "
-        f"{res['clsr_recurrences']['fused_ms']:.1f} ms with the C step kernels ({res['machine']['native_rnn']}); "
-        f"{res['clsr_recurrences']['fused_torch_ops_ms']:.1f} ms with torch-op steps (`CLSR_NATIVE=0`); "
-        f"cells stepped under autograd {res['clsr_recurrences']['autograd_ms']:.1f} ms |",
-        f"| CLSR scoring the 1+99 test set | {res['clsr_test']['seconds']:.2f} s ({res['clsr_test']['candidates_per_s']:.0f} candidates/s; "
-        f"naive ≈ {res['clsr_naive']['test_seconds_extrapolated']:.1f} s) |",
-        f"| CLSR FLOPs per test instance (1+99) | {res['clsr_test']['flops_per_instance'] / 1e6:.1f} M |",
-        "", "| model | train instances/s | epoch (s, extrapolated) | MFLOP / instance | parameters |", "|---|---|---|---|---|",
+        f"Command: `{cmd}` (`make bench`). torch {m['torch']}, {m['cpu_threads']} torch threads by default, "
+        f"OpenMP wait policy {m['omp_wait_policy']} (clsr.runtime), glibc large blocks kept: "
+        f"{m['glibc_large_blocks_kept']}. C kernels: {m['native']}; built with {m['compiler']}.",
+        f"Machine reference at bench time: 2048³ float32 GEMM **{gemm[1]:.0f} GFLOP/s with 1 thread, "
+        f"{gemm[2]:.0f} with 2**; 256 MB copy {m['reference']['copy_gb_per_s']:.1f} GB/s. Load average "
+        f"(1 min) {lb[0]:.2f} before, {la[0]:.2f} after (2 cores: above ~0.5 another process shared them).", "",
+        f"CLSR, one training epoch ({res['dataset']['train_instances']} instances, 1 + 4 candidates, "
+        f"{res['clsr_epoch']['threads']} threads): **{res['clsr_epoch']['seconds']:.1f} s**"
+        f"{' (extrapolated)' if res['clsr_epoch']['extrapolated'] else ' (measured, whole epoch)'}; scoring the "
+        f"1 + 99 test set: **{res['clsr_test_seconds']:.2f} s**.", "",
+        f"## Every model: one epoch (extrapolated from {a.steps} steps of 500 instances)", "",
+        "| model | epoch, 2 threads (s) | GFLOP/s (% of GEMM, 2 thr.) | epoch, 1 thread (s) | GFLOP/s (% of GEMM, 1 thr.) "
+        "| 2-thread speed-up | MFLOP / instance |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, m in res["models"].items():
-        lines.append(f"| {name} | {m['instances_per_s']:.0f} | {m['epoch_seconds_extrapolated']:.1f} | "
-                     f"{m['train_flops_per_instance'] / 1e6:.1f} | {m['parameters']} |")
+    for name, row in res["models"].items():
+        two, one = row["threads_2"], row["threads_1"]
+        lines.append(
+            f"| {name} | {two['epoch_seconds']:.1f} | {two['gflops']:.1f} ({100 * two['gflops'] / gemm[2]:.0f} %) | "
+            f"{one['epoch_seconds']:.1f} | {one['gflops']:.1f} ({100 * one['gflops'] / gemm[1]:.0f} %) | "
+            f"{one['epoch_seconds'] / two['epoch_seconds']:.2f}× | {row['mflop_per_instance']:.1f} |")
+    lines += ["", "## What limits each model: the five ops with the most self CPU time (ms per training step, share)", ""]
+    for name, row in res["models"].items():
+        ops = "; ".join(f"{op} {ms:.1f} ms ({100 * share:.0f} %)" for op, ms, share in row["profile"])
+        lines.append(f"- **{name}**: {ops}")
+    lines += ["", "## What the C kernels add (epoch seconds, extrapolated; the default thread count)", "",
+              "A C kernel stays where it beats the best torch path by ≥ 1.2× on the whole epoch.", "",
+              "| configuration | " + " | ".join(res["c_groups"]) + " |", "|---|" + "---|" * len(res["c_groups"])]
+    labels = list(next(iter(res["c_groups"].values())))
+    for label in labels:
+        lines.append(f"| {label} | " + " | ".join(f"{res['c_groups'][n][label]:.1f}" for n in res["c_groups"]) + " |")
+    c = res["compile"]
+    lines += ["", f"`torch.compile` (inductor, CPU) of the reference batch norm + ReLU tail of CLSR's short-term scorer, "
+              f"{c['rows']} rows, forward + backward: eager {c['eager_ms']:.1f} ms, fused C kernels {c['c_kernels_ms']:.1f} ms, "
+              + (f"compiled {c['compiled_ms']:.1f} ms (compiling took {c['compile_seconds']:.0f} s)."
+                 if "compiled_ms" in c else f"compile failed: {c['compile_error']}.")]
+    ct = res["contention"]
+    lines += ["", "## A busy machine: CLSR instances/s while one busy-looping process shares the 2 cores", "",
+              "| OpenMP wait policy | 1 thread | 2 threads |", "|---|---|---|",
+              f"| PASSIVE (clsr's default, clsr.runtime) | {ct['PASSIVE 1']:.0f} | {ct['PASSIVE 2']:.0f} |",
+              f"| ACTIVE (libgomp's default: idle threads spin) | {ct['ACTIVE 1']:.0f} | {ct['ACTIVE 2']:.0f} |"]
     atomic_write_text(out / "train.md", "\n".join(lines) + "\n")
     print(f"wrote {out / 'train.md'}")
 

@@ -1,4 +1,14 @@
-"""Process-level settings: a faster CPU allocator, and the compute path every run records.
+"""Process-level settings: the OpenMP wait policy, a faster CPU allocator, and the compute path every run
+records.
+
+`set_openmp_wait_policy` — why: torch's CPU thread pool (and the C kernels of `clsr.fast.native`) is
+libgomp's, whose idle threads by default spin for a while before sleeping. On a machine whose cores are
+shared with another CPU-bound process, the spinning threads take the cores from the threads doing the
+work, and a run with 2 threads became several times slower than with 1 (benchmarks/bench_train.py
+measures it with a competing process: reports/benchmarks/train.md). ``OMP_WAIT_POLICY=PASSIVE`` makes
+idle threads sleep at once. libgomp reads it when it is loaded, i.e. when torch is imported, so `clsr`
+sets it on import (`clsr/__init__.py`), before anything imports torch; a value already in the
+environment is kept (``OMP_WAIT_POLICY=ACTIVE`` restores the spinning).
 
 `compute_path` — what decides a run's float rounding besides its configuration: the device, torch's
 CPU thread count (reductions and GEMMs split their work by thread) and whether the C kernels of
@@ -22,11 +32,23 @@ import ctypes.util
 import os
 import sys
 
-import torch
-
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
 _done: bool | None = None
+#: the wait policy in effect for this process's OpenMP threads (None: not decided by clsr: torch was loaded first)
+openmp_wait_policy: str | None = None
+
+
+def set_openmp_wait_policy(default: str = "PASSIVE") -> str | None:
+    """Set ``OMP_WAIT_POLICY`` to `default` unless the environment already names one; only effective
+    before torch is imported. Returns the policy in effect, or None when torch was imported first (then
+    whatever the environment said when it loaded applies)."""
+    global openmp_wait_policy
+    if "torch" in sys.modules:
+        openmp_wait_policy = os.environ.get("OMP_WAIT_POLICY") or None
+        return openmp_wait_policy
+    openmp_wait_policy = os.environ.setdefault("OMP_WAIT_POLICY", default)
+    return openmp_wait_policy
 
 
 def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 31) -> bool:
@@ -50,13 +72,17 @@ def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 <<
     return ok
 
 
-def kernel_path(device: torch.device | str = "cpu") -> str:
+def kernel_path(device="cpu") -> str:
     """'native' when the C kernels of `clsr.fast.native` run for float tensors on `device`, else 'torch'."""
-    from clsr.fast import native  # here: the kernels are not needed to tune the allocator
+    import torch  # here: this module is imported before torch (set_openmp_wait_policy)
+
+    from clsr.fast import native
 
     return "native" if torch.device(device).type == "cpu" and native.available() else "torch"
 
 
-def compute_path(device: torch.device | str = "cpu") -> dict:
+def compute_path(device="cpu") -> dict:
     """{"device", "threads", "kernels"}: the device, `torch.get_num_threads()` and `kernel_path(device)`."""
+    import torch
+
     return {"device": str(device), "threads": torch.get_num_threads(), "kernels": kernel_path(device)}
