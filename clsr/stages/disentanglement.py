@@ -22,7 +22,7 @@ from clsr.disentangle.evaluate import (ceilings, counterfactual_eval, ground_tru
                                       oracle_eval, positive_alpha)
 from clsr.disentangle.report import markdown_report
 from clsr.disentangle.truth import Truth, load_truth, projection_batch, read_profiles
-from clsr.pipeline import Context, run_paths
+from clsr.pipeline import Context, main_run_dir, run_paths
 from clsr.stages.protocol import ensure_prepared
 
 #: the seed of the main runs the study reads
@@ -40,7 +40,7 @@ def figure_dir(ctx: Context) -> Path:
 def obtain_model(ctx: Context, dataset: str, name: str, data: PreparedData, seed: int = SEED):
     """(model, run folder) of `name` (a registered model or an alias, `clsr.runs`) on `dataset`.
 
-    The main run runs/main/<dataset>/<name>_seed<seed> when it is finished. Otherwise a name that is not a
+    The main run behind reports/metrics/main/<dataset>/<name>_seed<seed>.json when it is finished. Otherwise a name that is not a
     registered model itself (an alias such as clsr_nocon), or any name in tiny mode, is trained here into
     runs/disentanglement/<dataset>/<name>_seed<seed> with the main runs' train params (resumable; a
     finished run of an older configuration there is replaced, as the stage owns the folder)."""
@@ -49,12 +49,13 @@ def obtain_model(ctx: Context, dataset: str, name: str, data: PreparedData, seed
 
     spec = resolve_run(ctx.params, name, seed=seed)
     variant = f"{name}_seed{seed}"
-    main_dir, _ = run_paths(ctx, "main", dataset, variant)
-    if (main_dir / "metrics.json").exists() and (main_dir / "best.pt").exists():
+    main_dir = main_run_dir(ctx, dataset, variant)
+    if main_dir is not None and (main_dir / "metrics.json").exists() and (main_dir / "best.pt").exists():
         return load_trained(main_dir, data), main_dir
     if spec.name == spec.model and not ctx.tiny:
         raise FileNotFoundError(
-            f"{main_dir}: no finished run; the disentanglement stage reads the main runs of registered models: "
+            f"{run_paths(ctx, 'main', dataset, variant)}: no finished run; the disentanglement stage reads the "
+            "main runs of registered models: "
             f"run `dvc repro train` with {dataset} in pipeline.datasets and {name} in pipeline.models"
         )
     run_dir = ctx.runs_dir / "disentanglement" / dataset / variant
