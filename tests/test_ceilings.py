@@ -154,6 +154,16 @@ def test_cell_names_round_trip():
         sweep.parse_cell("p0.2-run3")
 
 
+def test_sweep_command_line_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CLSR_TINY", "1")
+    monkeypatch.setenv("CLSR_TINY_DIR", str(tmp_path))
+    with pytest.raises(SystemExit, match=r"^error: sweep cell 'p0.5-run8': expected p<p_short_mean>_run") as e:
+        sweep.main(["train", "p0.5-run8", "clsr", "0"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(SystemExit, match=r"p0.5_run8: not prepared; run `python -m clsr.stages.sweep data p0.5_run8`"):
+        sweep.main(["train", "p0.5_run8", "clsr", "0"])
+
+
 def test_sweep_group_end_to_end(tmp_path):
     params = copy.deepcopy(pl.TINY_PARAMS)
     params["sweep"] = {"p_short_mean": [0.2, 0.8], "mean_topic_run": [3], "models": ["clsr", "clsr_nocon", "slirec"],

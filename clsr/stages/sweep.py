@@ -81,8 +81,13 @@ def cell_params(params: Mapping[str, Any], cell: str) -> dict[str, Any]:
 
 
 def load_cell(ctx: Context, cell: str) -> PreparedData:
+    """The cell's prepared dataset; a FileNotFoundError naming the step that builds it when it is missing."""
     from clsr.data.prepare import load_prepared
 
+    parse_cell(cell)
+    if not (data_dir(ctx) / cell / "meta.json").exists():
+        raise FileNotFoundError(f"{data_dir(ctx) / cell}: not prepared; run `python -m clsr.stages.sweep data {cell}` "
+                                f"(or `dvc repro sweep_data`) first")
     return load_prepared(cell, data_dir(ctx))
 
 
@@ -116,9 +121,9 @@ def run_train(ctx: Context, cell: str, model: str, seed: int, boot_reps: int = 2
     from clsr.stages.disentanglement import _clean
     from clsr.train import fit, load_trained
 
+    data = load_cell(ctx, cell)
     overrides = {f"train.{k}": v for k, v in ctx.params["sweep"]["train"].items()}
     spec = resolve_run(ctx.params, model, overrides, seed=seed)
-    data = load_cell(ctx, cell)
     run_dir = ctx.runs_dir / "sweep" / cell / f"{model}_seed{seed}"
     t0 = time.perf_counter()
     res = fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, overwrite=True)
@@ -269,13 +274,18 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("seed", type=int)
     sub.add_parser("report", help="collect every cell into the sweep table and figure")
     args = ap.parse_args(argv)
-    ctx = pl.context()
-    if args.step == "data":
-        run_data(ctx, args.cell)
-    elif args.step == "train":
-        run_train(ctx, args.cell, args.model, args.seed)
-    else:
-        run_report(ctx)
+    from clsr.config import ConfigError
+
+    try:
+        ctx = pl.context()
+        if args.step == "data":
+            run_data(ctx, args.cell)
+        elif args.step == "train":
+            run_train(ctx, args.cell, args.model, args.seed)
+        else:
+            run_report(ctx)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
