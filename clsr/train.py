@@ -428,7 +428,7 @@ def _train(data, model_name, mcfg, cfg, ctx, resolved, chash, code_hash, run_dir
     """The body of `fit` once its settings are checked and its run directory is locked."""
     max_len, time_unit = data_settings(data)
     device, main = ctx.device, ctx.is_main
-    compute = {**compute_path(device), "world": ctx.world}
+    compute = {**compute_path(device), **({"world": ctx.world} if ctx.distributed else {})}  # absent: 1 process
     torch.manual_seed(cfg.seed)
     train_data = _subset_train(data, cfg.max_train_instances, cfg.seed)
     model = build_model(model_name, model_sizes(data), mcfg)
