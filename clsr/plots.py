@@ -230,20 +230,28 @@ SWEEP_COLORS = {"oracle": "black", "clsr": "tab:red", "clsr_nocon": "tab:orange"
 def sweep(frame: pd.DataFrame, path: str | Path):
     """One column per p_short_mean, x = mean_topic_run: α-AUC against the true driver (the oracle's dashed:
     the best reachable) and the share of the oracle's GAUC margin over popularity, per model (mean ± std
-    over seeds)."""
+    over seeds); when both CLSR variants ran, a third row: CLSR − CLSR w/o contrastive on both, paired by seed
+    (above 0 where the contrastive loss helps)."""
     ps = sorted(frame["p_short_mean"].unique())
-    rows = (("alpha_auc", "α-AUC (true driver)"), ("gauc_share", "GAUC share of the oracle's margin"))
+    rows = [("alpha_auc", "α-AUC (true driver)"), ("gauc_share", "GAUC share of the oracle's margin")]
+    paired = {"clsr", "clsr_nocon"} <= set(frame["model"])
+    if paired:
+        rows.append(("effect", "CLSR − CLSR w/o contrastive"))
     fig, axes = plt.subplots(len(rows), len(ps), figsize=(3.8 * len(ps), 3.2 * len(rows)), squeeze=False,
                              sharey="row")
     for j, p in enumerate(ps):
         sub = frame[frame["p_short_mean"] == p]
         for i, (key, title) in enumerate(rows):
             ax = axes[i, j]
+            if key == "effect":
+                _contrastive_effect(ax, sub)
+                ax.set(xlabel="mean_topic_run", ylabel=title if j == 0 else None)
+                continue
             for model, d in sub.groupby("model", sort=False):
                 g = d.groupby("mean_topic_run")[key].agg(["mean", "std"]).sort_index()
                 if g["mean"].isna().all():
                     continue
-                style = dict(ls="--", marker="") if model == "oracle" else dict(marker="o", capsize=3)
+                style = dict(ls="--", marker="s", mfc="none") if model == "oracle" else dict(marker="o", capsize=3)
                 ax.errorbar(g.index, g["mean"], yerr=g["std"].fillna(0.0), color=SWEEP_COLORS.get(model),
                             label="Bayes oracle" if model == "oracle" else label(model), **style)
             if key == "alpha_auc":
@@ -258,3 +266,20 @@ def sweep(frame: pd.DataFrame, path: str | Path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _contrastive_effect(ax, sub: pd.DataFrame) -> None:
+    """Δ α-AUC and Δ GAUC share (CLSR − CLSR w/o contrastive, paired by seed) against mean_topic_run."""
+    key = ["mean_topic_run", "seed"]
+    a = sub[sub.model == "clsr"].set_index(key)[["alpha_auc", "gauc_share"]].astype(float)
+    b = sub[sub.model == "clsr_nocon"].set_index(key)[["alpha_auc", "gauc_share"]].astype(float)
+    diff = (a - b).reset_index()
+    for col, name, color in (("alpha_auc", "Δ α-AUC", "tab:purple"), ("gauc_share", "Δ GAUC share", "tab:green")):
+        g = diff.groupby("mean_topic_run")[col].agg(["mean", "std"]).sort_index()
+        ax.errorbar(g.index, g["mean"], yerr=g["std"].fillna(0.0), marker="o", capsize=3, color=color, label=name)
+    ax.axhline(0.0, color="gray", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    runs = sorted(sub["mean_topic_run"].unique())
+    ax.set_xticks(runs, [f"{r:g}" for r in runs])
+    ax.minorticks_off()
+    ax.legend(fontsize=7)
