@@ -88,20 +88,30 @@ def test_metrics_file_fields(small_data, tmp_path):
 
 
 def test_early_stopping_uses_validation_only(small_data, tmp_path, monkeypatch):
-    """Selection must never look at the test split: evaluate() is called on test exactly once, at the end."""
-    import clsr.train as T
+    """Selection must never look at the test split: every evaluation batch of valid comes first, then each test
+    protocol (sampled, uniform, full ranking) is scored exactly once, at the end."""
+    import clsr.data.batches as Bm
+    import clsr.evaluation as Ev
 
     calls = []
-    real = T.evaluate
+    real_batches, real_full = Bm.eval_batches, Ev.full_ranking
 
-    def spy(model, data, split, cfg, device=None, **kw):
+    def spy_batches(data, split, *a, **kw):
         calls.append(split)
-        return real(model, data, split, cfg, device, **kw)
+        return real_batches(data, split, *a, **kw)
 
-    monkeypatch.setattr(T, "evaluate", spy)
+    def spy_full(model, data, split, *a, **kw):
+        calls.append(f"full:{split}")
+        return real_full(model, data, split, *a, **kw)
+
+    monkeypatch.setattr(Bm, "eval_batches", spy_batches)
+    monkeypatch.setattr(Ev, "full_ranking", spy_full)
     fit(small_data, "clsr", {}, dict(TRAIN, epochs=3, patience=3), run_dir=None)
-    assert calls.count("test") == 1 and calls[-1] == "test"
-    assert calls[:-1] == ["valid"] * (len(calls) - 1)
+    n_valid = calls.count("valid")
+    assert n_valid == 3 and calls[:n_valid] == ["valid"] * n_valid
+    tail = calls[n_valid:]
+    assert tail.count("test") == 1 and all(c != "valid" for c in tail)
+    assert sorted(tail) == sorted(set(tail)), f"a test protocol was scored twice: {tail}"
 
 
 def test_clip_per_tensor_matches_tf_clip_by_norm():
