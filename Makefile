@@ -10,13 +10,14 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # pip prints a warning per missing local index folder on some machines; keep the log readable
 PIPFILTER := { grep -v "^WARNING: Location" || true; }
 
-.PHONY: help setup test test-fast repro repro-quick readme bench lab clean-venv
+.PHONY: help setup test test-fast repro repro-quick sweep readme bench lab clean-venv
 
 help:
 	@echo "make setup   create $(VENV), install clsr[dev] (torch==2.13.0 CPU build), register the 'clsr' Jupyter kernel"
 	@echo "make test    setup + the whole test suite (pytest: unit, protocol, notebooks, pipeline end to end)"
 	@echo "make repro   setup + dvc repro: regenerate every table and figure in reports/ (JOBS=N: N runs side by side)"
 	@echo "make repro-quick  the quick look: params-quick.yaml over params.yaml, then dvc repro (under-trained models)"
+	@echo "make sweep   the generator sweep of the disentanglement study (hours; not part of make repro)"
 	@echo "make readme  copy reports/tables/main.md into the README's results block (after make repro)"
 	@echo "make bench   setup + speed/scale benchmarks -> reports/benchmarks/"
 	@echo "make lab     setup + JupyterLab on http://127.0.0.1:8888"
@@ -48,6 +49,9 @@ repro-quick: setup
 	cp params-quick.yaml params.yaml
 	@echo "params.yaml now holds the quick profile (git checkout params.yaml restores the converged default)"
 	source $(VENV)/bin/activate && dvc repro $(REPRO_TARGETS)
+
+sweep: setup
+	source $(VENV)/bin/activate && dvc repro sweep_report
 
 readme: setup
 	$(PY) -m clsr readme
