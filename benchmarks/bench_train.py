@@ -27,12 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import clsr  # noqa: E402,F401 - first: it sets the OpenMP wait policy before torch loads (clsr.runtime)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from clsr import fast  # noqa: E402
 from clsr.data import batches as B  # noqa: E402
