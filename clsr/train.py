@@ -111,8 +111,8 @@ class TrainConfig:
 
 #: package files whose content decides what `fit` computes (relative to clsr/); a checkpoint written by other
 #: code is not resumed, so a fixed bug or a changed model takes effect on the next `dvc repro`
-TRAINING_CODE = ("models", "train.py", "scoring.py", "evaluation.py", "diagnostics.py", "losses.py", "metrics.py",
-                 "data/batches.py", "distributed.py")
+TRAINING_CODE = ("models", "fast", "runtime.py", "train.py", "scoring.py", "evaluation.py", "diagnostics.py",
+                 "losses.py", "metrics.py", "data/batches.py", "distributed.py")
 
 
 def code_fingerprint() -> str:
