@@ -211,7 +211,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'the input or the setting is wrong', not 'the program is wrong'."""
     from clsr.config import ConfigError
     from clsr.data.sources import DataError
-    from clsr.train import RunError
+    from clsr.rundir import RunError
 
     return (ConfigError, DataError, RunError, OSError)
 

@@ -20,14 +20,10 @@ Errors a user can cause are `RunError` (a ValueError), one line naming the file 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
-import os
-import pickle
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,16 +39,15 @@ from clsr import metrics as M
 from clsr.config import ConfigError, config_hash, from_dict
 from clsr.data import batches as B
 from clsr.data.sources import DataError
-from clsr.data.store import PreparedData, atomic_path, atomic_write_json
+from clsr.data.store import PreparedData, atomic_write_json
 from clsr.evaluation import test_report
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
 from clsr.models.registry import build_config, build_model
+from clsr.rundir import (
+    LAST_REMEDY, PER_INSTANCE, check_same_compute_path, check_same_data, guard_finished_run, load_best,
+    load_checkpoint, load_per_instance, read_metrics, run_lock, save_checkpoint, save_per_instance,
+)
 from clsr.runtime import compute_path, tune_cpu_allocator
-
-
-class RunError(ValueError):
-    """A run directory cannot be used as asked: an unsafe or unreadable checkpoint, another run's finished
-    result, a run in progress, a checkpoint written on another compute path, or other data."""
 
 
 #: device names `TrainConfig.device` accepts
@@ -179,134 +174,6 @@ def evaluate(model: Recommender, data: PreparedData, split: str, cfg: TrainConfi
 
 
 # ------------------------------------------------------------------------------------------------
-LAST_REMEDY = "delete it, or pass --no-resume (resume=False) to start afresh"
-BEST_REMEDY = "delete it, or pass --no-resume (resume=False) to train afresh"
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    """torch.save into a unique temporary sibling, then rename: readers never see half a checkpoint."""
-    with atomic_path(path, suffix=".tmp") as tmp:
-        torch.save(obj, tmp)
-
-
-def load_checkpoint(path: Path, device: torch.device | str, remedy: str) -> dict:
-    """A checkpoint read with ``weights_only=True`` (tensors and plain data only, never arbitrary objects).
-
-    A file that holds other objects, or that cannot be read, raises `RunError` naming it and `remedy`.
-    """
-    try:
-        ck = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        unsafe = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
-        if unsafe:
-            raise RunError(
-                f"{path}: refused: it holds {unsafe.group(1)}, not only tensors and plain data, and loading it "
-                f"could run code; {remedy}"
-            ) from None
-        detail = str(e).split("WeightsUnpickler error:", 1)[-1].strip() or str(e)
-        raise RunError(
-            f"{path}: unreadable checkpoint (not only tensors and plain data: {_first_line(detail)}); {remedy}"
-        ) from None
-    except Exception as e:  # truncated, empty or not a checkpoint at all
-        raise RunError(f"{path}: unreadable checkpoint ({type(e).__name__}: {_first_line(e)}); {remedy}") from None
-    if not isinstance(ck, dict) or "model" not in ck:
-        raise RunError(f"{path}: not a clsr checkpoint (no 'model' entry); {remedy}")
-    return ck
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else "empty file or no details"
-
-
-def _read_metrics(run_dir: Path) -> dict:
-    path = run_dir / "metrics.json"
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise RunError(f"{path}: not found; the run has not finished (train it to the end first)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: unreadable ({e}); delete the run directory and train again") from None
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path):
-    """Hold an exclusive lock on ``run_dir/.lock`` for the block (released when it ends, however it ends).
-
-    Non-blocking: a second process (or a second `fit` in this one) fails at once with `RunError` naming the
-    directory and the holder's pid, instead of both writing the same checkpoints.
-    """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    f = open(run_dir / ".lock", "a+")
-    try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise RunError(
-                f"{run_dir}: another training run (pid {holder}) is using this directory; wait for it to end "
-                "or pick another --run-dir"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        yield
-    finally:
-        f.close()  # closing the file releases the lock
-
-
-def _guard_finished_run(run_dir: Path, chash: str, code_hash: str, overwrite: bool) -> None:
-    """A finished run (metrics.json) of another configuration or training code is refused, unless
-    `overwrite`, which removes its result files now. A finished run of this very configuration stays
-    until this run writes its own result."""
-    path = run_dir / "metrics.json"
-    if not path.exists():
-        return
-    try:
-        done = _read_metrics(run_dir)
-    except RunError:
-        if not overwrite:
-            raise
-        done = {}  # unreadable: replaced below
-    if done.get("config_hash") == chash and done.get("code_hash") == code_hash:
-        return
-    if overwrite:
-        for name in ("metrics.json", "history.json", PER_INSTANCE):
-            (run_dir / name).unlink(missing_ok=True)
-        return
-    raise RunError(
-        f"{run_dir}: holds a finished run of configuration {done.get('config_hash')} (code "
-        f"{done.get('code_hash')}), this run is configuration {chash} (code {code_hash}); pick another "
-        "--run-dir, or pass --overwrite (overwrite=True) to replace it"
-    )
-
-
-def _check_same_compute_path(path: Path, written: Mapping[str, Any] | None, now: Mapping[str, Any]) -> None:
-    """Refuse to continue a checkpoint written on another device, thread count or kernel path: the float
-    rounding differs, so the resumed run would match neither an uninterrupted run of the old nor the new.
-
-    The world size (processes of a data-parallel run) may change: a run moved to more or fewer processes
-    continues (printed) from the same weights, optimiser state and permutation stream, and is then an
-    uninterrupted run of neither size. (A checkpoint without a world size was written by one process.)"""
-    written = {"world": 1, **dict(written or {})}
-    if written["world"] != now.get("world", 1):
-        print(f"{path}: written by {written['world']} process(es), continued by {now.get('world', 1)}: same weights, "
-              "optimiser and permutation stream; negatives, batch-norm statistics and rounding follow the new "
-              "world size", flush=True)
-    diff = [k for k in now if k != "world" and written.get(k) != now[k]]
-    if diff:
-        was = ", ".join(f"{k}={written.get(k)}" for k in diff)
-        is_ = ", ".join(f"{k}={now[k]}" for k in diff)
-        raise RunError(
-            f"{path}: written with {was}, this process has {is_} (torch threads: train.threads, kernels: "
-            "CLSR_NATIVE, device: train.device); run with the checkpoint's settings, or pass --no-resume "
-            "(resume=False) to start afresh"
-        )
-
-
 # ------------------------------------------------------------------------------------------------
 def check_data_fits(data: PreparedData, model_name: str, mcfg: ModelConfig) -> None:
     """Refuse, before anything is built, data on which a run would be void: an empty train, valid or test
@@ -343,7 +210,7 @@ def finished_result(run_dir: str | Path, data: PreparedData, model_name: str, mc
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.json").exists():
         return None
-    done = _read_metrics(run_dir)
+    done = read_metrics(run_dir)
     _, chash = run_identity(data, model_name, mcfg.canonical(), cfg)
     if done.get("config_hash") != chash or done.get("code_hash") != code_fingerprint():
         return None
@@ -419,7 +286,7 @@ def fit(
         held.callback(D.set_current, None)
         if run_dir and ctx.is_main:  # rank 0 alone locks and writes the run folder
             held.enter_context(run_lock(run_dir))
-            _guard_finished_run(run_dir, chash, code_hash, overwrite)
+            guard_finished_run(run_dir, chash, code_hash, overwrite)
         return _train(data, model_name, mcfg, cfg, ctx, resolved, chash, code_hash, run_dir, resume,
                       stop_after_epochs)
 
@@ -444,9 +311,9 @@ def _train(data, model_name, mcfg, cfg, ctx, resolved, chash, code_hash, run_dir
         ck = load_checkpoint(ckpt_path, device, LAST_REMEDY) if resume and ckpt_path.exists() else None
         D.barrier(ctx)  # every rank has read last.pt before rank 0 may change the folder
         if ck is not None and ck.get("config_hash") == chash and ck.get("code_hash") == code_hash:
-            _check_same_compute_path(ckpt_path, ck.get("compute"), compute)
+            check_same_compute_path(ckpt_path, ck.get("compute"), compute)
             if ck["best_epoch"] > 0 and main:  # fail now, not after the remaining epochs
-                _load_best(run_dir, device, chash, code_hash, ck["best_epoch"])
+                load_best(run_dir, device, chash, code_hash, ck["best_epoch"])
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             rng.bit_generator.state = ck["numpy_rng"]
@@ -553,11 +420,11 @@ def _train(data, model_name, mcfg, cfg, ctx, resolved, chash, code_hash, run_dir
         )
         if run_dir:
             if improved:
-                _save_atomic(
+                save_checkpoint(
                     {"model": model.state_dict(), "epoch": epoch, "config_hash": chash, "code_hash": code_hash},
                     run_dir / "best.pt",
                 )
-            _save_atomic(
+            save_checkpoint(
                 {
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
@@ -585,7 +452,7 @@ def _train(data, model_name, mcfg, cfg, ctx, resolved, chash, code_hash, run_dir
 
     # test the best checkpoint once
     if run_dir:
-        model.load_state_dict(_load_best(run_dir, device, chash, code_hash, best_epoch)["model"])
+        model.load_state_dict(load_best(run_dir, device, chash, code_hash, best_epoch)["model"])
     elif best_state is not None:
         model.load_state_dict(best_state)
     t2 = time.perf_counter()
@@ -627,34 +494,6 @@ def _train(data, model_name, mcfg, cfg, ctx, resolved, chash, code_hash, run_dir
     return FitResult(model=model, metrics=result, history=history, per_instance=per_instance)
 
 
-#: the per-instance test values of a run (``<protocol>/<name>`` arrays), beside its metrics.json
-PER_INSTANCE = "test_per_instance.npz"
-
-
-def save_per_instance(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez_compressed(tmp, **arrays)
-
-
-def load_per_instance(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def _load_best(run_dir: Path, device, chash: str, code_hash: str, best_epoch: int) -> dict:
-    """best.pt of this run: written at `best_epoch` by this configuration and code, else `RunError`."""
-    path = run_dir / "best.pt"
-    if not path.exists():
-        raise RunError(f"{path}: missing, but last.pt says epoch {best_epoch} was the best; {BEST_REMEDY}")
-    ck = load_checkpoint(path, device, BEST_REMEDY)
-    if (ck.get("config_hash"), ck.get("code_hash"), ck.get("epoch")) != (chash, code_hash, best_epoch):
-        raise RunError(
-            f"{path}: written by another run (configuration {ck.get('config_hash')}, epoch {ck.get('epoch')}; "
-            f"expected {chash}, epoch {best_epoch}); {BEST_REMEDY}"
-        )
-    return ck
-
-
 def _subset_train(data: PreparedData, n: int, seed: int) -> PreparedData:
     """A shallow copy of `data` whose train split is a fixed seeded subset of n instances."""
     if not n or n >= len(data.instances["train"]):
@@ -680,9 +519,9 @@ def load_trained(
     else `RunError`; `allow_other_data` turns that into a warning on stderr.
     """
     run_dir = Path(run_dir)
-    meta = _read_metrics(run_dir)
+    meta = read_metrics(run_dir)
     cfg = meta["config"]
-    _check_same_data(run_dir, cfg, data, allow_other_data)
+    check_same_data(run_dir, cfg, data, allow_other_data)
     model = build_model(cfg["model"], model_sizes(data), cfg["model_config"])
     if hasattr(model, "attach_data"):
         model.attach_data(_subset_train(data, cfg["train"]["max_train_instances"], cfg["train"]["seed"]))
@@ -690,30 +529,3 @@ def load_trained(
     remedy = "train the run again (--overwrite) or delete its directory"
     model.load_state_dict(load_checkpoint(run_dir / "best.pt", dev, remedy)["model"])
     return model.to(dev).eval()
-
-
-def _check_same_data(run_dir: Path, cfg: Mapping[str, Any], data: PreparedData, allow_other_data: bool) -> None:
-    """The data's fingerprint (content sha256, protocol) must be the one recorded with the run."""
-    diffs = []
-    sha_run, sha_given = cfg.get("dataset_sha256"), data.meta.get("content_sha256")
-    if sha_run != sha_given:
-        diffs.append(f"content sha256 {sha_run} (run) vs {sha_given} (given)")
-    proto_run, proto_given = _plain(cfg.get("protocol")) or {}, _plain(data.meta.get("protocol")) or {}
-    for key in sorted(set(proto_run) | set(proto_given)):
-        if proto_run.get(key) != proto_given.get(key):
-            diffs.append(f"protocol.{key} {proto_run.get(key)} (run) vs {proto_given.get(key)} (given)")
-    if not diffs:
-        return
-    msg = f"{run_dir}: trained on other data than given ({'; '.join(diffs)})"
-    if not allow_other_data:
-        raise RunError(
-            msg + "; load the dataset the run was trained on, or pass --allow-other-data (allow_other_data=True) "
-            "to use this data anyway"
-        )
-    print(f"WARNING: {msg}; going on with the given data as asked (--allow-other-data)", file=sys.stderr, flush=True)
-
-
-def _plain(obj: Any) -> Any:
-    """`obj` as metrics.json holds it (tuples become lists, numpy scalars numbers), so recorded and live
-    values compare equal."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=lambda o: o.item() if hasattr(o, "item") else str(o)))

@@ -98,7 +98,7 @@ def single_process_evaluation(run: Path, data: PreparedData):
 
 
 def test_two_processes_write_one_run_whose_metrics_equal_one_process_evaluation(tiny, two_process_run):
-    from clsr.train import load_per_instance
+    from clsr.rundir import load_per_instance
 
     run, res = two_process_run
     assert res.stdout.count('"best_epoch"') == 1, res.stdout  # rank 0 reports, the other rank stays quiet

@@ -22,7 +22,8 @@ from clsr.config import ConfigError, from_dict
 from clsr.data.sources import DataError
 from clsr.data.store import Instances
 from clsr.runtime import compute_path, kernel_path
-from clsr.train import RunError, TrainConfig, default_run_dir, fit, load_trained, run_lock
+from clsr.rundir import RunError, run_lock, save_checkpoint
+from clsr.train import TrainConfig, default_run_dir, fit, load_trained
 from conftest import build, make_random_df
 
 TESTS = Path(__file__).resolve().parent
@@ -136,7 +137,7 @@ def test_failed_checkpoint_write_keeps_the_previous_file(finished, tmp_path, mon
 
     monkeypatch.setattr(torch, "save", half_write)
     with pytest.raises(OSError, match="disk full"):
-        T._save_atomic({"model": {}}, path)
+        save_checkpoint({"model": {}}, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left
 
@@ -205,6 +206,7 @@ import os, sys, time
 sys.path.insert(0, {tests!r})
 from conftest import build, make_random_df
 import clsr.train as T
+from clsr.rundir import RunError
 
 role, run_dir, gate = sys.argv[1:4]
 data = build(make_random_df(), max_len=20)
@@ -219,7 +221,7 @@ if role == "holder":  # keep the lock until the other process has tried to take 
 t0 = time.perf_counter()
 try:
     T.fit(data, "clsr", {{}}, {train!r}, run_dir=run_dir)
-except T.RunError as e:
+except RunError as e:
     print(f"REFUSED after {{time.perf_counter() - t0:.3f}} s: {{e}}", flush=True)
     open(gate, "w").close()
     sys.exit(3)

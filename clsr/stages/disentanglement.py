@@ -40,12 +40,12 @@ def figure_dir(ctx: Context) -> Path:
 def obtain_model(ctx: Context, dataset: str, name: str, data: PreparedData, seed: int = SEED):
     """(model, run folder) of `name` (a registered model or an alias, `clsr.runs`) on `dataset`.
 
-    The main run behind reports/metrics/main/<dataset>/<name>_seed<seed>.json when it is finished. Otherwise a name that is not a
-    registered model itself (an alias such as clsr_nocon), or any name in tiny mode, is trained here into
-    runs/disentanglement/<dataset>/<name>_seed<seed> with the main runs' train params (resumable; a
-    finished run of an older configuration there is replaced, as the stage owns the folder)."""
+    The main run behind reports/metrics/main/<dataset>/<name>_seed<seed>.json when it is finished. Otherwise a
+    name that is not a registered model itself (an alias such as clsr_nocon), or any name in tiny mode, is
+    read from — or trained into — its run folder keyed by its configuration (`clsr.train.default_run_dir`,
+    shared with the training stages: clsr_nocon on the ablation dataset is the contrastive ablation's run)."""
     from clsr.runs import resolve_run
-    from clsr.train import fit, load_trained
+    from clsr.train import default_run_dir, finished_result, fit, load_trained
 
     spec = resolve_run(ctx.params, name, seed=seed)
     variant = f"{name}_seed{seed}"
@@ -58,8 +58,9 @@ def obtain_model(ctx: Context, dataset: str, name: str, data: PreparedData, seed
             "main runs of registered models: "
             f"run `dvc repro train` with {dataset} in pipeline.datasets and {name} in pipeline.models"
         )
-    run_dir = ctx.runs_dir / "disentanglement" / dataset / variant
-    fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, overwrite=True)
+    run_dir = default_run_dir(ctx.runs_dir, dataset, spec.model, spec.model_cfg, spec.train_cfg)
+    if finished_result(run_dir, data, spec.model, spec.model_cfg, spec.train_cfg) is None:
+        fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, overwrite=True)
     return load_trained(run_dir, data), run_dir
 
 

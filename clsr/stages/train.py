@@ -21,7 +21,8 @@ def run(ctx: Context, dataset: str, model: str, seed: int, group: str, variant: 
     the main table, the axis value for an ablation); the metrics file is ``<variant>_seed<seed>.json``."""
     from clsr.data.store import atomic_path, atomic_write_json
     from clsr.runs import resolve_run
-    from clsr.train import PER_INSTANCE, default_run_dir, finished_result, fit
+    from clsr.rundir import PER_INSTANCE
+    from clsr.train import default_run_dir, finished_result, fit
 
     spec = resolve_run(ctx.params, model, overrides, seed=seed)
     data = ensure_prepared(ctx, dataset)
