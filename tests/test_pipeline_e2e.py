@@ -46,6 +46,10 @@ def tiny_pipeline_params() -> dict:
     params["train"].update(tiny["train"])
     params["ablations"] = tiny["ablations"]
     params["disentanglement"] = tiny["disentanglement"]
+    # the generator sweep is not among the targets below; a tiny one all the same, should a plain `dvc repro` run
+    params["sweep"] = {"p_short_mean": [0.5], "mean_topic_run": [8], "models": ["clsr"], "seeds": [0],
+                       "source": dict(tiny["datasets"]["tiny"]["source"]), "protocol": {"test_negatives": 19, "max_len": 20},
+                       "train": {"epochs": 1, "patience": 1, "batch_size": 64, "threads": 1, "full_ranking_max_items": 0}}
     return params
 
 
@@ -120,7 +124,7 @@ def test_dvc_repro_tiny(tmp_path):
     assert "up to date" in (status.stdout + status.stderr).lower(), status.stdout
 
     # README: `dvc exp run -S key=value` re-runs exactly what reads the key and records the experiment
-    exp = _run([str(VENV_BIN / "dvc"), "exp", "run", "-S", "models.clsr.recent_k=5"], proj)
+    exp = _run([str(VENV_BIN / "dvc"), "exp", "run", "-S", "models.clsr.recent_k=5", *REPRO_TARGETS], proj)
     log = exp.stdout + exp.stderr
     assert "Running stage 'train@tiny-clsr-0'" in log, log[-3000:]
     assert "Running stage 'train@tiny-ncf-0'" not in log, "a stage that does not read models.clsr re-ran"
