@@ -28,9 +28,10 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from clsr.data.store import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 KUAISHOU_INSTANCES = 15_000_000  # the paper's Kuaishou log, about
@@ -39,14 +40,6 @@ EVENTS_PER_USER, EVENTS_PER_ITEM, CATEGORIES, MAX_LEN = 250, 50, 1000, 250
 NVLINK_BUS_BW = 150e9  # NCCL all-reduce inside one 8-GPU NVLink machine (H100 SXM, conservative)
 NETWORK_BUS_BW = 10e9  # between machines, 100 Gb/s Ethernet/InfiniBand at ~80 % efficiency
 CPU_NETWORK_BUS_BW = 1.0e9  # between CPU machines on a 10 Gb/s network
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # ---- child: generate + prepare --------------------------------------------------------------------
@@ -89,7 +82,7 @@ def run_prepare(scratch: Path, instances: int) -> dict:
     res = json.loads(out.strip().splitlines()[-1])
     res.update(wall_seconds=time.perf_counter() - t, peak_rss_gib=usage.ru_maxrss * 1024 / 2**30,
                store_gib=(folder / "kuaishou_like" / "arrays.npz").stat().st_size / 2**30)
-    atomic_write(done, json.dumps(res, indent=2))
+    atomic_write_text(done, json.dumps(res, indent=2))
     return res
 
 
@@ -370,9 +363,9 @@ def main(argv: list[str] | None = None) -> None:
     results = {p: run_workers(folder, p, a.steps, a.warmup) for p in (1, 2)}
     gpu = gpu_step_seconds()
     rows = project(results, prep, gpu)
-    atomic_write(a.out, json.dumps({"meta": meta, "prepare": prep, "train": results, "projection": rows,
+    atomic_write_text(a.out, json.dumps({"meta": meta, "prepare": prep, "train": results, "projection": rows,
                                     "gpu_reference": gpu}, indent=2) + "\n")
-    atomic_write(a.out.with_suffix(".md"), to_markdown(meta, prep, results, rows, gpu))
+    atomic_write_text(a.out.with_suffix(".md"), to_markdown(meta, prep, results, rows, gpu))
     print(f"wrote {a.out} and {a.out.with_suffix('.md')}")
 
 

@@ -18,9 +18,10 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from clsr.data.store import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_ROWS, TARGET_SECONDS, TARGET_GIB = 100_000_000, 300.0, 8.0
@@ -39,14 +40,6 @@ print(json.dumps({
     "categories_out": int(df["category"].nunique()), "filter_log": df.attrs["filter_log"],
 }))
 """
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def run_source(csv: Path, scratch: Path) -> dict:
@@ -145,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         results.append(res)
         # write after every size, so a long run leaves its finished sizes behind
-        atomic_write(a.out, json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-        atomic_write(a.out.with_suffix(".md"), to_markdown(results, meta))
+        atomic_write_text(a.out, json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+        atomic_write_text(a.out.with_suffix(".md"), to_markdown(results, meta))
     print(f"wrote {a.out} and {a.out.with_suffix('.md')}")
 
 
