@@ -17,6 +17,7 @@ from typing import Mapping
 import numpy as np
 
 from clsr import stats
+from clsr.rundir import load_per_instance
 
 #: metric name -> (protocol, per-instance array) in the npz files
 PAIRED_METRICS: dict[str, tuple[str, str]] = {
@@ -38,11 +39,6 @@ def user_values(npz: Mapping[str, np.ndarray], metric: str) -> tuple[np.ndarray,
     return ids, means
 
 
-def load(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
 def compare(a: Mapping[int, str | Path], b: Mapping[int, str | Path], metric: str, replicates: int = 1000,
             seed: int = 0) -> stats.PairedComparison | None:
     """B − A on `metric` over the seeds both have ({seed: npz path} each); None when either lacks the metric."""
@@ -51,7 +47,7 @@ def compare(a: Mapping[int, str | Path], b: Mapping[int, str | Path], metric: st
         return None
     va, vb = {}, {}
     for s in seeds:
-        x, y = user_values(load(a[s]), metric), user_values(load(b[s]), metric)
+        x, y = user_values(load_per_instance(a[s]), metric), user_values(load_per_instance(b[s]), metric)
         if x is None or y is None:
             return None
         va[s], vb[s] = x, y

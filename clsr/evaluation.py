@@ -81,10 +81,7 @@ def full_ranking(model, data: PreparedData, split: str, ks=M.FULL_RANKING_KS, ti
     full = np.zeros((len(rows), data.item_vocab_size), dtype=np.float64)
     full[:, 1:] = scores.logits["model"]
     per = M.full_ranking_per_instance(full, targets[rows], (sub_off, sub_items), ks, ties)
-    summary = {"mrr": float(per["rr"].mean())}
-    for k in ks:
-        summary[f"hit@{k}"] = float(per[f"hit@{k}"].mean())
-        summary[f"ndcg@{k}"] = float(per[f"ndcg@{k}"].mean())
+    summary = M.ranking_means(per, ks)
     summary.update(instances=int(len(rows)), left_out=int(len(targets) - len(rows)),
                    items=int(data.item_vocab_size - 1))
     return summary, {"instance": rows, "user": scores.user, **{k: v for k, v in per.items() if k != "rank"}}

@@ -251,6 +251,15 @@ def full_ranking_per_instance(
     return ranking_per_instance(rank_from_counts(greater, equal, ties), tuple(ks))
 
 
+def ranking_means(per: dict[str, np.ndarray], ks: tuple[int, ...]) -> dict[str, float]:
+    """mrr, hit@k and ndcg@k: the means of per-instance values (`full_ranking_per_instance`)."""
+    out = {"mrr": float(np.mean(per["rr"]))}
+    for k in ks:
+        out[f"hit@{k}"] = float(np.mean(per[f"hit@{k}"]))
+        out[f"ndcg@{k}"] = float(np.mean(per[f"ndcg@{k}"]))
+    return out
+
+
 def full_ranking_metrics(
     scores: np.ndarray,
     targets: np.ndarray,
@@ -262,10 +271,7 @@ def full_ranking_metrics(
     if np.shape(scores)[0] == 0:
         raise ValueError("scores: no instances to rank")
     per = full_ranking_per_instance(scores, targets, exclude, ks, ties)
-    out = {"mrr": float(np.mean(per["rr"]))}
-    for k in ks:
-        out[f"hit@{k}"] = float(np.mean(per[f"hit@{k}"]))
-        out[f"ndcg@{k}"] = float(np.mean(per[f"ndcg@{k}"]))
+    out = ranking_means(per, ks)
     out["instances"] = int(np.shape(scores)[0])
     out["items"] = int(np.shape(scores)[1])
     return out

@@ -61,12 +61,13 @@ def plan(ctx, stages: list[PlannedRun]) -> list[tuple[PlannedRun, Path]]:
     """The runs still to train: one per run folder, finished ones left out."""
     from clsr.data.prepare import load_prepared
     from clsr.runs import resolve_run
-    from clsr.train import default_run_dir, finished_result
+    from clsr.stages.train import run_folder
+    from clsr.train import finished_result
 
     todo, seen, data = [], set(), {}
     for st in stages:
         spec = resolve_run(ctx.params, st.model, st.overrides, seed=st.seed)
-        run_dir = default_run_dir(ctx.runs_dir, st.dataset, spec.model, spec.model_cfg, spec.train_cfg)
+        run_dir = run_folder(ctx, st.dataset, spec)
         if run_dir in seen:
             continue
         seen.add(run_dir)
@@ -84,15 +85,14 @@ def _train_one(args: tuple[PlannedRun, str]) -> tuple[str, float, str]:
     from clsr import pipeline
     from clsr.data.prepare import load_prepared
     from clsr.runs import resolve_run
-    from clsr.train import default_run_dir, fit
+    from clsr.stages.train import fit_or_reuse
 
     ctx = pipeline.context(tiny=False)
     spec = resolve_run(ctx.params, st.model, st.overrides, seed=st.seed)
     data = load_prepared(st.dataset, ctx.prepared_dir)
-    run_dir = default_run_dir(ctx.runs_dir, st.dataset, spec.model, spec.model_cfg, spec.train_cfg)
     t0 = time.perf_counter()
     try:
-        fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, overwrite=True)
+        fit_or_reuse(ctx, st.dataset, spec, data)
     except Exception as e:  # reported, not fatal: `dvc repro` trains that stage itself and shows the error
         return st.stage, time.perf_counter() - t0, f"failed: {' '.join(str(e).split())}"
     return st.stage, time.perf_counter() - t0, "done"

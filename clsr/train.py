@@ -40,7 +40,7 @@ from clsr.config import ConfigError, config_hash, from_dict
 from clsr.data import batches as B
 from clsr.data.sources import DataError
 from clsr.data.store import PreparedData, atomic_write_json
-from clsr.evaluation import test_report
+from clsr.evaluation import data_settings, test_report
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
 from clsr.models.registry import build_config, build_model
 from clsr.rundir import (
@@ -135,10 +135,6 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def model_sizes(data: PreparedData) -> ModelSizes:
     return ModelSizes(n_users=data.user_vocab_size, n_items=data.item_vocab_size, n_cates=data.cate_vocab_size)
-
-
-def data_settings(data: PreparedData) -> tuple[int, float]:
-    return int(data.meta.get("max_len", 50)), float(data.meta.get("time_unit", 86400.0))
 
 
 def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:

@@ -45,7 +45,8 @@ def obtain_model(ctx: Context, dataset: str, name: str, data: PreparedData, seed
     read from — or trained into — its run folder keyed by its configuration (`clsr.train.default_run_dir`,
     shared with the training stages: clsr_nocon on the ablation dataset is the contrastive ablation's run)."""
     from clsr.runs import resolve_run
-    from clsr.train import default_run_dir, finished_result, fit, load_trained
+    from clsr.stages.train import fit_or_reuse
+    from clsr.train import load_trained
 
     spec = resolve_run(ctx.params, name, seed=seed)
     variant = f"{name}_seed{seed}"
@@ -58,9 +59,7 @@ def obtain_model(ctx: Context, dataset: str, name: str, data: PreparedData, seed
             "main runs of registered models: "
             f"run `dvc repro train` with {dataset} in pipeline.datasets and {name} in pipeline.models"
         )
-    run_dir = default_run_dir(ctx.runs_dir, dataset, spec.model, spec.model_cfg, spec.train_cfg)
-    if finished_result(run_dir, data, spec.model, spec.model_cfg, spec.train_cfg) is None:
-        fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, overwrite=True)
+    _, run_dir = fit_or_reuse(ctx, dataset, spec, data)
     return load_trained(run_dir, data), run_dir
 
 

@@ -15,6 +15,27 @@ from clsr.pipeline import Context, run_paths
 from clsr.stages.protocol import ensure_prepared
 
 
+def run_folder(ctx: Context, dataset: str, spec) -> Path:
+    """The run folder of a resolved run (`clsr.runs.RunSpec`): keyed by its canonical configuration."""
+    from clsr.train import default_run_dir
+
+    return default_run_dir(ctx.runs_dir, dataset, spec.model, spec.model_cfg, spec.train_cfg)
+
+
+def fit_or_reuse(ctx: Context, dataset: str, spec, data) -> tuple[Any, Path]:
+    """(result, run folder) of a resolved run: the finished run of the same configuration and code when its
+    folder holds one, else trained there. DVC re-runs a stage when a parameter changes, so an older
+    configuration's run in the folder is replaced (`overwrite`)."""
+    from clsr.train import finished_result, fit
+
+    run_dir = run_folder(ctx, dataset, spec)
+    res = finished_result(run_dir, data, spec.model, spec.model_cfg, spec.train_cfg)
+    if res is not None:
+        print(f"[{spec.name}] the same run is finished in {run_dir}; reusing it", flush=True)
+        return res, run_dir
+    return fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, overwrite=True), run_dir
+
+
 def run(ctx: Context, dataset: str, model: str, seed: int, group: str, variant: str, overrides: Any = None):
     """Fit `model` (a registered name or an alias) with `overrides` (see clsr.runs) on `dataset`, or reuse
     the finished run of the same configuration. `variant` names the configuration in its group (the model for
@@ -22,18 +43,10 @@ def run(ctx: Context, dataset: str, model: str, seed: int, group: str, variant: 
     from clsr.data.store import atomic_path, atomic_write_json
     from clsr.runs import resolve_run
     from clsr.rundir import PER_INSTANCE
-    from clsr.train import default_run_dir, finished_result, fit
 
     spec = resolve_run(ctx.params, model, overrides, seed=seed)
-    data = ensure_prepared(ctx, dataset)
-    run_dir = default_run_dir(ctx.runs_dir, dataset, spec.model, spec.model_cfg, spec.train_cfg)
+    res, run_dir = fit_or_reuse(ctx, dataset, spec, ensure_prepared(ctx, dataset))
     metrics_file = run_paths(ctx, group, dataset, f"{variant}_seed{seed}")
-    res = finished_result(run_dir, data, spec.model, spec.model_cfg, spec.train_cfg)
-    if res is not None:
-        print(f"[{model}] {variant}: the same run is finished in {run_dir}; reusing it", flush=True)
-    else:
-        # DVC re-runs a stage when a parameter changes: an older configuration's run here is replaced
-        res = fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, overwrite=True)
     metrics = dict(res.metrics)
     metrics.update(variant=variant, group=group, name=model, overrides=dict(spec.overrides),
                    run_dir=Path(run_dir).relative_to(ctx.work).as_posix(), history=res.history)
