@@ -39,7 +39,7 @@ test-fast: setup
 
 # the default targets: every table and figure of reports/ (the generator sweep is `make sweep`, apart)
 REPRO_TARGETS := report ablation_report disentanglement
-JOBS ?= 1
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
 repro: setup
 	source $(VENV)/bin/activate && dvc repro protocol && \

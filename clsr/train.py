@@ -19,6 +19,7 @@ Errors a user can cause are `RunError` (a ValueError), one line naming the file 
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import json
@@ -110,8 +111,22 @@ TRAINING_CODE = ("models", "fast", "runtime.py", "train.py", "scoring.py", "eval
                  "losses.py", "metrics.py", "data/batches.py", "distributed.py")
 
 
+def source_for_hash(path: Path) -> bytes:
+    """What of a training-code file decides what it computes: a Python file's syntax tree without its
+    docstrings (comments are not in the tree), so editing prose never retrains a run; any other file's bytes."""
+    if path.suffix != ".py":
+        return path.read_bytes()
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
+
+
 def code_fingerprint() -> str:
-    """Short sha256 over the names and bytes of the `TRAINING_CODE` files."""
+    """Short sha256 over the names and the code (`source_for_hash`) of the `TRAINING_CODE` files."""
     root = Path(__file__).resolve().parent
     h = hashlib.sha256()
     for rel in TRAINING_CODE:
@@ -119,7 +134,7 @@ def code_fingerprint() -> str:
         files = sorted(f for f in path.rglob("*") if f.suffix in (".py", ".c")) if path.is_dir() else [path]
         for f in files:
             h.update(f.relative_to(root).as_posix().encode())
-            h.update(f.read_bytes())
+            h.update(source_for_hash(f))
     return h.hexdigest()[:12]
 
 

@@ -75,6 +75,23 @@ def test_code_fingerprint_covers_the_model_files():
     assert "models" in T.TRAINING_CODE and "train.py" in T.TRAINING_CODE
 
 
+def test_code_fingerprint_ignores_prose_but_not_code(tmp_path):
+    """Docstrings and comments do not decide what a run computes; a changed constant or a C file does."""
+    import clsr.train as T
+
+    def digest(text, name="m.py"):
+        f = tmp_path / name
+        f.write_text(text)
+        return T.source_for_hash(f)
+
+    base = digest('"""Module."""\ndef f(x):\n    """Eq. (1)."""\n    return x * 2\n')
+    assert digest('"""Other words."""\n# a comment\ndef f(x):\n    """Eq. (2), reworded."""\n\n    return x * 2  # why\n') == base
+    assert digest('def f(x):\n    return x * 2\n') == base
+    assert digest('"""Module."""\ndef f(x):\n    """Eq. (1)."""\n    return x * 3\n') != base
+    assert digest('def f(x):\n    """only a docstring"""\n') == digest('def f(x):\n    pass\n')
+    assert digest("int f(void) { return 2; } /* c */", "k.c") != digest("int f(void) { return 2; }", "k.c")
+
+
 def test_metrics_file_fields(small_data, tmp_path):
     fit(small_data, "clsr", {}, dict(TRAIN, epochs=1), run_dir=tmp_path / "r")
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
