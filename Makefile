@@ -38,17 +38,17 @@ test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow"
 
 # the default targets: every table and figure of reports/ (the generator sweep is `make sweep`, apart)
-REPRO_TARGETS := report ablation_report disentanglement
+REPRO_TARGETS := report ablation_report disentanglement cost
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
 repro: setup
 	source $(VENV)/bin/activate && dvc repro protocol && \
-	  { [ "$(JOBS)" = 1 ] || python -m clsr prefill --jobs $(JOBS); } && dvc repro $(REPRO_TARGETS)
+	  { [ "$(JOBS)" = 1 ] || python -m clsr prefill --jobs $(JOBS); } && python -m clsr repro $(REPRO_TARGETS)
 
 repro-quick: setup
 	cp params-quick.yaml params.yaml
 	@echo "params.yaml now holds the quick profile (git checkout params.yaml restores the converged default)"
-	source $(VENV)/bin/activate && dvc repro $(REPRO_TARGETS)
+	source $(VENV)/bin/activate && python -m clsr repro $(REPRO_TARGETS)
 
 sweep: setup
 	source $(VENV)/bin/activate && dvc repro sweep_report

@@ -8,6 +8,7 @@
     clsr check-params [--params params.yaml]
     clsr readme                      # copy reports/tables/main.md into the README's results block
     clsr prefill --jobs 4            # train the pipeline's runs side by side, then `dvc repro`
+    clsr repro report                # `dvc repro report` with a [stage k/N] line before each stage
     clsr models
 
 Overrides (``--set``) use the syntax of `clsr.runs`: ``train.<key>=value`` or ``model.<key>=value``, values
@@ -136,6 +137,12 @@ def cmd_prefill(a) -> int:
     return 0
 
 
+def cmd_repro(a) -> int:
+    from clsr.repro import repro
+
+    return repro(a.targets)
+
+
 def cmd_models(a) -> int:
     from clsr.models.registry import model_names
     from clsr.runs import MODEL_ALIASES
@@ -201,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--jobs", type=int, default=2, help="worker processes (each uses train.threads threads)")
     sp.add_argument("--dry-run", action="store_true", help="only list the runs that would be trained")
     sp.set_defaults(func=cmd_prefill)
+
+    sp = sub.add_parser("repro", help="`dvc repro TARGETS` with a [stage k/N] line before each stage")
+    sp.add_argument("targets", nargs="*", help="DVC stages (default: every stage)")
+    sp.set_defaults(func=cmd_repro)
 
     sp = sub.add_parser("models", help="list the registered models and aliases")
     sp.set_defaults(func=cmd_models)

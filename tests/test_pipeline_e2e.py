@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 #: what `make repro` reproduces (the Makefile's REPRO_TARGETS): every table and figure but the generator sweep,
 #: which has its own test (tests/test_ceilings.py)
-REPRO_TARGETS = ("report", "ablation_report", "disentanglement")
+REPRO_TARGETS = ("report", "ablation_report", "disentanglement", "cost")
 
 
 def tiny_pipeline_params() -> dict:
@@ -96,8 +96,11 @@ def test_dvc_repro_tiny(tmp_path):
     assert "in 2 process(es)" in pre.stdout and "failed" not in pre.stdout, pre.stdout[-3000:]
     finished = {p: p.stat().st_mtime_ns for p in (proj / "runs").rglob("metrics.json")}
     assert finished, "prefill trained nothing"
-    repro = _run([str(VENV_BIN / "dvc"), "repro", *REPRO_TARGETS], proj)
+    repro = _run([str(VENV_BIN / "python"), "-m", "clsr", "repro", *REPRO_TARGETS], proj)
     assert "the same run is finished" in repro.stdout + repro.stderr
+    progress = [ln for ln in repro.stdout.splitlines() if ln.startswith("[stage ")]
+    assert progress and progress[0].startswith("[stage 1/"), repro.stdout[-3000:]
+    assert len(progress) == repro.stdout.count("Running stage '"), "a stage ran without its [stage k/N] line"
     after = {p: p.stat().st_mtime_ns for p in (proj / "runs").rglob("metrics.json")}
     assert after == finished, "dvc repro trained a run again, or a new one, after prefill"
 
@@ -115,6 +118,7 @@ def test_dvc_repro_tiny(tmp_path):
     assert (proj / "reports" / "results.json").exists()
     assert list((proj / "reports" / "tables" / "ablations").glob("ablation_*.md"))
     assert (proj / "reports" / "tables" / "disentanglement.md").exists()
+    assert "| **all** |" in (proj / "reports" / "tables" / "cost.md").read_text()
 
     # executed notebooks carry no warnings (e.g. tqdm.auto asking the kernel for ipywidgets: "IProgress not found")
     noisy = [str(p.relative_to(proj)) for p in (proj / "reports" / "notebooks").rglob("*.ipynb")
