@@ -274,7 +274,9 @@ def bar_chart(summ: pd.DataFrame, datasets: list[str], models: list[str], metric
     plt.close(fig)
 
 
-def line_plot(xs, series: dict[str, list[float]], xlabel: str, ylabel: str, title: str, path: str | Path, logx=False):
+def line_plot(xs, series: dict[str, list[float]], xlabel: str, ylabel: str, title: str, path: str | Path, logx=False,
+              errors: dict[str, list[float]] | None = None):
+    """One line per series; `errors` {series: half-widths} draws error bars (e.g. the std over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -282,7 +284,8 @@ def line_plot(xs, series: dict[str, list[float]], xlabel: str, ylabel: str, titl
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, ys in series.items():
-        ax.plot(xs, ys, marker="o", label=name)
+        yerr = (errors or {}).get(name)
+        ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3 if yerr is not None else 0, label=name)
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)

@@ -99,9 +99,11 @@ def _figures(runs: dict[str, pd.DataFrame], figs) -> None:
         df["k"] = df["k"].astype(int)
         ks = sorted(df["k"].unique())
         for metric in ("gauc", "ndcg@2"):
-            series = {f: [df[(df.form == f) & (df.k == k)][f"test_{metric}"].mean() for k in ks] for f in df.form.unique()}
-            report.line_plot(ks, series, "recent k of the short-term proxy", f"test {metric} (mean over seeds)",
-                             f"{metric} vs k", figs / f"contrastive_k_{metric.replace('@', '')}.png")
+            cells = {f: [df[(df.form == f) & (df.k == k)][f"test_{metric}"] for k in ks] for f in df.form.unique()}
+            series = {f: [c.mean() for c in cs] for f, cs in cells.items()}
+            spread = {f: [c.std(ddof=1) if len(c) > 1 else 0.0 for c in cs] for f, cs in cells.items()}
+            report.line_plot(ks, series, "recent k of the short-term proxy", f"test {metric} (mean ± std over seeds)",
+                             f"{metric} vs k", figs / f"contrastive_k_{metric.replace('@', '')}.png", errors=spread)
     for axis, prefix, label, logx in (("threshold", "lt", "length threshold l_t", False),
                                       ("weight", "beta", "contrastive weight β", True)):
         if axis in runs:
