@@ -7,10 +7,14 @@ user (e.g. each user's AUC from `clsr.metrics.per_user_auc`; per-instance values
 are first averaged per user with `per_user_mean`). Models A and B must hold the same seeds, and every seed
 of both the same set of user ids (in any order): the comparison is paired user by user, so a user missing
 on one side is an error, not silently dropped.
+
+A statistic that is not a mean over instances (an AUC over test instances) goes through
+`paired_resample_bootstrap` instead: the instances are resampled jointly for both models and the statistic
+is recomputed on each resample.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,6 +179,75 @@ def paired_bootstrap(
         if len(w_ids) != len(ids) or np.any(w_ids != ids):
             raise ValueError("weights: user ids must be exactly the compared users")
     return paired_bootstrap_arrays(arr_a, arr_b, w, replicates, level, seed, seeds)
+
+
+def paired_resample_bootstrap(
+    statistic: Callable[..., float],
+    a: Sequence[tuple[np.ndarray, ...]],
+    b: Sequence[tuple[np.ndarray, ...]],
+    replicates: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    seeds: tuple | None = None,
+) -> PairedComparison:
+    """Paired bootstrap of B − A for a statistic that is not a mean over instances (e.g. an AUC over them).
+
+    a, b: one entry per seed, in the same order on both sides; each entry is the tuple of the statistic's
+    arguments, arrays with one row per test instance (e.g. (α on the positive, driver)); every entry of
+    both sides holds the same n instances in the same order. Scheme: per seed s,
+    d_s = statistic(*b[s]) − statistic(*a[s]), and the estimate is the mean of d_s over seeds. One replicate
+    draws n instance indices with replacement (``numpy.random.default_rng(seed).integers(0, n, (R, n))``,
+    one row per replicate), the SAME draw for both models and every seed, recomputes each d_s on the drawn
+    rows and averages them over the seeds; [low, high] are the (1 − level)/2 and (1 + level)/2 quantiles of
+    the replicates whose value is finite (a draw can leave the statistic undefined, e.g. one class only).
+    This is `paired_bootstrap_arrays`'s scheme with the statistic recomputed on each resample instead of a
+    weighted mean of per-user differences; with one test instance per user, an instance is a user.
+    """
+    if len(a) == 0 or len(a) != len(b):
+        raise ValueError(f"paired comparison: A and B need the same number (>= 1) of seeds, got {len(a)} and {len(b)}")
+    rows = {len(x) for entry in (*a, *b) for x in entry}
+    if len(rows) != 1 or 0 in rows:
+        raise ValueError("paired comparison: every array of every seed must hold the same n >= 1 instances, "
+                         f"got {sorted(rows)}")
+    if replicates < 1 or not 0 < level < 1:
+        raise ValueError(f"replicates must be >= 1 and 0 < level < 1, got {replicates}, {level}")
+    n = rows.pop()
+    arrays_a = [tuple(np.asarray(x) for x in entry) for entry in a]
+    arrays_b = [tuple(np.asarray(x) for x in entry) for entry in b]
+
+    def seed_differences(idx: np.ndarray | slice) -> np.ndarray:
+        return np.array([statistic(*(x[idx] for x in eb)) - statistic(*(x[idx] for x in ea))
+                         for ea, eb in zip(arrays_a, arrays_b)], dtype=np.float64)
+
+    per_seed = seed_differences(slice(None))
+    if not np.all(np.isfinite(per_seed)):
+        raise ValueError(f"paired comparison: the statistic is undefined on the full data (B − A per seed: {per_seed})")
+    draws = np.random.default_rng(seed).integers(0, n, size=(replicates, n))
+    estimates = np.array([seed_differences(idx).mean() for idx in draws])
+    estimates = estimates[np.isfinite(estimates)]
+    if not len(estimates):
+        raise ValueError("paired comparison: the statistic is undefined on every resample")
+    low, high = np.quantile(estimates, [(1 - level) / 2, (1 + level) / 2])
+    return PairedComparison(
+        difference=float(per_seed.mean()),
+        low=float(low),
+        high=float(high),
+        level=float(level),
+        per_seed=tuple(float(x) for x in per_seed),
+        seeds=tuple(range(len(a))) if seeds is None else tuple(seeds),
+        users=int(n),
+        replicates=int(replicates),
+        verdict=_verdict(float(low), float(high)),
+    )
+
+
+def _verdict(low: float, high: float) -> str:
+    """`VERDICTS`' words for an interval of B − A: "B better" above 0, "A better" below, else no difference."""
+    if low > 0:
+        return "B better"
+    if high < 0:
+        return "A better"
+    return "no detectable difference"
 
 
 @dataclass(frozen=True)

@@ -238,3 +238,96 @@ def test_kendall_tau_of_orderings():
         S.kendall_tau(paper, {"clsr": 1.0, "din": 0.0})
     with pytest.raises(ValueError, match="at least 2"):
         S.kendall_tau({"clsr": 1.0}, {"clsr": 2.0})
+
+
+# ------------------------------------------------------------------------------------------------
+# paired_resample_bootstrap: a statistic recomputed on resampled instances (an AUC over instances)
+# ------------------------------------------------------------------------------------------------
+def pair_count_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC-AUC by counting (positive, negative) pairs, ties ½ (independent of clsr.metrics.auc)."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    pos, neg = s[y], s[~y]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (len(pos) * len(neg)))
+
+
+def test_resample_bootstrap_swapped_seeds_give_exactly_zero():
+    """Seed 0 pairs (A = x, B = z), seed 1 (A = z, B = x): the per-seed differences are ±d with d ≠ 0, and
+    because every seed uses the same resampled instances their mean is exactly 0 on every replicate."""
+    rng = np.random.default_rng(3)
+    y = rng.random(300) < 0.4
+    x = y + rng.normal(0, 1.0, 300)  # a weak scorer
+    z = y + rng.normal(0, 0.3, 300)  # a strong one
+    r = S.paired_resample_bootstrap(pair_count_auc, [(x, y), (z, y)], [(z, y), (x, y)], replicates=300)
+    d = pair_count_auc(z, y) - pair_count_auc(x, y)
+    assert d > 0.1
+    assert r.per_seed == pytest.approx((d, -d), abs=1e-15)
+    assert r.difference == 0.0 and r.low == 0.0 and r.high == 0.0
+    assert r.low <= 0 <= r.high and r.verdict == "no detectable difference"
+    assert (r.seeds, r.users, r.replicates) == ((0, 1), 300, 300)
+
+
+def test_resample_bootstrap_monotone_transform_is_no_difference():
+    """B = exp(A's scores): the same ranking, so the AUC difference is 0 on the data and on every resample."""
+    rng = np.random.default_rng(4)
+    y = rng.random(200) < 0.5
+    x = y + rng.normal(0, 1.0, 200)
+    r = S.paired_resample_bootstrap(pair_count_auc, [(x, y)], [(np.exp(x), y)], replicates=200)
+    assert (r.difference, r.low, r.high) == (0.0, 0.0, 0.0)
+    assert r.verdict == "no detectable difference" and r.per_seed == (0.0,)
+
+
+def test_resample_bootstrap_detects_a_clear_difference():
+    """A scores at random (AUC ≈ 0.5), B separates the classes perfectly (AUC 1): B − A ≈ 0.5, and the
+    interval excludes 0; swapping the sides flips the sign and the verdict."""
+    rng = np.random.default_rng(5)
+    seeds_a, seeds_b, expect = [], [], []
+    for _ in range(3):
+        y = rng.random(400) < 0.3
+        noise = rng.random(400)
+        perfect = y + 0.5 * rng.random(400)
+        seeds_a.append((noise, y))
+        seeds_b.append((perfect, y))
+        expect.append(1.0 - pair_count_auc(noise, y))
+    r = S.paired_resample_bootstrap(pair_count_auc, seeds_a, seeds_b, replicates=300, seeds=(0, 1, 2))
+    assert r.per_seed == pytest.approx(tuple(expect), abs=1e-12)
+    assert r.difference == pytest.approx(np.mean(expect), abs=1e-12)
+    assert 0.4 < r.difference < 0.6
+    assert 0 < r.low <= r.difference <= r.high and r.verdict == "B better"
+    flipped = S.paired_resample_bootstrap(pair_count_auc, seeds_b, seeds_a, replicates=300)
+    assert flipped.difference == pytest.approx(-r.difference, abs=1e-12)
+    assert flipped.high < 0 and flipped.verdict == "A better"
+
+
+def test_resample_bootstrap_follows_the_documented_scheme():
+    """The replicates by hand: the same draw for both models and both seeds, the mean of the per-seed
+    differences, undefined replicates (a draw with one class only) left out, then the quantiles."""
+    rng = np.random.default_rng(6)
+    n, reps = 8, 400
+    y = np.array([1, 1, 0, 0, 0, 1, 0, 0], dtype=bool)
+    a = [(rng.random(n), y), (rng.random(n), y)]
+    b = [(rng.random(n), y), (rng.random(n), y)]
+    r = S.paired_resample_bootstrap(pair_count_auc, a, b, replicates=reps, level=0.9, seed=11)
+    draws = np.random.default_rng(11).integers(0, n, size=(reps, n))
+    est = []
+    for idx in draws:
+        d = [pair_count_auc(b[s][0][idx], y[idx]) - pair_count_auc(a[s][0][idx], y[idx]) for s in range(2)]
+        est.append(np.mean(d))
+    est = np.array(est)
+    assert np.isnan(est).any()  # some draws hold one class only: they are left out
+    est = est[np.isfinite(est)]
+    assert (r.low, r.high) == pytest.approx(tuple(np.quantile(est, [0.05, 0.95])), abs=1e-12)
+    assert r.level == 0.9
+
+
+def test_resample_bootstrap_bad_input():
+    y = np.array([True, False, True])
+    s = np.array([0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="same number"):
+        S.paired_resample_bootstrap(pair_count_auc, [(s, y)], [(s, y), (s, y)])
+    with pytest.raises(ValueError, match="same n"):
+        S.paired_resample_bootstrap(pair_count_auc, [(s, y)], [(s[:2], y[:2])])
+    with pytest.raises(ValueError, match="undefined on the full data"):
+        S.paired_resample_bootstrap(pair_count_auc, [(s, ~y | True)], [(s, ~y | True)])
