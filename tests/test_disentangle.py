@@ -1,6 +1,10 @@
 """The disentanglement study (clsr.disentangle): counterfactual transforms, ground-truth measures that
-can fail, the one scoring function (clsr.scoring) and CLSR's evaluation-time `alpha_override`."""
+can fail, the per-user values and paired verdicts over seeds, the stage over several seeds, the one scoring
+function (clsr.scoring) and CLSR's evaluation-time `alpha_override`."""
 from __future__ import annotations
+
+import copy
+import json
 
 import numpy as np
 import pandas as pd
@@ -8,17 +12,22 @@ import pytest
 import torch
 from torch import nn
 
+from clsr import metrics as M
+from clsr import pipeline as pl
 from clsr.data import batches as B
 from clsr.data.batches import Batch
 from clsr.data.prepare import prepare
 from clsr.data.synthetic import SyntheticOptions, generate
-from clsr.models.base import ModelSizes
-from clsr.disentangle import measures
+from clsr.disentangle import measures, verdicts
 from clsr.disentangle.counterfactual import SETS, counterfactual_batches, shuffle_keys, splitmix64
-from clsr.disentangle.evaluate import counterfactual_eval, ground_truth_eval
+from clsr.disentangle.evaluate import (counterfactual_eval, counterfactual_users, ground_truth_eval,
+                                      ground_truth_instances)
 from clsr.disentangle.truth import Truth, load_truth
+from clsr.models.base import ModelSizes
 from clsr.models.clsr import CLSR, CLSRConfig
+from clsr.params import check
 from clsr.scoring import AS_TRAINED, score_batches
+from clsr.stages import disentanglement as stage
 from clsr.train import data_settings
 
 torch.set_num_threads(1)
@@ -271,6 +280,229 @@ def test_known_answers_are_met(truth):
     assert len(checks) == 4
     for name, (measured, expected) in checks.items():
         assert measured == pytest.approx(expected, abs=1e-12), name
+
+
+# ------------------------------------------------------------------------------------------------
+# per-user / per-instance values and the paired verdicts
+# ------------------------------------------------------------------------------------------------
+class Windowed(nn.Module):
+    """u^l scores a candidate's category by its share of the whole history, u^s by its share of the last 3
+    events; α fixed 0.5. Recent-only histories (the last 5) change u^l only, shuffling changes u^s only."""
+
+    def __init__(self, n_cates: int):
+        super().__init__()
+        self.n_cates = n_cates
+
+    def share(self, batch: Batch, mask: torch.Tensor) -> torch.Tensor:
+        h = torch.zeros(batch.size, self.n_cates, dtype=torch.float64)
+        h.scatter_add_(1, batch.hist_cate, mask.double())
+        return (h / mask.sum(1, keepdim=True).clamp(min=1)).gather(1, batch.cand_cate)
+
+    def forward(self, batch: Batch, alpha_override=None):
+        last3 = batch.mask * (torch.arange(batch.mask.shape[1])[None, :] >= (batch.length[:, None] - 3))
+        u_long, u_short = self.share(batch, batch.mask), self.share(batch, last3)
+        a = 0.5 if alpha_override is None else float(alpha_override)
+        return {"logits": a * u_long + (1 - a) * u_short, "alpha": torch.full_like(u_long, a)}
+
+
+def test_counterfactual_users_average_to_the_indices(syn):
+    """The rows-weighted mean of the per-user gaps is the GAUC-based index (the GAUC is the rows-weighted
+    mean of the per-user AUCs, and every set holds the same users and candidates)."""
+    data, _ = syn
+    cf, raw = counterfactual_eval(Windowed(data.cate_vocab_size), data, "test", SETS, K_RECENT, 0, batch_size=64)
+    idx = measures.counterfactual_indices(cf)
+    assert cf["recent"]["gauc_short"] == cf["original"]["gauc_short"]  # the model is what its docstring says
+    assert cf["shuffled"]["gauc_long"] == cf["original"]["gauc_long"]
+    assert idx["recent_gap"] != 0 and idx["shuffle_gap"] != 0
+    users = counterfactual_users(raw)
+    test_users = data.instances["test"].user
+    assert len(users["user"]) == len(np.unique(test_users)) and np.all(np.diff(users["user"]) > 0)
+    assert np.all(users["rows"] == data.candidates["test"].item.shape[1])  # one test instance per user
+    for q in ("recent_gap", "shuffle_gap"):
+        assert np.average(users[q], weights=users["rows"]) == pytest.approx(idx[q], abs=1e-12)
+    # the α = 0 readout is untouched by recent-only histories: the per-user recent gap is the α = 1 drop alone
+    pu = {k: M.per_user_auc(raw[k].logits["long"], raw[k].user)["auc"] for k in ("original", "recent")}
+    np.testing.assert_allclose(users["recent_gap"], pu["original"] - pu["recent"], atol=1e-12)
+
+
+def test_ground_truth_instances_give_the_measures(syn, truth):
+    """The per-instance values behind the verdicts reproduce the reported measures."""
+    data, _ = syn
+    model = Oracle(data, truth)
+    gt, scores = ground_truth_eval(model, data, truth, batch_size=64, reps=0)
+    inst = ground_truth_instances(scores["original"], scores["categories"], truth)
+    n = len(truth.driver)
+    assert all(len(v) == n for v in inst.values())
+    assert np.array_equal(inst["user"], scores["original"].user) and len(np.unique(inst["user"])) == n  # per-user split
+    assert np.array_equal(inst["alpha"], 1.0 - truth.driver)  # the oracle's α knows the driver
+    assert M.auc(inst["alpha"], truth.driver == 0) == gt["alpha_auc"] == 1.0
+    spec = measures.specialisation(inst["auc_long"], inst["auc_short"], truth.driver)
+    assert spec == pytest.approx(gt["specialisation"], abs=1e-12)
+    assert np.nanmean(inst["rho_long"] - inst["rho_short"]) == pytest.approx(gt["profile_contrast"], abs=1e-12)
+    assert np.nanmean(inst["rr_short"] - inst["rr_long"]) == pytest.approx(gt["topic_contrast"], abs=1e-12)
+
+
+def _instances(rng, n: int, alpha: np.ndarray, contrast: float) -> dict[str, np.ndarray]:
+    """Per-instance values of a constructed model: profile contrast = `contrast` + centred noise."""
+    noise = rng.normal(0, 0.1, n)
+    noise -= noise.mean()
+    return {"user": np.arange(n) + 10, "alpha": alpha, "auc_long": rng.random(n), "auc_short": rng.random(n),
+            "rho_long": contrast + noise, "rho_short": np.zeros(n), "rr_long": rng.random(n), "rr_short": rng.random(n)}
+
+
+def test_ground_truth_comparisons_on_constructed_models():
+    """CLSR's α knows the driver (α-AUC 1), model 'weak' has a random α (AUC ≈ 0.5), and its profile contrast is
+    0.3 below CLSR's (exactly, on average); model 'copy' is CLSR itself: difference exactly 0, no winner."""
+    rng = np.random.default_rng(0)
+    n, seeds = 300, (0, 1)
+    driver = (rng.random(n) < 0.5).astype(np.int64)
+    ref = {s: _instances(rng, n, 1.0 - driver + 0.01 * rng.random(n), 0.5) for s in seeds}
+    weak = {s: _instances(rng, n, rng.random(n), 0.2) for s in seeds}
+    out = verdicts.ground_truth_comparisons({"clsr": ref, "weak": weak, "copy": copy.deepcopy(ref)}, driver,
+                                            replicates=300)
+    assert set(out) == {"weak", "copy"}
+    a = out["weak"]["alpha_auc"]
+    expect = [1.0 - M.auc(weak[s]["alpha"], driver == 0) for s in seeds]
+    assert [a["per_seed"][str(s)] for s in seeds] == pytest.approx(expect, abs=1e-12)
+    assert a["difference"] == pytest.approx(np.mean(expect), abs=1e-12)
+    assert a["low"] > 0 and a["winner"] == "clsr" and a["seeds"] == 2 and a["users"] == n
+    assert a["method"] == verdicts.INSTANCES
+    p = out["weak"]["profile_contrast"]
+    assert p["difference"] == pytest.approx(0.3, abs=1e-12) and p["low"] > 0 and p["winner"] == "clsr"
+    assert p["method"] == verdicts.USERS
+    for q in ("alpha_auc", "specialisation", "profile_contrast", "topic_contrast"):
+        c = out["copy"][q]
+        assert (c["difference"], c["low"], c["high"], c["winner"]) == (0.0, 0.0, 0.0, None), q
+
+
+def test_contrast_comparison_leaves_out_undefined_instances():
+    """An instance whose ρ is undefined (a constant score row) for either model in any seed is left out of
+    that comparison for every seed and both models."""
+    rng = np.random.default_rng(1)
+    n = 50
+    driver = np.arange(n) % 2
+    ref = {0: _instances(rng, n, rng.random(n), 0.4), 1: _instances(rng, n, rng.random(n), 0.4)}
+    other = {0: _instances(rng, n, rng.random(n), 0.1), 1: _instances(rng, n, rng.random(n), 0.1)}
+    ref[1]["rho_long"][:5] = np.nan
+    other[0]["rho_short"][45:] = np.nan
+    out = verdicts.ground_truth_comparisons({"clsr": ref, "other": other}, driver, replicates=50)
+    c = out["other"]["profile_contrast"]
+    keep = np.r_[5:45]
+    expect = np.mean([(ref[s]["rho_long"] - ref[s]["rho_short"])[keep].mean()
+                      - (other[s]["rho_long"] - other[s]["rho_short"])[keep].mean() for s in (0, 1)])
+    assert c["users"] == 40 and c["difference"] == pytest.approx(expect, abs=1e-12)
+
+
+def test_counterfactual_comparisons_weight_users_by_rows():
+    """Per user, CLSR's gap = the other's + 0.1 (recent) and − 0.2 (shuffle): the rows-weighted differences
+    are exactly +0.1 and −0.2 in every seed, and the verdicts name CLSR and the other model."""
+    rng = np.random.default_rng(2)
+    users, rows = np.arange(40) * 3, rng.integers(5, 30, 40)
+
+    def run(shift_recent: float, shift_shuffle: float, base: dict) -> dict:
+        return {"user": users, "rows": rows, "recent_gap": base["recent_gap"] + shift_recent,
+                "shuffle_gap": base["shuffle_gap"] + shift_shuffle}
+
+    other = {s: {"user": users, "rows": rows, "recent_gap": rng.normal(0, 0.05, 40),
+                 "shuffle_gap": rng.normal(0, 0.05, 40)} for s in (0, 1, 2)}
+    ref = {s: run(0.1, -0.2, other[s]) for s in other}
+    c = verdicts.counterfactual_comparisons({"clsr": ref, "other": other}, replicates=200)["other"]
+    assert c["recent_gap"]["difference"] == pytest.approx(0.1, abs=1e-12)
+    assert list(c["recent_gap"]["per_seed"].values()) == pytest.approx([0.1] * 3, abs=1e-12)
+    assert c["recent_gap"]["winner"] == "clsr" and c["recent_gap"]["seeds"] == 3 and c["recent_gap"]["users"] == 40
+    assert c["shuffle_gap"]["difference"] == pytest.approx(-0.2, abs=1e-12) and c["shuffle_gap"]["winner"] == "other"
+    assert verdicts.counterfactual_comparisons({"other": other}) == {}  # no CLSR, nothing to compare
+
+
+# ------------------------------------------------------------------------------------------------
+# the stage over several seeds
+# ------------------------------------------------------------------------------------------------
+def test_required_runs_are_the_aliases_on_every_dataset_and_seed():
+    params = {"pipeline": {"seeds": [0, 2], "counterfactual_datasets": ["a", "b"], "disentanglement_dataset": "c"},
+              "disentanglement": {"models": ["clsr", "clsr_nocon", "slirec"]}}
+    assert stage.required_runs(params) == [(ds, "clsr_nocon", s) for ds in ("a", "b", "c") for s in (0, 2)]
+    params["pipeline"]["disentanglement_dataset"] = "b"  # already a counterfactual dataset: not twice
+    assert stage.required_runs(params) == [(ds, "clsr_nocon", s) for ds in ("a", "b") for s in (0, 2)]
+    params["disentanglement"]["models"] = ["clsr", "slirec"]  # registered models only: the main runs
+    assert stage.required_runs(params) == []
+
+
+def test_seed_mean():
+    a = {"x": 1.0, "n": 5, "run": "r0", "g": {"auc": 0.6, "auc_lo": 0.5, "auc_hi": 0.7}, "only_a": 1.0}
+    b = {"x": 3.0, "n": 5, "run": "r1", "g": {"auc": 0.8, "auc_lo": 0.7, "auc_hi": 0.9}}
+    assert stage.seed_mean([a, b]) == {"x": 2.0, "n": 5, "g": {"auc": pytest.approx(0.7)}}
+    assert stage.seed_mean([a]) == {"x": 1.0, "n": 5, "run": "r0", "g": {"auc": 0.6}, "only_a": 1.0}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The stage in tiny mode with two seeds: (context, results as returned)."""
+    params = copy.deepcopy(pl.TINY_PARAMS)
+    params["pipeline"]["seeds"] = [0, 1]
+    ctx = pl.Context(root=pl.find_root(), params=check(params, "tiny"), tiny=True,
+                     work=tmp_path_factory.mktemp("study"))
+    return ctx, stage.run(ctx, boot_reps=20, verdict_reps=200)
+
+
+def test_study_holds_every_seed_and_their_mean(study):
+    ctx, res = study
+    assert json.loads(stage.results_path(ctx).read_text()) == res
+    assert res["_settings"]["seeds"] == [0, 1]
+    per_model = res["tiny"]
+    runs = set()
+    for m in ("clsr", "clsr_nocon", "slirec"):
+        e = per_model[m]
+        assert set(e["seeds"]) == {"0", "1"}
+        runs |= {e["seeds"][s]["run"] for s in ("0", "1")}
+        for path in (("original", "gauc_long"), ("indices", "recent_gap"), ("ground_truth", "alpha_auc"),
+                     ("ground_truth", "specialisation"), ("ceiling", "alpha_vs_posterior", "pearson")):
+            vals = []
+            for d in [e] + [e["seeds"][s] for s in ("0", "1")]:
+                for p in path:
+                    d = d[p]
+                vals.append(d)
+            assert vals[0] == pytest.approx((vals[1] + vals[2]) / 2, abs=2e-4), (m, path)  # JSON rounds to 4 places
+        assert "alpha_auc_lo" not in e["ground_truth"] and "alpha_auc_lo" in e["seeds"]["0"]["ground_truth"]
+    assert len(runs) == 6  # every model and seed its own run
+
+
+def test_study_comparisons_are_clsr_minus_each_model_over_the_seeds(study):
+    _, res = study
+    per_model = res["tiny"]
+    comps = per_model["_comparisons"]
+    assert set(comps) == {"clsr_nocon", "slirec"}
+    for other, qs in comps.items():
+        assert set(qs) == set(verdicts.QUANTITIES)
+        for q, c in qs.items():
+            section = "indices" if q in ("recent_gap", "shuffle_gap") else "ground_truth"
+            for s in ("0", "1"):
+                expect = per_model["clsr"]["seeds"][s][section][q] - per_model[other]["seeds"][s][section][q]
+                tol = 1e-3 if "contrast" in q else 2e-4  # contrasts pair only instances defined for both models
+                assert c["per_seed"][s] == pytest.approx(expect, abs=tol), (other, q, s)
+            assert c["difference"] == pytest.approx((c["per_seed"]["0"] + c["per_seed"]["1"]) / 2, abs=2e-4)
+            assert c["seeds"] == 2 and c["users"] == 60 and c["low"] <= c["high"]
+            winner = "clsr" if c["low"] > 0 else other if c["high"] < 0 else None
+            assert c["winner"] == winner or (c["low"] == 0 or c["high"] == 0), (other, q)
+
+
+def test_study_report_states_seeds_and_paired_verdicts(study):
+    ctx, res = study
+    text = ctx.table("disentanglement.md").read_text()
+    assert "seeds 0, 1 of each" in text and "seed 0)" not in text and "overlap" not in text
+    lines = [ln for ln in text.splitlines() if ln.startswith("- ") and " vs " in ln]
+    assert len(lines) == 2 * len(verdicts.QUANTITIES)
+    comps = res["tiny"]["_comparisons"]
+    for ln in lines:
+        assert "(2 seeds, 60 test users)" in ln
+        other = "clsr_nocon" if "CLSR w/o contrastive" in ln else "slirec"
+        q = next(k for k, (name, _) in verdicts.QUANTITIES.items() if ln.startswith(f"- {name} ("))
+        c = comps[other][q]
+        if c["winner"] is None:
+            assert "no detectable difference" in ln
+        else:
+            assert f"{'CLSR' if c['winner'] == 'clsr' else ln.split(' vs ')[1].split(':')[0]} higher" in ln
+    figs = {p.name for p in stage.figure_dir(ctx).glob("*.png")}
+    assert {"counterfactual_gauc.png", "interest_match_tiny.png", "alpha_by_driver_tiny.png"} <= figs
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 probe batches, then measured (`clsr.disentangle.measures`)."""
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -50,6 +50,44 @@ def counterfactual_eval(
         metrics[kind] = row
         raw[kind] = s
     return metrics, raw
+
+
+def counterfactual_users(raw: Mapping[str, Scores]) -> dict[str, np.ndarray]:
+    """Per test user: the counterfactual indices (`measures.counterfactual_indices`) computed from the
+    user's AUC (`clsr.metrics.per_user_auc`: the GAUC's per-user part) instead of the GAUC, from the scores
+    of `counterfactual_eval`. Returns {'user': sorted ids, 'rows': the user's candidate count (the GAUC's
+    weight), 'recent_gap', 'shuffle_gap'}; the rows-weighted mean of a user index is the index itself,
+    since every set holds the same users with the same candidates."""
+    per_set: dict[str, dict[str, np.ndarray]] = {}
+    users = rows = None
+    for kind, s in raw.items():
+        per_set[kind] = {}
+        for r in ("long", "short"):
+            pu = M.per_user_auc(s.logits[r], s.user)
+            if users is None:
+                users, rows = pu["user"], pu["rows"]
+            elif not (np.array_equal(pu["user"], users) and np.array_equal(pu["rows"], rows)):
+                raise ValueError(f"counterfactual_users: set {kind!r} holds other users or candidates than the "
+                                 "first set")
+            per_set[kind][f"gauc{SUFFIX[r]}"] = pu["auc"]
+    if users is None:
+        raise ValueError("counterfactual_users: no scores")
+    return {"user": users, "rows": rows, **measures.counterfactual_indices(per_set)}
+
+
+def ground_truth_instances(original: Scores, categories: Scores, truth: Truth) -> dict[str, np.ndarray]:
+    """Per test instance (split order) the values behind the ground-truth verdicts: 'user', 'alpha' (α on
+    the positive, NaN without α), 'auc_long' / 'auc_short' (`measures.instance_auc` of the α = 1 / α = 0
+    readouts, the specialisation's parts), 'rho_long' / 'rho_short' (profile ρ; absent without profiles)
+    and 'rr_long' / 'rr_short' (topic reciprocal rank): the profile and topic contrasts are their means."""
+    out = {"user": np.asarray(original.user), "alpha": positive_alpha(original)}
+    for r in ("long", "short"):
+        sfx = SUFFIX[r]
+        out[f"auc{sfx}"] = measures.instance_auc(original.logits[r])
+        if truth.theta is not None:
+            out[f"rho{sfx}"] = measures.spearman_rows(categories.logits[r], truth.theta)
+        out[f"rr{sfx}"] = measures.target_rr(categories.logits[r], truth.topic)
+    return out
 
 
 def ground_truth_eval(

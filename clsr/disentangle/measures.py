@@ -187,17 +187,20 @@ def driver_accuracy(
     if "long" in logits and "short" in logits and groups["long_driven"].any() and groups["short_driven"].any():
         al, as_ = instance_auc(logits["long"]), instance_auc(logits["short"])
         d = np.asarray(driver)
-
-        def did(i: np.ndarray) -> float:
-            dl, di = d[i] == 0, d[i] == 1
-            if not dl.any() or not di.any():
-                return float("nan")
-            a1, a0 = al[i], as_[i]
-            return float((a1[dl].mean() - a1[di].mean()) - (a0[dl].mean() - a0[di].mean()))
-
-        out["specialisation"] = did(np.arange(len(d)))
-        out["specialisation_lo"], out["specialisation_hi"] = bootstrap_ci(did, len(d), reps, seed)
+        out["specialisation"] = specialisation(al, as_, d)
+        out["specialisation_lo"], out["specialisation_hi"] = bootstrap_ci(
+            lambda i: specialisation(al[i], as_[i], d[i]), len(d), reps, seed)
     return out
+
+
+def specialisation(auc_long: np.ndarray, auc_short: np.ndarray, driver: np.ndarray) -> float:
+    """[mean AUC(α=1 | long) − mean AUC(α=1 | short)] − [mean AUC(α=0 | long) − mean AUC(α=0 | short)] from
+    per-instance AUCs (`instance_auc`) of the two readouts; NaN unless both drivers occur."""
+    dl, ds = np.asarray(driver) == 0, np.asarray(driver) == 1
+    if not dl.any() or not ds.any():
+        return float("nan")
+    a1, a0 = np.asarray(auc_long, dtype=np.float64), np.asarray(auc_short, dtype=np.float64)
+    return float((a1[dl].mean() - a1[ds].mean()) - (a0[dl].mean() - a0[ds].mean()))
 
 
 def interest_match(

@@ -1,5 +1,7 @@
 """The disentanglement table, reports/tables/disentanglement.md, written from the results dict of the
-stage (`clsr.stages.disentanglement`). Every number comes from that dict; the verdict lines are computed."""
+stage (`clsr.stages.disentanglement`): per model the means over seeds, each seed's value beside the headline
+measures, and the verdicts from the paired comparisons (`clsr.disentangle.verdicts`). Every number comes from
+that dict; the verdict lines are computed."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -8,6 +10,7 @@ import numpy as np
 
 from clsr.disentangle.counterfactual import SETS
 from clsr.disentangle.measures import READOUTS, SUFFIX
+from clsr.disentangle.verdicts import INSTANCES, QUANTITIES, REFERENCE, USERS
 
 READOUT_LABELS = {"model": "as trained", "long": "α = 1 (long only)", "short": "α = 0 (short only)"}
 SET_LABELS = {"original": "original", "recent": "recent-only", "shuffled": "shuffled"}
@@ -38,32 +41,78 @@ def _signed(x: float | None, nd: int = 4) -> str:
     return "—" if x is None or not np.isfinite(x) else f"{x:+.{nd}f}"
 
 
-def _verdict(vals: Mapping[str, Mapping[str, Any]], key: str, name: str, higher: str) -> str:
-    """One honest sentence: which model is best on `key`, and whether CLSR's interval separates it."""
-    have = {m: v for m, v in vals.items() if v.get(key) is not None and np.isfinite(v[key])}
-    if "clsr" not in have or len(have) < 2:
-        return f"- {name}: not enough models to compare."
-    best = max(have, key=lambda m: have[m][key])
-    others = {m: v for m, v in have.items() if m != "clsr"}
-    best_other = max(others, key=lambda m: others[m][key])
-    diff = have["clsr"][key] - others[best_other][key]
-    c, o = have["clsr"], others[best_other]
-    overlap = ""
-    if all(f"{key}_{s}" in d and d[f"{key}_{s}"] is not None for d in (c, o) for s in ("lo", "hi")):
-        sep = c[f"{key}_lo"] > o[f"{key}_hi"] or o[f"{key}_lo"] > c[f"{key}_hi"]
-        overlap = " (95 % intervals do not overlap)" if sep else " (95 % intervals overlap: not distinguishable)"
-    verdict = "CLSR is best" if best == "clsr" else f"CLSR is not best ({label(best)} is)"
-    return (f"- {name} ({higher}): {verdict}; CLSR {_f(c[key], 3)} vs {label(best_other)} "
-            f"{_f(o[key], 3)}, difference {_signed(diff, 3)}{overlap}.")
+def _at(d: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any]:
+    for p in path:
+        d = d.get(p) or {}
+    return d
+
+
+def _seeds_cell(entry: Mapping[str, Any], path: tuple[str, ...], key: str, nd: int = 3, signed: bool = False) -> str:
+    """A model's `key` under `path`: with one seed, its value and that seed's bootstrap interval (if any);
+    with several, the mean over seeds followed by each seed's value in parentheses."""
+    fmt = (lambda x: _signed(x, nd)) if signed else (lambda x: _f(x, nd))
+    seeds = list((entry.get("seeds") or {}).values())
+    if len(seeds) <= 1:
+        d = _at(seeds[0] if seeds else entry, path)
+        return _ci(d, key, nd) if not signed else fmt(d.get(key))
+    mean = _at(entry, path).get(key)
+    if mean is None:
+        return "—"
+    return f"{fmt(mean)} ({' / '.join(fmt(_at(s, path).get(key)) for s in seeds)})"
+
+
+def _verdict(c: Mapping[str, Any], quantity: str, other: str) -> str:
+    """One sentence: CLSR − `other` on `quantity`, naming a winner only where the interval excludes 0."""
+    name, higher = QUANTITIES[quantity]
+    if c.get("winner") == REFERENCE:
+        word = f"{label(REFERENCE)} higher"
+    elif c.get("winner") == other:
+        word = f"{label(other)} higher"
+    else:
+        word = "no detectable difference"
+    n = c.get("seeds")
+    return (f"- {name} ({higher}), {label(REFERENCE)} vs {label(other)}: {word}; difference "
+            f"{_signed(c.get('difference'), 4)}, 95 % interval "
+            f"[{_signed(c.get('low'), 4)}, {_signed(c.get('high'), 4)}] "
+            f"({n} seed{'s' if n != 1 else ''}, {c.get('users')} test users).")
+
+
+def _verdicts(per_model: Mapping[str, Any], models: list[str], quantities: tuple[str, ...], what: str) -> list[str]:
+    """The verdict block of one family of quantities from ``per_model['_comparisons']``."""
+    comps = per_model.get("_comparisons") or {}
+    rows = [(q, m) for q in quantities for m in models if m != REFERENCE and q in comps.get(m, {})]
+    head = (f"Verdicts ({what}): {label(REFERENCE)} − each other model, the mean over seeds of the per-seed "
+            "difference, with a 95 % interval from a paired bootstrap over the test users (the same resampled "
+            "users for both models and every seed)")
+    if not rows:
+        return [f"{head}.", f"- not enough models to compare ({label(REFERENCE)} and at least one other).", ""]
+    methods = sorted({comps[m][q].get("method") for q, m in rows} - {None})
+    lines = [f"{head}; " + "; ".join(_METHOD_TEXT.get(x, x) for x in methods)
+             + ". A winner is named only where the interval excludes 0."]
+    lines += [_verdict(comps[m][q], q, m) for q, m in rows]
+    return lines + [""]
+
+
+#: how each comparison method reads in the verdict block's first line
+_METHOD_TEXT = {
+    USERS: "a mean over users (gap, contrast) is recomputed from each drawn user's values of the two models",
+    INSTANCES: "a statistic over instances (α-AUC, specialisation) is recomputed on each draw of the test "
+               "instances (one per user with the per-user split)",
+}
 
 
 def markdown_report(results: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
     """The disentanglement table (reports/tables/disentanglement.md) from the results dict."""
     k, seed = settings.get("recent_k"), settings.get("shuffle_seed")
+    seeds = list(settings.get("seeds", []))
     lines = [
         "# Disentanglement of long- and short-term interests",
         "",
-        f"Models: {', '.join(label(m) for m in settings.get('models', []))} (seed 0). Test split, the fixed "
+        f"Models: {', '.join(label(m) for m in settings.get('models', []))}, seed{'s' if len(seeds) != 1 else ''} "
+        f"{', '.join(str(x) for x in seeds)} of each ({len(seeds)} run{'s' if len(seeds) != 1 else ''} per model: "
+        "the main runs of registered models, the study's own runs of aliases). Every number is the mean over the "
+        "seeds; beside the headline measures, each seed's value in parentheses (with one seed, its 95 % bootstrap "
+        "interval over test instances in brackets). Test split, the fixed "
         f"1 + N candidates of the main table. Generated by the stage `disentanglement` (`clsr.stages.disentanglement`).",
         "",
         "Readouts: **as trained** = the model's own fusion weight α; **α = 1** = long-term interest u^l only; "
@@ -106,17 +155,12 @@ def markdown_report(results: Mapping[str, Any], settings: Mapping[str, Any]) -> 
         header = ["model"] + [f"mean α {SET_LABELS[s]}" for s in sets] + ["recent gap", "shuffle gap"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for m in models:
-            idx = per_model[m].get("indices", {})
             cells = [label(m)] + [_f(per_model[m][s].get("mean_alpha_pos")) for s in sets]
-            cells += [_signed(idx.get("recent_gap")), _signed(idx.get("shuffle_gap"))]
+            cells += [_seeds_cell(per_model[m], ("indices",), q, 4, signed=True) for q in ("recent_gap", "shuffle_gap")]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-        if len(models) > 1 and all("indices" in per_model[m] for m in models):
-            lines += ["Verdicts (counterfactual; single seed, no interval):"]
-            iv = {m: per_model[m]["indices"] for m in models}
-            lines.append(_verdict(iv, "recent_gap", "recent gap", "higher = more disentangled"))
-            lines.append(_verdict(iv, "shuffle_gap", "shuffle gap", "higher = more disentangled"))
-            lines.append("")
+        if any("indices" in per_model[m] for m in models) and len(sets) > 1:
+            lines += _verdicts(per_model, models, ("recent_gap", "shuffle_gap"), "counterfactual")
 
         gts = {m: per_model[m]["ground_truth"] for m in models if "ground_truth" in per_model[m]}
         if not gts:
@@ -128,14 +172,14 @@ def markdown_report(results: Mapping[str, Any], settings: Mapping[str, Any]) -> 
             "### Ground truth: does α follow the true driver?", "",
             f"Test targets: {g0.get('n_long_driven')} long-driven (drawn from the user's long-term profile), "
             f"{g0.get('n_short_driven')} short-driven (drawn from the current short-term topic). "
-            "α-AUC = ROC-AUC of the positives' α for 'long-driven' (chance 0.5, perfect 1). Brackets: 95 % "
-            "bootstrap intervals over test instances.", "",
+            "α-AUC = ROC-AUC of the positives' α for 'long-driven' (chance 0.5, perfect 1). Parentheses: each "
+            "seed's value; brackets: a 95 % bootstrap interval over test instances (one seed, or the oracle).", "",
             "| model | α-AUC (chance 0.5) | mean α, long-driven | mean α, short-driven |",
             "|---|---|---|---|",
         ]
         for m, g in gts.items():
-            lines.append(f"| {label(m)} | {_ci(g, 'alpha_auc')} | {_f(g.get('mean_alpha_long_driven'))} | "
-                         f"{_f(g.get('mean_alpha_short_driven'))} |")
+            lines.append(f"| {label(m)} | {_seeds_cell(per_model[m], ('ground_truth',), 'alpha_auc')} | "
+                         f"{_f(g.get('mean_alpha_long_driven'))} | {_f(g.get('mean_alpha_short_driven'))} |")
         oracle = per_model.get("_oracle")
         if oracle:
             og = oracle["ground_truth"]
@@ -170,8 +214,8 @@ def markdown_report(results: Mapping[str, Any], settings: Mapping[str, Any]) -> 
                     cells += [_f(og.get(f"gauc{sfx}@{grp}")), _f(og.get(f"mrr{sfx}@{grp}")), _f(og.get(f"hit10{sfx}@{grp}"))]
                 lines.append("| " + " | ".join(cells) + " |")
         lines += ["", "| model | specialisation (chance 0) |", "|---|---|"]
-        for m, g in gts.items():
-            lines.append(f"| {label(m)} | {_ci(g, 'specialisation')} |")
+        for m in gts:
+            lines.append(f"| {label(m)} | {_seeds_cell(per_model[m], ('ground_truth',), 'specialisation')} |")
         if oracle:
             lines.append(f"| *Bayes oracle (long only vs short only)* | {_ci(oracle['ground_truth'], 'specialisation')} |")
         has_profile = any("profile_rho_long" in g for g in gts.values())
@@ -197,18 +241,15 @@ def markdown_report(results: Mapping[str, Any], settings: Mapping[str, Any]) -> 
         lines.append("| *popularity (non-personal)* | " + " | ".join(_f(pop.get(ref_key[k_])) for k_ in keys) + " |")
         lines += ["", "| model | " + ("profile contrast (chance 0) | " if has_profile else "") + "topic contrast (chance 0) |",
                   "|---|" + ("---|" if has_profile else "") + "---|"]
-        for m, g in gts.items():
-            lines.append(f"| {label(m)} | " + (f"{_ci(g, 'profile_contrast')} | " if has_profile else "")
-                         + f"{_ci(g, 'topic_contrast')} |")
+        for m in gts:
+            cell = lambda q, m=m: _seeds_cell(per_model[m], ("ground_truth",), q)  # noqa: E731
+            lines.append(f"| {label(m)} | " + (f"{cell('profile_contrast')} | " if has_profile else "")
+                         + f"{cell('topic_contrast')} |")
         if oracle:
             lines += _oracle_sections(per_model, models, oracle)
-        lines += ["", "Verdicts (ground truth):"]
-        lines.append(_verdict(gts, "alpha_auc", "α-AUC", "higher = α follows the true driver"))
-        lines.append(_verdict(gts, "specialisation", "specialisation", "higher = readouts specialise on their driver"))
-        if has_profile:
-            lines.append(_verdict(gts, "profile_contrast", "profile contrast", "higher = u^l carries the profile, u^s less"))
-        lines.append(_verdict(gts, "topic_contrast", "topic contrast", "higher = u^s carries the topic, u^l less"))
-        lines.append("")
+        lines += [""]
+        lines += _verdicts(per_model, list(gts), ("alpha_auc", "specialisation", "profile_contrast", "topic_contrast"),
+                           "ground truth")
     return "\n".join(lines) + "\n"
 
 
@@ -240,16 +281,17 @@ def _oracle_sections(per_model: Mapping[str, Any], models: list[str], oracle: Ma
         "category): Pearson and Spearman correlation, and the α-AUC against the posterior (each instance counts as "
         "long-driven with weight P and as short-driven with weight 1 − P: the share of posterior-weighted "
         "(long, short) pairs that α orders correctly; the oracle's own posterior scores the ceiling of this column). Beside it, the α-AUC against the true driver, and the oracle's own, the best any "
-        "model can reach. Brackets: 95 % bootstrap intervals over test instances.", "",
+        "model can reach. Parentheses: each seed's value; brackets: 95 % bootstrap intervals over test instances "
+        "(one seed, or the oracle).", "",
         "| model | Pearson | Spearman | α-AUC vs posterior | α-AUC vs true driver |", "|---|---|---|---|---|",
     ]
     for m in models:
-        v = per_model[m].get("ceiling", {}).get("alpha_vs_posterior")
-        if not v:
+        if not per_model[m].get("ceiling", {}).get("alpha_vs_posterior"):
             continue
-        g = per_model[m].get("ground_truth", {})
-        lines.append(f"| {label(m)} | {_ci(v, 'pearson')} | {_ci(v, 'spearman')} | {_ci(v, 'alpha_auc_posterior')} | "
-                     f"{_ci(g, 'alpha_auc')} |")
+        cells = [_seeds_cell(per_model[m], ("ceiling", "alpha_vs_posterior"), q)
+                 for q in ("pearson", "spearman", "alpha_auc_posterior")]
+        cells.append(_seeds_cell(per_model[m], ("ground_truth",), "alpha_auc"))
+        lines.append(f"| {label(m)} | " + " | ".join(cells) + " |")
     og = oracle["ground_truth"]
     lines.append(f"| *Bayes oracle* | 1 | 1 | {_f(og.get('alpha_auc_posterior'), 3)} | {_ci(og, 'alpha_auc')} |")
     return lines
