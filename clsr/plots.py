@@ -3,7 +3,7 @@ render offline)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import matplotlib
 
@@ -13,9 +13,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from clsr.data.store import PreparedData  # noqa: E402
-from clsr.disentangle.counterfactual import SETS  # noqa: E402
-from clsr.disentangle.measures import READOUTS, SUFFIX, pca_2d  # noqa: E402
-from clsr.disentangle.report import READOUT_LABELS, SET_LABELS, label  # noqa: E402
+from clsr.disentangle.measures import pca_2d  # noqa: E402
+from clsr.disentangle.report import label  # noqa: E402
 
 SPLIT_COLORS = {"train": "tab:blue", "valid": "tab:orange", "test": "tab:red"}
 
@@ -159,65 +158,6 @@ def interest_pca(vectors: Mapping[str, Mapping[str, np.ndarray]], path: str | Pa
         ax.scatter([], [], marker="o", color="gray", label="u^l (long)")
         ax.scatter([], [], marker="x", color="gray", label="u^s (short)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def counterfactual_gauc(results: Mapping[str, Any], models: list[str], path: str | Path):
-    """GAUC per counterfactual set: one row per dataset, one column per readout, bars grouped by model."""
-    datasets = [d for d in results if not d.startswith("_") and any(m in results[d] for m in models)]
-    if not datasets:
-        return
-    fig, axes = plt.subplots(len(datasets), len(READOUTS), figsize=(4.2 * len(READOUTS), 3.2 * len(datasets)),
-                             squeeze=False)
-    colors = {"original": "tab:gray", "recent": "tab:blue", "shuffled": "tab:orange"}
-    for i, ds in enumerate(datasets):
-        present = [m for m in models if m in results[ds]]
-        sets = [s for s in SETS if s in results[ds][present[0]]]
-        for j, r in enumerate(READOUTS):
-            ax = axes[i][j]
-            w = 0.8 / len(sets)
-            vals = []
-            for si, s in enumerate(sets):
-                ys = [results[ds][m][s][f"gauc{SUFFIX[r]}"] for m in present]
-                vals += ys
-                ax.bar(np.arange(len(present)) + (si - (len(sets) - 1) / 2) * w, ys, width=w, color=colors[s],
-                       label=SET_LABELS[s])
-            ax.set_xticks(range(len(present)), [label(m) for m in present], fontsize=8)
-            finite = [v for v in vals if v is not None and np.isfinite(v)]
-            if finite:
-                ax.set_ylim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.03))
-            ax.axhline(0.5, color="k", lw=0.6, ls=":")
-            ax.set_title(f"{ds}: GAUC, {READOUT_LABELS[r]}", fontsize=9)
-            if i == 0 and j == 0:
-                ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def interest_match(gts: Mapping[str, Mapping[str, float]], ref: Mapping[str, Mapping[str, float]], path: str | Path):
-    """Bars: profile ρ and topic MRR of the α = 1 and α = 0 readouts per model, chance dashed."""
-    panels = [("profile_rho", "profile ρ (Spearman)"), ("topic_mrr", "topic MRR")]
-    panels = [p for p in panels if any(f"{p[0]}_long" in g for g in gts.values())]
-    if not panels:
-        return
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.4), squeeze=False)
-    names = list(gts)
-    for ax, (key, title) in zip(axes[0], panels):
-        for k_, (r, col) in enumerate((("long", "tab:blue"), ("short", "tab:orange"))):
-            ax.bar(np.arange(len(names)) + (k_ - 0.5) * 0.38, [gts[m].get(f"{key}_{r}", np.nan) for m in names],
-                   width=0.38, color=col, label=READOUT_LABELS[r])
-        if key in ref.get("chance", {}):
-            ax.axhline(ref["chance"][key], color="k", ls="--", lw=0.8, label="chance")
-        if key in ref.get("popularity", {}):
-            ax.axhline(ref["popularity"][key], color="gray", ls=":", lw=0.8, label="popularity")
-        ax.set_xticks(range(len(names)), [label(m) for m in names], fontsize=8)
-        ax.set_title(title)
-        y0, y1 = ax.get_ylim()
-        ax.set_ylim(y0, y1 + 0.35 * (y1 - y0))  # room for the legend above the bars
-        ax.legend(fontsize=7, loc="upper center", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -57,6 +57,14 @@ def training_stages(root: str | Path = ".") -> list[PlannedRun]:
     return runs
 
 
+def study_runs(params) -> list[PlannedRun]:
+    """The runs that only the disentanglement stage trains (aliases such as clsr_nocon, `clsr.runs`), so that
+    they too are trained side by side instead of one after another inside that stage."""
+    from clsr.stages.disentanglement import required_runs
+
+    return [PlannedRun("disentanglement", ds, name, seed, "") for ds, name, seed in required_runs(params)]
+
+
 def plan(ctx, stages: list[PlannedRun]) -> list[tuple[PlannedRun, Path]]:
     """The runs still to train: one per run folder, finished ones left out."""
     from clsr.data.prepare import load_prepared
@@ -112,14 +120,19 @@ def prefill(jobs: int, root: str | Path = ".", dry_run: bool = False) -> list[tu
     missing = [d for d in ctx.params["pipeline"]["datasets"] if not (ctx.prepared_dir / d / "meta.json").exists()]
     if missing:
         raise ConfigError(f"datasets not prepared yet: {missing}; run `dvc repro protocol` first")
-    todo = plan(ctx, training_stages(ctx.root))
+    todo = plan(ctx, training_stages(ctx.root) + study_runs(ctx.params))
     print(f"prefill: {len(todo)} run(s) to train in {jobs} process(es) × {threads or 'all'} thread(s)", flush=True)
     if dry_run or not todo:
+        for st, run_dir in todo:
+            print(f"prefill: planned {st.stage} ({st.dataset} {st.model} seed {st.seed}"
+                  f"{' ' + st.overrides if st.overrides else ''}) -> {run_dir}", flush=True)
         return [(st.stage, 0.0, "planned") for st, _ in todo]
     args = [(st, str(ctx.root)) for st, _ in todo]
     results = []
+    t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(jobs) as pool:
         for stage, seconds, status in pool.imap_unordered(_train_one, args):
-            print(f"prefill: {stage} {status} in {seconds:.0f} s", flush=True)
             results.append((stage, seconds, status))
+            print(f"prefill: [{len(results)}/{len(todo)}] {stage} {status} in {seconds:.0f} s "
+                  f"({(time.perf_counter() - t0) / 60:.0f} min elapsed)", flush=True)
     return results
