@@ -19,14 +19,21 @@ Semantics with world size W > 1 (`clsr.train.fit`):
   (seed, epoch, rank) (`negative_rng`). The pool of a negative is the b/W instances of the rank's share, not
   the b of the global batch: at W = 4 and b = 500 a negative is one of 125 targets instead of 500 (slightly
   more repeats of popular items among an instance's negatives); everything else about the draw is unchanged.
-- Gradient: DDP all-reduces (averages) the gradients during backward. Each rank's loss is scaled by
-  W·b_r/b (1 for equal shares), so the average is Σ_r (b_r/b)·∇L_r: for the recommendation loss (a mean over
-  instances) and the layer L2 (the same on every rank) this is exactly the one-process gradient of the global
-  batch. The terms one process defines on a batch's *set* of rows — embedding L2 over the unique rows used,
-  CLSR's discrepancy over the unique users, the masked means of the contrastive terms — are computed on the
-  local batch by the same code and averaged the same way; a row used by only one rank's share gets its L2
-  gradient at weight b_r/b instead of 1. Gradient clipping (per tensor) acts on the all-reduced gradient and
-  Adam steps on every rank with it: parameters stay equal on all ranks.
+- Gradient: DDP all-reduces (averages) the gradients during backward. Every rank's loss parts are written so
+  that their mean over the ranks is the one-process part of the global batch, value and gradient
+  (`clsr.models.base.Recommender.compute_loss` with the run's context; the terms in `clsr.losses`). A mean
+  over the global batch's entries (the recommendation loss over instances, the masked means of the
+  contrastive terms over candidate rows, DIEN's auxiliary loss over history steps) is W·Σ_local / Σ_global,
+  the global count from an all-reduce of the local counts (`global_sum`: a scalar, no gradient). A sum over
+  the batch's *set* of rows (embedding L2 over the unique rows used, CLSR's discrepancy over the unique
+  users) weights each of the rank's unique rows by W/c, c the number of ranks whose share uses it, and the
+  discrepancy's mean divides by the size of the union: both from an all-gather of the ranks' unique ids
+  (`row_share`; the ids, never a vocabulary-sized vector). The layer L2 is the same on every rank and
+  enters as is. The logged loss parts, averaged over the ranks, are therefore the global batch's. Gradient
+  clipping (per tensor) acts on the all-reduced gradient, the one-process gradient of the global batch,
+  and Adam steps on every rank with it: parameters stay equal on all ranks. What still differs from one
+  process is what each rank computes from its own share: the negatives (above), batch-norm statistics
+  (below), and DIEN's auxiliary negatives (drawn from the share's history tokens).
 - Batch norm: statistics per rank (plain BatchNorm, not SyncBatchNorm): a training step normalises each
   local batch by its own mean and variance (b/W instances, noisier for large W); the running averages used
   at evaluation are rank 0's (DDP broadcasts rank 0's buffers before every forward, and `sync_buffers`
@@ -129,6 +136,38 @@ def loss_scale(local_size: int, global_size: int, world: int) -> float:
 def global_batch_size(step: int, n_instances: int, batch_size: int) -> int:
     """Instances in global batch `step` of an epoch over `n_instances` (the last one may be smaller)."""
     return min(batch_size, n_instances - step * batch_size)
+
+
+# ---- loss terms over the global batch (clsr.losses) -----------------------------------------------
+def global_sum(x: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """Σ_r x_r over the ranks, for a count (no gradient flows through it); `x` itself in one process."""
+    if not ctx.distributed:
+        return x
+    total = x.detach().clone()
+    dist.all_reduce(total)
+    return total
+
+
+def row_share(ids: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, int]:
+    """For this rank's unique row ids (1-d): (c, n) with c[i] the number of ranks whose ids hold
+    ids[i] (≥ 1, int64) and n the number of distinct ids over all ranks, |∪_r ids_r|. Weighting each of a
+    rank's rows by 1/c counts a row used by several shares once over the ranks.
+
+    Two all-gathers: the ranks' id counts, then their ids padded to the largest count (never a tensor of the
+    vocabulary's size). In one process: (ones, len(ids)).
+    """
+    if not ctx.distributed:
+        return torch.ones_like(ids), ids.numel()
+    size = torch.tensor([ids.numel()], dtype=torch.int64, device=ids.device)
+    sizes = [torch.empty_like(size) for _ in range(ctx.world)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    padded = ids.new_full((max(max(sizes), 1),), -1)
+    padded[: ids.numel()] = ids
+    parts = [torch.empty_like(padded) for _ in range(ctx.world)]
+    dist.all_gather(parts, padded)
+    union, counts = torch.unique(torch.cat([p[:n] for p, n in zip(parts, sizes)]), return_counts=True)
+    return counts[torch.searchsorted(union, ids)], union.numel()
 
 
 # ---- evaluation ----------------------------------------------------------------------------------

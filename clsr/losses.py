@@ -2,6 +2,13 @@
 
 CLSR's own terms (contrastive, discrepancy) live in this module too, as pure functions of tensors, so
 that tests can check each against its equation.
+
+Data-parallel training: every term takes the run's `clsr.distributed.Context` (`ctx`). With W > 1 ranks it
+returns this rank's part, scaled so that the mean of the ranks' parts is the one-process term of the global
+batch, value and gradient (the mean DDP takes of the gradients; clsr/distributed.py): a mean over the batch's
+entries is W·Σ_local / Σ_global (`spread_mean`), a sum over the batch's unique rows weights each of the rank's
+rows by W / (ranks using it) (`clsr.distributed.row_share`). Without a context, or with W = 1, no collective
+runs and the arithmetic is the single-process one.
 """
 from __future__ import annotations
 
@@ -9,20 +16,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clsr import distributed as D
 
-def recommendation_loss(logits: torch.Tensor, kind: str = "softmax") -> torch.Tensor:
+
+def spreads(ctx: D.Context | None) -> bool:
+    """Whether `ctx` is a run of several ranks (the terms then return the rank's part, module docstring)."""
+    return ctx is not None and ctx.distributed
+
+
+def spread_mean(local_sum: torch.Tensor, local_count: torch.Tensor, ctx: D.Context) -> torch.Tensor:
+    """This rank's part of a mean over the global batch's entries: W·Σ_local / max(Σ_r count_r, 1), so that
+    the ranks' parts average to Σ_all / Σ_count (0 when no rank has an entry). Every rank must call it."""
+    return ctx.world * local_sum / D.global_sum(local_count, ctx).clamp(min=1.0)
+
+
+def recommendation_loss(logits: torch.Tensor, kind: str = "softmax", ctx: D.Context | None = None) -> torch.Tensor:
     """L_rec on (B, C) logits whose column 0 is the positive.
 
     softmax (released): -1/B Σ_b log softmax(z_b)_0, a sampled-softmax cross-entropy over 1+N.
     bce (the paper's text):  mean over all B*C rows of BCE(σ(z), y), y = 1 for column 0 else 0.
+    With several ranks: the rank's part of the mean over the global batch (`spread_mean`).
     """
     if kind == "softmax":
-        return -F.log_softmax(logits, dim=1)[:, 0].mean()
-    if kind == "bce":
+        if not spreads(ctx):
+            return -F.log_softmax(logits, dim=1)[:, 0].mean()
+        values = -F.log_softmax(logits, dim=1)[:, 0]
+    elif kind == "bce":
         labels = torch.zeros_like(logits)
         labels[:, 0] = 1.0
-        return F.binary_cross_entropy_with_logits(logits, labels)
-    raise ValueError(f"rec_loss: unknown kind {kind!r}; choose 'softmax' or 'bce'")
+        if not spreads(ctx):
+            return F.binary_cross_entropy_with_logits(logits, labels)
+        values = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    else:
+        raise ValueError(f"rec_loss: unknown kind {kind!r}; choose 'softmax' or 'bce'")
+    return spread_mean(values.sum(), values.new_tensor(float(values.numel())), ctx)
 
 
 def l2_loss(
@@ -30,9 +57,14 @@ def l2_loss(
     used_rows: list[tuple[nn.Embedding, torch.Tensor]],
     embed_l2: float,
     layer_l2: float,
+    ctx: D.Context | None = None,
 ) -> torch.Tensor:
     """L_reg = embed_l2 · ½Σ‖E[r]‖² over the *unique* used rows of each table
-    + layer_l2 · ½Σ‖θ‖² over every parameter that is not an embedding table (tf.nn.l2_loss)."""
+    + layer_l2 · ½Σ‖θ‖² over every parameter that is not an embedding table (tf.nn.l2_loss).
+
+    With several ranks the embedding rows are the union of the ranks' used rows: rank r weights each of its
+    rows by W/c, c the number of ranks using it (`clsr.distributed.row_share`); the layer term, the same on
+    every rank, enters as is."""
     device = next(model.parameters()).device
     total = torch.zeros((), device=device)
     if embed_l2:
@@ -41,7 +73,12 @@ def l2_loss(
             used = torch.zeros(table.num_embeddings, dtype=torch.bool, device=rows.device)
             used[rows.reshape(-1)] = True
             uniq = used.nonzero().squeeze(1)
-            total = total + embed_l2 * 0.5 * table.weight[uniq].pow(2).sum()
+            if spreads(ctx):
+                n_ranks, _ = D.row_share(uniq, ctx)
+                row_sq = table.weight[uniq].pow(2).sum(1)
+                total = total + embed_l2 * 0.5 * (row_sq * (ctx.world / n_ranks.to(row_sq.dtype))).sum()
+            else:
+                total = total + embed_l2 * 0.5 * table.weight[uniq].pow(2).sum()
     if layer_l2:
         emb = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
         for p in model.parameters():
@@ -58,15 +95,18 @@ def l2_loss(
 CONTRASTIVE_KINDS = ("triplet", "bpr", "none")
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, ctx: D.Context | None = None) -> torch.Tensor:
     """Σ m·ℓ / Σ m over all entries of the broadcast shape of (ℓ, m); 0 (not NaN, as released) when
     Σ m = 0. Broadcasting matters: a per-instance term (B, 1) against a per-row mask (B, C) is counted
     once per candidate row, as in the released row layout.
 
     m is 0/1, so Σ m ≥ 1 whenever it is non-zero and clamping the denominator at 1 changes nothing
-    else; it also needs no host sync.
+    else; it also needs no host sync. With several ranks: the rank's part of the global batch's masked mean
+    (`spread_mean`, Σ m over every rank's rows).
     """
     values, mask = torch.broadcast_tensors(values, mask.to(values.dtype))
+    if spreads(ctx):
+        return spread_mean((mask * values).sum(), mask.sum(), ctx)
     return (mask * values).sum() / mask.sum().clamp(min=1.0)
 
 
@@ -149,23 +189,35 @@ def contrastive_loss(
     weight: float = 0.1,
     margin: float = 1.0,
     normalize: bool = False,
+    ctx: D.Context | None = None,
 ) -> torch.Tensor:
     """L_con = w · Σ_{k=1..4} (Σ_r m_r ℓ_{k,r} / Σ_r m_r): a *separate* masked mean per term over all
     rows r (every candidate row of every instance), m_r = 1 when the history is longer than the
-    threshold. `mask` must broadcast to the per-row term shape."""
+    threshold. `mask` must broadcast to the per-row term shape. With several ranks: the rank's part
+    (`masked_mean` over the global batch's rows)."""
     terms = contrastive_terms(kind, u_long, u_short, p_long, p_short, margin, normalize)
     total = u_long.new_zeros(())
     for t in terms:
-        total = total + masked_mean(t, mask)
+        total = total + masked_mean(t, mask, ctx)
     return weight * total
 
 
 def discrepancy_loss(
-    long_table: torch.Tensor, short_table: torch.Tensor, users: torch.Tensor, weight: float = 0.01
+    long_table: torch.Tensor,
+    short_table: torch.Tensor,
+    users: torch.Tensor,
+    weight: float = 0.01,
+    ctx: D.Context | None = None,
 ) -> torch.Tensor:
     """L_dis = −w · 1/(|U_b|·d) Σ_{u ∈ U_b} ‖E_l[u] − E_s[u]‖², U_b the batch's *unique* users.
 
     The minus sign is released behaviour: the term rewards the two user embeddings for differing.
+    With several ranks U_b is the union of the ranks' users: rank r sums over its unique users, each weighted
+    by W/c (c ranks use it), and divides by |U_b|·d (`clsr.distributed.row_share`).
     """
     uniq = torch.unique(users.reshape(-1))
+    if spreads(ctx):
+        n_ranks, n_users = D.row_share(uniq, ctx)
+        diff_sq = (long_table[uniq] - short_table[uniq]).square().sum(1)
+        return -weight * (diff_sq * (ctx.world / n_ranks.to(diff_sq.dtype))).sum() / (n_users * long_table.shape[1])
     return -weight * (long_table[uniq] - short_table[uniq]).square().mean()

@@ -340,7 +340,6 @@ def _train(data, model_name, mcfg, cfg, ctx, resolved, chash, code_hash, run_dir
 
     params = [p for p in model.parameters() if p.requires_grad]
     step_model = D.wrap(model, ctx)  # DDP around the model when world > 1 (clsr.distributed)
-    n_train = len(train_data.instances["train"])
     n_batches = B.n_train_batches(train_data, cfg.batch_size, cfg.n_neg, world=ctx.world)
     best_state = None
     done_epochs = 0
@@ -365,15 +364,13 @@ def _train(data, model_name, mcfg, cfg, ctx, resolved, chash, code_hash, run_dir
         for step, batch in enumerate(bar):
             batch = batch.to(device)
             out = step_model(batch)
-            parts = model.compute_loss(batch, out)
+            # with W > 1: this rank's parts, averaging over the ranks (as DDP averages the gradients) to the
+            # one-process loss of the global batch (clsr.distributed); with W = 1 the batch's own
+            parts = model.compute_loss(batch, out, ctx)
             if step == 0 and main and diagnostics.applies(model, out):  # what the self-supervision does
                 diag = diagnostics.self_supervision(model, out, parts)  # (clsr.diagnostics; rank 0's share)
             opt.zero_grad(set_to_none=True)
-            if ctx.distributed:  # DDP averages the ranks' gradients: weight each by its share of the batch
-                scale = D.loss_scale(batch.size, D.global_batch_size(step, n_train, cfg.batch_size), ctx.world)
-                (parts["total"] * scale).backward()
-            else:
-                parts["total"].backward()
+            parts["total"].backward()
             if model.clip_norm:
                 clip_per_tensor_(params, model.clip_norm)
             opt.step()
@@ -382,7 +379,7 @@ def _train(data, model_name, mcfg, cfg, ctx, resolved, chash, code_hash, run_dir
             n_seen += batch.size
         steps = max(n_batches, 1)
         sums = {k: float(v) / steps for k, v in parts_acc.items()}
-        if ctx.distributed:  # the ranks' mean losses, averaged; instances summed
+        if ctx.distributed:  # the ranks' parts, averaged: the global batches' losses; instances summed
             *totals, n_seen = D.all_reduce_sum([*sums.values(), n_seen], ctx)
             sums = {k: v / ctx.world for k, v in zip(sums, totals)}
         train_s = time.perf_counter() - t0

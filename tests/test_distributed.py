@@ -5,10 +5,14 @@
 - a 2-process run killed after its first epoch and resumed with 2 processes ends exactly where the
   uninterrupted 2-process run ends; resumed with 1 process, it continues (another world size is allowed);
 - the batch shares of the ranks make up the global batch, and with world 1 the batches are today's;
-- every process memory-maps the prepared arrays.
+- every process memory-maps the prepared arrays;
+- the loss parts of 2 ranks, and their gradients, average (as DDP averages) to the one-process loss of the
+  global batch, also for the terms defined on the batch's set of rows (embedding L2, discrepancy, the masked
+  means of the contrastive terms), which each share computed alone would miss; with world 1 nothing changes.
 
 Run as a script (``python -m torch.distributed.run ... tests/test_distributed.py DATA RUN_DIR STOP``) this
-file is the worker of the resume test: `fit` stopped after STOP epochs, as a kill after a checkpoint would.
+file is the worker of the resume test: `fit` stopped after STOP epochs, as a kill after a checkpoint would;
+with ``loss-terms OUT_DIR`` it is the worker of the loss-term test (each rank saves its parts and gradients).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"n_users": 60, "n_items": 120, "n_categories": 6, "mean_events": 22, "seed": 5}
@@ -39,12 +44,109 @@ def worker(data_dir: str, run_dir: str, stop: str) -> None:
         shutdown()
 
 
+#: the ranks' shares of the 7 instances of `loss_case` (unequal, as `clsr.distributed.local_share` cuts them)
+SHARES = ((0, 4), (4, 7))
+#: the rows of the set-defined terms: embedding L2 (the tables), discrepancy (user tables), contrastive (u, p)
+SET_DEFINED = ("tokens.item.weight", "tokens.cate.weight", "user_long.weight", "user_short.weight",
+               "out.u_long", "out.u_short", "out.p_long", "out.p_short")
+
+
+def loss_case():
+    """A CLSR model (float64), a global batch of 7 instances and its model outputs as leaf tensors (the loss
+    terms alone, no batch norm). The shares [0:4] and [4:7] both hold users 1 and 3 and many item and
+    category rows (vocabularies of 40 and 30), and each table also rows of one share only; histories longer than the threshold 5: 3 of share 0, 1 of share 1."""
+    from clsr.data.batches import Batch
+    from clsr.models.base import ModelSizes
+    from clsr.models.clsr import CLSR, CLSRConfig
+
+    torch.manual_seed(0)
+    model = CLSR(CLSRConfig(embed_l2=0.1, layer_l2=0.01), ModelSizes(n_users=6, n_items=40, n_cates=30)).double()
+    with torch.no_grad():
+        for t in (model.tokens.item, model.tokens.cate, model.user_long, model.user_short):
+            t.weight.normal_(0, 0.5)
+    g = torch.Generator().manual_seed(1)
+    B, C, L, d = 7, 4, 8, 40
+    length = torch.tensor([8, 6, 3, 7, 2, 8, 5])
+    mask = (torch.arange(L)[None] < length[:, None]).double()
+    batch = Batch(
+        user=torch.tensor([1, 2, 3, 2, 3, 4, 1]),
+        hist_item=torch.randint(1, 40, (B, L), generator=g) * mask.long(),
+        hist_cate=torch.randint(1, 30, (B, L), generator=g) * mask.long(),
+        mask=mask, length=length, time_to_now=mask.clone(), time_from_first=mask.clone(),
+        cand_item=torch.randint(1, 40, (B, C), generator=g), cand_cate=torch.randint(1, 30, (B, C), generator=g),
+        user_row=torch.arange(B), instance=torch.full((B,), -1),
+    )
+    shapes = {"logits": (B, C), "u_long": (B, d), "u_short": (B, C, d), "p_long": (B, d), "p_short": (B, d)}
+    out = {k: torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_() for k, shape in shapes.items()}
+    return model, batch, out
+
+
+def share_of(batch, out, lo: int, hi: int):
+    """Instances lo..hi-1 of a batch and of its outputs (slices of the global leaves)."""
+    from dataclasses import fields, replace
+
+    return replace(batch, **{f.name: getattr(batch, f.name)[lo:hi] for f in fields(batch)}), \
+        {k: v[lo:hi] for k, v in out.items()}
+
+
+def gradients(model, out) -> dict:
+    """Every parameter's and output leaf's gradient (zeros where none arrived)."""
+    named = [*model.named_parameters(), *((f"out.{k}", v) for k, v in out.items())]
+    return {k: v.grad.clone() if v.grad is not None else torch.zeros_like(v) for k, v in named}
+
+
+def dien_aux_parts(ctx, lo: int, hi: int, length: list[int]) -> dict:
+    """DIEN's auxiliary loss on this rank's share of 7 instances with histories of `length`: the rank's part
+    with `ctx`, and the share's own mean and pair count (same negatives: same torch seed)."""
+    from dataclasses import replace
+
+    from clsr.models.base import ModelSizes
+    from clsr.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("dien", ModelSizes(n_users=6, n_items=40, n_cates=30),
+                        {"aux_loss_weight": 0.5, "init_std": 0.3}).double()
+    _, batch, _ = loss_case()
+    length = torch.tensor(length)
+    mask = (torch.arange(8)[None] < length[:, None]).double()
+    batch = replace(batch, length=length, mask=mask, hist_item=batch.hist_item * mask.long(),
+                    hist_cate=batch.hist_cate * mask.long())
+    batch, _ = share_of(batch, {}, lo, hi)
+    out = model(batch)
+    torch.manual_seed(5)
+    part = model.extra_losses(batch, out, ctx)["aux"]
+    torch.manual_seed(5)
+    own = model.extra_losses(batch, out)["aux"]
+    pairs = int((batch.length - 1).clamp(min=0).sum())
+    return {"part": float(part), "own": float(own), "pairs": pairs}
+
+
+def loss_terms_worker(out_dir: str) -> None:
+    from clsr import distributed as D
+
+    torch.set_num_threads(1)
+    ctx = D.context(torch.device("cpu"))
+    try:
+        lo, hi = SHARES[ctx.rank]
+        model, batch, out = loss_case()
+        parts = model.compute_loss(*share_of(batch, out, lo, hi), ctx)
+        parts["total"].backward()
+        aux = {name: dien_aux_parts(ctx, lo, hi, length) for name, length in
+               (("both", [8, 6, 3, 7, 2, 8, 5]), ("rank0_only", [8, 6, 3, 7, 1, 1, 1]))}
+        torch.save({"parts": {k: v.detach() for k, v in parts.items()}, "grads": gradients(model, out), "aux": aux},
+                   Path(out_dir) / f"rank{ctx.rank}.pt")
+    finally:
+        D.shutdown()
+
+
 if __name__ == "__main__":
-    worker(*sys.argv[1:4])
+    if sys.argv[1] == "loss-terms":
+        loss_terms_worker(sys.argv[2])
+    else:
+        worker(*sys.argv[1:4])
     raise SystemExit(0)
 
-import pytest  # noqa: E402  (not needed by the worker above)
-import torch  # noqa: E402
+import pytest  # noqa: E402  (not needed by the workers above)
 
 from clsr.data import batches as B  # noqa: E402
 from clsr.data.prepare import prepare  # noqa: E402
@@ -189,3 +291,46 @@ def test_every_process_memory_maps_the_prepared_arrays(tiny):
         assert mapped[k].dtype == v.dtype and np.array_equal(mapped[k], v), k
     for arr in (data.event_item, data.event_ts, data.user_offsets, data.instances["train"].user, data.item_ids):
         assert isinstance(arr.base, np.memmap) and Path(arr.base.filename).resolve() == (folder / "arrays.npz").resolve()
+
+
+def test_two_ranks_loss_parts_and_gradients_average_to_the_one_process_ones(tmp_path):
+    from clsr.distributed import Context
+
+    torchrun(__file__, "loss-terms", str(tmp_path))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    torch.set_num_threads(1)
+    model, batch, out = loss_case()
+    parts = model.compute_loss(batch, out)  # one process, the global batch
+    parts["total"].backward()
+    want = gradients(model, out)
+    assert set(ranks[0]["parts"]) == set(parts) == {"rec", "l2", "contrastive", "discrepancy", "total"}
+    for k, v in parts.items():  # DDP's mean over the ranks: the one-process value ...
+        torch.testing.assert_close((ranks[0]["parts"][k] + ranks[1]["parts"][k]) / 2, v.detach(), rtol=1e-13, atol=0)
+    for k, g in want.items():  # ... and gradient, to float64 rounding
+        torch.testing.assert_close((ranks[0]["grads"][k] + ranks[1]["grads"][k]) / 2, g, rtol=1e-12, atol=1e-17)
+    assert all(want[k].abs().sum() > 0 for k in SET_DEFINED)
+
+    # each share's own terms, weighted W·b_r/b as a mean over instances is, average to the one-process
+    # gradient of the recommendation loss and the layer L2 only: the set-defined terms need the other shares
+    model, batch, out = loss_case()
+    for lo, hi in SHARES:
+        (model.compute_loss(*share_of(batch, out, lo, hi))["total"] * (hi - lo) / 7).backward()
+    per_share = gradients(model, out)
+    for k, g in want.items():
+        if k in SET_DEFINED:
+            assert not torch.allclose(per_share[k], g, rtol=1e-6, atol=0), k
+        else:
+            torch.testing.assert_close(per_share[k], g, rtol=1e-12, atol=1e-17)
+
+    # one process with a world-1 context: the very same numbers, no collective
+    model, batch, out = loss_case()
+    alone = model.compute_loss(batch, out, Context(0, 1, torch.device("cpu")))
+    assert all(torch.equal(alone[k], parts[k]) for k in parts)
+
+    # DIEN's auxiliary loss: the mean over the global batch's pairs, also when one rank has no pair
+    for name in ("both", "rank0_only"):
+        aux = [r["aux"][name] for r in ranks]
+        n = sum(a["pairs"] for a in aux)
+        assert aux[0]["pairs"] > 0 and (aux[1]["pairs"] > 0) == (name == "both")
+        want_aux = sum(a["own"] * a["pairs"] for a in aux) / n
+        assert abs((aux[0]["part"] + aux[1]["part"]) / 2 - want_aux) <= 1e-12 * abs(want_aux)

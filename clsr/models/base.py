@@ -4,6 +4,10 @@ A model maps a `Batch` (B instances, C candidates each, column 0 the positive) t
 holding at least ``logits`` of shape (B, C). It owns its losses: `compute_loss` returns the named parts
 and their sum under ``total``. The shared parts (recommendation loss, L2 on the used embedding rows and
 all other parameters) are implemented once here; models add their own through `extra_losses`.
+
+In data-parallel training both take the run's `clsr.distributed.Context` and pass it to the terms of
+`clsr.losses`: each part is then this rank's, and the ranks' parts average to the one-process part of the
+global batch (clsr/distributed.py). Without it (or with one process) the parts are the batch's own.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from clsr import distributed as D
 from clsr import losses
 from clsr.config import ConfigError
 from clsr.data.batches import Batch
@@ -106,18 +111,25 @@ class Recommender(nn.Module):
         """(table, row indices) pairs used by this batch, for the L2 term on used rows (§2.4)."""
         return []
 
-    def extra_losses(self, batch: Batch, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Model-specific weighted loss terms (contrastive, discrepancy, auxiliary...)."""
+    def extra_losses(
+        self, batch: Batch, out: dict[str, torch.Tensor], ctx: D.Context | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Model-specific weighted loss terms (contrastive, discrepancy, auxiliary...); with a context of
+        several ranks, this rank's parts (module docstring)."""
         return {}
 
     # --- shared ---------------------------------------------------------------------------------
     def embedding_tables(self) -> list[nn.Embedding]:
         return [m for m in self.modules() if isinstance(m, nn.Embedding)]
 
-    def compute_loss(self, batch: Batch, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        parts = {"rec": losses.recommendation_loss(out["logits"], self.cfg.rec_loss)}
-        parts["l2"] = losses.l2_loss(self, self.embedding_rows(batch), self.cfg.embed_l2, self.cfg.layer_l2)
-        parts.update(self.extra_losses(batch, out))
+    def compute_loss(
+        self, batch: Batch, out: dict[str, torch.Tensor], ctx: D.Context | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The named loss parts of `batch` and their sum ``total``; with a context of several ranks, this
+        rank's parts of the global batch's (module docstring)."""
+        parts = {"rec": losses.recommendation_loss(out["logits"], self.cfg.rec_loss, ctx)}
+        parts["l2"] = losses.l2_loss(self, self.embedding_rows(batch), self.cfg.embed_l2, self.cfg.layer_l2, ctx)
+        parts.update(self.extra_losses(batch, out, ctx))
         parts["total"] = sum(parts.values())
         return parts
 

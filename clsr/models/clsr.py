@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from clsr import distributed as D
 from clsr import losses
 from clsr.config import ConfigError
 from clsr.data.batches import Batch
@@ -336,9 +337,12 @@ class CLSR(Recommender):
         every candidate; the batch's users in both user tables."""
         return self.tokens.batch_rows(batch) + [(self.user_long, batch.user), (self.user_short, batch.user)]
 
-    def extra_losses(self, batch: Batch, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def extra_losses(
+        self, batch: Batch, out: dict[str, torch.Tensor], ctx: D.Context | None = None
+    ) -> dict[str, torch.Tensor]:
         """contrastive: w · Σ_k masked_mean_r(ℓ_k) over all B·C candidate rows, m_r = [n > threshold];
-        discrepancy: −w · mean over the batch's unique users and d_u dims of (E_l[u] − E_s[u])²."""
+        discrepancy: −w · mean over the batch's unique users and d_u dims of (E_l[u] − E_s[u])²; with a
+        context of several ranks, this rank's parts of the global batch's (clsr.losses)."""
         cfg = self.cfg
         parts: dict[str, torch.Tensor] = {}
         if cfg.contrastive != "none":
@@ -358,8 +362,9 @@ class CLSR(Recommender):
                 weight=cfg.contrastive_weight,
                 margin=cfg.margin,
                 normalize=cfg.contrastive_normalize,
+                ctx=ctx,
             )
         parts["discrepancy"] = losses.discrepancy_loss(
-            self.user_long.weight, self.user_short.weight, batch.user, cfg.discrepancy_weight
+            self.user_long.weight, self.user_short.weight, batch.user, cfg.discrepancy_weight, ctx
         )
         return parts

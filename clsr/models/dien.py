@@ -61,6 +61,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clsr import distributed as D
+from clsr import losses
 from clsr.config import ConfigError
 from clsr.data.batches import Batch
 from clsr.models.base import ModelConfig, ModelSizes, Recommender
@@ -226,7 +228,9 @@ class DIEN(Recommender):
     def embedding_rows(self, batch: Batch) -> list[tuple[nn.Embedding, torch.Tensor]]:
         return self.tokens.batch_rows(batch)
 
-    def extra_losses(self, batch: Batch, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def extra_losses(
+        self, batch: Batch, out: dict[str, torch.Tensor], ctx: D.Context | None = None
+    ) -> dict[str, torch.Tensor]:
         """The paper's auxiliary loss (off by default, as released), weighted by ``aux_loss_weight``:
 
             L_aux = −mean_{(b,t): t+1 < n_b} [ log σ(⟨o_t, x_{t+1}⟩) + log(1 − σ(⟨o_t, x̂_{b,t}⟩)) ]
@@ -235,6 +239,10 @@ class DIEN(Recommender):
         [E_i ‖ E_c], and x̂ a negative token drawn uniformly (with replacement, torch's global RNG)
         from all valid history positions of the batch; a draw that happens to equal the positive is
         kept (rare, and it only adds noise).
+
+        With a context of several ranks: this rank's part of the mean over the global batch's pairs,
+        W·Σ_local / P_global (P_global from `clsr.distributed.global_sum`, taken by every rank before the
+        early return); the negatives come from the rank's own share.
         """
         w = self.cfg.aux_loss_weight
         if w <= 0:
@@ -242,11 +250,15 @@ class DIEN(Recommender):
         O, X = out["gru_out"], out["hist_emb"]
         B, L, _ = X.shape
         pair = (torch.arange(L - 1, device=X.device)[None, :] + 1 < batch.length[:, None])  # (B, L−1)
+        if losses.spreads(ctx):  # every rank counts the global pairs, also one without a pair of its own
+            n_pairs = D.global_sum(pair.sum().to(O.dtype), ctx)
         if not bool(pair.any()):
             return {"aux": O.new_zeros(())}
         o = O[:, :-1][pair]  # (P, H)
         pos = X[:, 1:][pair]  # (P, d)
         pool = X[batch.mask > 0]  # (V, d) every valid history token of the batch
         neg = pool[torch.randint(0, pool.shape[0], (o.shape[0],), device=X.device)]
-        loss = -(F.logsigmoid((o * pos).sum(-1)) + F.logsigmoid(-(o * neg).sum(-1))).mean()
-        return {"aux": w * loss}
+        log_lik = F.logsigmoid((o * pos).sum(-1)) + F.logsigmoid(-(o * neg).sum(-1))  # (P,)
+        if losses.spreads(ctx):
+            return {"aux": w * -(ctx.world * log_lik.sum() / n_pairs)}
+        return {"aux": w * -log_lik.mean()}
