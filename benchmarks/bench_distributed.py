@@ -128,7 +128,6 @@ def child_worker(folder: str, steps: int, warmup: int) -> None:
 
         step_model.register_comm_hook(None, counting_allreduce)
     max_len, time_unit = data_settings(data)
-    n_train = len(data.instances["train"])
     shard = dict(rank=ctx.rank, world=ctx.world, neg_rng=D.negative_rng(0, 1, ctx.rank)) if ctx.distributed else {}
     it = B.train_batches(data, 500, 4, max_len, time_unit, np.random.default_rng(0), **shard)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -145,10 +144,9 @@ def child_worker(folder: str, steps: int, warmup: int) -> None:
         batch = next(it)
         t1 = time.perf_counter()
         out = step_model(batch)
-        parts = model.compute_loss(batch, out)
+        parts = model.compute_loss(batch, out, ctx)  # as clsr.train.fit: each part averages over ranks to the global one
         opt.zero_grad(set_to_none=True)
-        scale = D.loss_scale(batch.size, D.global_batch_size(step, n_train, 500), ctx.world)
-        (parts["total"] * scale).backward()
+        parts["total"].backward()
         clip_per_tensor_(params, model.clip_norm)
         opt.step()
         t2 = time.perf_counter()

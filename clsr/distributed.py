@@ -128,16 +128,6 @@ def torch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([_STREAM_TAG, seed, epoch, rank, 1]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def loss_scale(local_size: int, global_size: int, world: int) -> float:
-    """W·b_r/b: makes DDP's average of the ranks' gradients the size-weighted one (1.0 for equal shares)."""
-    return world * local_size / global_size
-
-
-def global_batch_size(step: int, n_instances: int, batch_size: int) -> int:
-    """Instances in global batch `step` of an epoch over `n_instances` (the last one may be smaller)."""
-    return min(batch_size, n_instances - step * batch_size)
-
-
 # ---- loss terms over the global batch (clsr.losses) -----------------------------------------------
 def global_sum(x: torch.Tensor, ctx: Context) -> torch.Tensor:
     """Σ_r x_r over the ranks, for a count (no gradient flows through it); `x` itself in one process."""
