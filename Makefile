@@ -51,7 +51,8 @@ repro-quick: setup
 	source $(VENV)/bin/activate && python -m clsr repro $(REPRO_TARGETS)
 
 sweep: setup
-	source $(VENV)/bin/activate && dvc repro sweep_report
+	source $(VENV)/bin/activate && dvc repro sweep_data && \
+	  { [ "$(JOBS)" = 1 ] || python -m clsr prefill --sweep --jobs $(JOBS); } && python -m clsr repro sweep_report
 
 readme: setup
 	$(PY) -m clsr readme

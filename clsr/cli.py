@@ -131,7 +131,7 @@ def cmd_readme(a) -> int:
 def cmd_prefill(a) -> int:
     from clsr.prefill import prefill
 
-    results = prefill(a.jobs, dry_run=a.dry_run)
+    results = prefill(a.jobs, dry_run=a.dry_run, sweep=a.sweep)
     failed = [r for r in results if r[2].startswith("failed")]
     print(f"prefill: {len(results) - len(failed)} run(s) ready" + (f", {len(failed)} failed" if failed else ""))
     return 0
@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("prefill", help="train the pipeline's unfinished runs side by side before `dvc repro`")
     sp.add_argument("--jobs", type=int, default=2, help="worker processes (each uses train.threads threads)")
     sp.add_argument("--dry-run", action="store_true", help="only list the runs that would be trained")
+    sp.add_argument("--sweep", action="store_true", help="the generator sweep's runs instead (after dvc repro sweep_data)")
     sp.set_defaults(func=cmd_prefill)
 
     sp = sub.add_parser("repro", help="`dvc repro TARGETS` with a [stage k/N] line before each stage")

@@ -1,6 +1,7 @@
 """Train the pipeline's runs side by side before `dvc repro`, on machines with more cores than one run uses.
 
     python -m clsr prefill --jobs 4            # then: dvc repro  (make repro JOBS=4 does both)
+    python -m clsr prefill --sweep --jobs 4    # the generator sweep's runs (after `dvc repro sweep_data`; make sweep)
 
 `dvc repro` runs its stages one after another. Every training stage (train@…, ablation_*@…) trains into a run
 folder keyed by its canonical configuration (clsr/stages/train.py), and a stage whose run is already finished
@@ -29,10 +30,11 @@ TRAINING_STAGES = ("train@", "ablation_")
 @dataclass(frozen=True)
 class PlannedRun:
     stage: str  # the DVC stage that asks for it (the first, when several share the run)
-    dataset: str
+    dataset: str  # a prepared dataset, or a sweep cell (`sweep`)
     model: str
     seed: int
     overrides: str
+    sweep: bool = False  # a run of the generator sweep (clsr.stages.sweep): runs/sweep/<cell>/<model>_seed<seed>
 
 
 def notebook_parameters(cmd: str) -> dict[str, str]:
@@ -57,6 +59,20 @@ def training_stages(root: str | Path = ".") -> list[PlannedRun]:
     return runs
 
 
+def sweep_stages(root: str | Path = ".") -> list[PlannedRun]:
+    """Every sweep_train@ stage of dvc.yaml (``python -m clsr.stages.sweep train CELL MODEL SEED``)."""
+    from dvc.repo import Repo
+
+    runs = []
+    with Repo(str(root)) as repo:
+        for st in repo.index.stages:
+            if st.addressing.startswith("sweep_train@"):
+                words = shlex.split(st.cmd)
+                i = words.index("train")
+                runs.append(PlannedRun(st.addressing, words[i + 1], words[i + 2], int(words[i + 3]), "", sweep=True))
+    return runs
+
+
 def study_runs(params) -> list[PlannedRun]:
     """The runs that only the disentanglement stage trains (aliases such as clsr_nocon, `clsr.runs`), so that
     they too are trained side by side instead of one after another inside that stage."""
@@ -72,15 +88,21 @@ def plan(ctx, stages: list[PlannedRun]) -> list[tuple[PlannedRun, Path]]:
     from clsr.stages.train import run_folder
     from clsr.train import finished_result
 
+    from clsr.stages import sweep
+
     todo, seen, data = [], set(), {}
     for st in stages:
-        spec = resolve_run(ctx.params, st.model, st.overrides, seed=st.seed)
-        run_dir = run_folder(ctx, st.dataset, spec)
+        if st.sweep:
+            spec, run_dir = sweep.cell_run(ctx, st.dataset, st.model, st.seed)
+        else:
+            spec = resolve_run(ctx.params, st.model, st.overrides, seed=st.seed)
+            run_dir = run_folder(ctx, st.dataset, spec)
         if run_dir in seen:
             continue
         seen.add(run_dir)
         if st.dataset not in data:
-            data[st.dataset] = load_prepared(st.dataset, ctx.prepared_dir)
+            data[st.dataset] = (sweep.load_cell(ctx, st.dataset) if st.sweep
+                                else load_prepared(st.dataset, ctx.prepared_dir))
         if finished_result(run_dir, data[st.dataset], spec.model, spec.model_cfg, spec.train_cfg) is None:
             todo.append((st, run_dir))
     return todo
@@ -96,18 +118,23 @@ def _train_one(args: tuple[PlannedRun, str]) -> tuple[str, float, str]:
     from clsr.stages.train import fit_or_reuse
 
     ctx = pipeline.context(tiny=False)
-    spec = resolve_run(ctx.params, st.model, st.overrides, seed=st.seed)
-    data = load_prepared(st.dataset, ctx.prepared_dir)
     t0 = time.perf_counter()
     try:
-        fit_or_reuse(ctx, st.dataset, spec, data)
+        if st.sweep:
+            from clsr.stages.sweep import fit_cell_run
+
+            fit_cell_run(ctx, st.dataset, st.model, st.seed)
+        else:
+            spec = resolve_run(ctx.params, st.model, st.overrides, seed=st.seed)
+            fit_or_reuse(ctx, st.dataset, spec, load_prepared(st.dataset, ctx.prepared_dir))
     except Exception as e:  # reported, not fatal: `dvc repro` trains that stage itself and shows the error
         return st.stage, time.perf_counter() - t0, f"failed: {' '.join(str(e).split())}"
     return st.stage, time.perf_counter() - t0, "done"
 
 
-def prefill(jobs: int, root: str | Path = ".", dry_run: bool = False) -> list[tuple[str, float, str]]:
-    """Train every unfinished training run of the pipeline in `jobs` processes; returns (stage, seconds, status)."""
+def prefill(jobs: int, root: str | Path = ".", dry_run: bool = False, sweep: bool = False) -> list[tuple[str, float, str]]:
+    """Train every unfinished training run of the pipeline (`sweep`: of the generator sweep instead) in `jobs`
+    processes; returns (stage, seconds, status)."""
     from clsr import pipeline
 
     if jobs < 1:
@@ -117,10 +144,19 @@ def prefill(jobs: int, root: str | Path = ".", dry_run: bool = False) -> list[tu
     if jobs > 1 and threads == 0:
         raise ConfigError(f"--jobs {jobs} with train.threads: 0 (every core per run) would oversubscribe the CPU; "
                           f"set train.threads in params.yaml (e.g. {max(1, (os.cpu_count() or 1) // jobs)})")
-    missing = [d for d in ctx.params["pipeline"]["datasets"] if not (ctx.prepared_dir / d / "meta.json").exists()]
-    if missing:
-        raise ConfigError(f"datasets not prepared yet: {missing}; run `dvc repro protocol` first")
-    todo = plan(ctx, training_stages(ctx.root) + study_runs(ctx.params))
+    if sweep:
+        from clsr.stages.sweep import cells, data_dir
+
+        missing = [c for c in cells(ctx.params) if not (data_dir(ctx) / c / "meta.json").exists()]
+        if missing:
+            raise ConfigError(f"sweep cells not prepared yet: {missing}; run `dvc repro sweep_data` first")
+        stages = sweep_stages(ctx.root)
+    else:
+        missing = [d for d in ctx.params["pipeline"]["datasets"] if not (ctx.prepared_dir / d / "meta.json").exists()]
+        if missing:
+            raise ConfigError(f"datasets not prepared yet: {missing}; run `dvc repro protocol` first")
+        stages = training_stages(ctx.root) + study_runs(ctx.params)
+    todo = plan(ctx, stages)
     print(f"prefill: {len(todo)} run(s) to train in {jobs} process(es) × {threads or 'all'} thread(s)", flush=True)
     if dry_run or not todo:
         for st, run_dir in todo:

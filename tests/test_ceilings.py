@@ -178,6 +178,12 @@ def test_sweep_group_end_to_end(tmp_path):
             r = sweep.run_train(ctx, cell, model, 0, boot_reps=10)
             assert {"test", "ground_truth", "ceiling", "train_seconds", "epochs_run"} <= set(r)
             assert "alpha_vs_posterior" in r["ceiling"]
+    # a finished run is reused, not trained again (prefill --sweep trains them side by side beforehand)
+    run_metrics = ctx.runs_dir / "sweep" / "p0.2_run3" / "clsr_seed0" / "metrics.json"
+    stamp = run_metrics.stat().st_mtime_ns
+    first = read_json(sweep.metrics_file(ctx, "p0.2_run3", "clsr_seed0"))
+    again = sweep.run_train(ctx, "p0.2_run3", "clsr", 0, boot_reps=10)
+    assert run_metrics.stat().st_mtime_ns == stamp and again["test"] == first["test"]
     frame = sweep.run_report(ctx)
     assert len(frame) == 2 * (1 + 3)  # an oracle row and three models per cell
     oracle_rows = frame[frame.model == "oracle"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -111,23 +110,44 @@ def run_data(ctx: Context, cell: str) -> dict[str, Any]:
     return out
 
 
+def cell_run(ctx: Context, cell: str, model: str, seed: int):
+    """(resolved run spec, run folder) of one model × seed on a cell: the main params with the ``sweep.train``
+    overrides, in runs/sweep/<cell>/<model>_seed<seed>."""
+    from clsr.runs import resolve_run
+
+    overrides = {f"train.{k}": v for k, v in ctx.params["sweep"]["train"].items()}
+    return resolve_run(ctx.params, model, overrides, seed=seed), ctx.runs_dir / "sweep" / cell / f"{model}_seed{seed}"
+
+
+def fit_cell_run(ctx: Context, cell: str, model: str, seed: int, data: PreparedData | None = None):
+    """(FitResult, run folder, spec) of one model × seed on the cell's dataset: the finished run of this
+    configuration and training code when runs/sweep/<cell>/<model>_seed<seed> holds one (trained earlier, e.g.
+    side by side by `python -m clsr prefill --sweep`), else trained there now (resumed after an interruption)."""
+    from clsr.train import finished_result, fit
+
+    data = data if data is not None else load_cell(ctx, cell)
+    spec, run_dir = cell_run(ctx, cell, model, seed)
+    res = finished_result(run_dir, data, spec.model, spec.model_cfg, spec.train_cfg)
+    if res is not None:
+        print(f"[sweep] {cell} {model} seed {seed}: the same run is finished in {run_dir}; reusing it", flush=True)
+    else:
+        res = fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, overwrite=True)
+    return res, run_dir, spec
+
+
 def run_train(ctx: Context, cell: str, model: str, seed: int, boot_reps: int = 200) -> dict[str, Any]:
-    """Train one model × seed on the cell's dataset and measure it against the ground truth and the oracle."""
+    """Train one model × seed on the cell's dataset (or reuse its finished run) and measure it against the
+    ground truth and the oracle."""
     import torch
 
     from clsr.disentangle.evaluate import ceilings, ground_truth_eval, oracle_eval, positive_alpha
     from clsr.disentangle.truth import load_truth, read_profiles
-    from clsr.runs import resolve_run
     from clsr.stages.disentanglement import _clean
-    from clsr.train import fit, load_trained
+    from clsr.train import load_trained
 
     data = load_cell(ctx, cell)
-    overrides = {f"train.{k}": v for k, v in ctx.params["sweep"]["train"].items()}
-    spec = resolve_run(ctx.params, model, overrides, seed=seed)
-    run_dir = ctx.runs_dir / "sweep" / cell / f"{model}_seed{seed}"
-    t0 = time.perf_counter()
-    res = fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, overwrite=True)
-    seconds = time.perf_counter() - t0
+    res, run_dir, spec = fit_cell_run(ctx, cell, model, seed, data)
+    seconds = float(sum(r["train_seconds"] + r.get("valid_seconds", 0.0) for r in res.history))
     if spec.train_cfg.threads > 0:
         torch.set_num_threads(spec.train_cfg.threads)
     trained = load_trained(run_dir, data)
