@@ -253,22 +253,3 @@ def test_din_attention_folding_padded_positions_equals_dense_torch_ops(pad_key, 
     for bn, bn_t in zip(att.mlp.norms, ref.mlp.norms):
         _close(bn.running_mean, bn_t.running_mean, torch.float64)
         _close(bn.running_var, bn_t.running_var, torch.float64)
-
-
-@DTYPES
-def test_embedding_lookup_equals_index_select(dtype):
-    """`native.lookup`: weight[idx] and its gradient (repeated rows add up) as index_select's; the gradient
-    may arrive as a strided view (a slice of a concatenation, as in CLSR's [item ‖ category] tokens)."""
-    torch.manual_seed(7)
-    table_k = torch.randn(5, 3, dtype=dtype, requires_grad=True)
-    table_t = table_k.detach().clone().requires_grad_()
-    other = torch.randn(4, 6, 2, dtype=dtype, requires_grad=True)
-    idx = torch.randint(0, 5, (4, 6))  # 24 lookups into 5 rows: every row repeats
-    out_k = native.lookup(table_k, idx)
-    out_t = table_t.index_select(0, idx.reshape(-1)).view(4, 6, 3)
-    _close(out_k, out_t, dtype)
-    (g_k,) = _grads(torch.cat([out_k, other], -1), [table_k])
-    (g_t,) = _grads(torch.cat([out_t, other], -1), [table_t])
-    _close(g_k, g_t, dtype)
-    assert native.lookup(table_k, idx.int()) is None  # int32 indices: the caller falls back to index_select
-

@@ -726,20 +726,6 @@ void bn_relu_ragged_bwd_##SUF(long B, int Q, int L, int C, const long *n, const 
     }                                                                                                      \
 }
 
-/* Embedding backward: dst[idx[i]] += src[i] for the n rows of src, in row order (one thread: the rows
-   collide; torch's index_add_ takes ~1 ms for 25k rows into a 20-row table, this a few microseconds). */
-#define DEFINE_INDEX_KERNELS(T, SUF)                                                                       \
-void index_add_rows_##SUF(long n, int d, const long *idx, const T *src, long ld_src, T *dst, long ld_dst) {  \
-    for (long i = 0; i < n; i++) {                                                                         \
-        T *restrict o = dst + idx[i] * ld_dst;                                                             \
-        const T *restrict s = src + i * ld_src;                                                            \
-        _Pragma("omp simd")                                                                                \
-        for (int j = 0; j < d; j++) o[j] += s[j];                                                          \
-    }                                                                                                      \
-}
-
-DEFINE_INDEX_KERNELS(float, f32)
-DEFINE_INDEX_KERNELS(double, f64)
 DEFINE_BN_COMMON(float, f32)
 DEFINE_BN_COMMON(double, f64)
 DEFINE_KERNELS(float, f32, expf, tanhf)

@@ -9,6 +9,28 @@ training step on a CPU, each with a torch-op twin that computes the same values:
   additions and the reductions of its backward each in one pass (`din_pair_layer`, used by
   `attention.din_first_layer`).
 
+Which groups of kernels are here: a group stays where it beats the best torch path by ≥ 1.2× on the whole
+training epoch of a model that uses it (issue 13). Epoch seconds on ml100k (2 threads) for clsr / din / slirec,
+from reports/benchmarks/train.md, "What the C kernels add" (`benchmarks/bench_train.py`, TWIN_GROUPS; the
+machine's load average was 1.5-2.2 during that run: another job shared its 2 cores):
+
+| group of C kernels                  | without (s)            | with (s)               | speed-up           | kept?   |
+|-------------------------------------|------------------------|------------------------|--------------------|---------|
+| recurrence steps (gru_*, lstm_*)    | 110.1 / - / 72.7 (a)   | 93.7 / - / 58.8 (b)    | 1.17 / - / 1.24    | kept    |
+| BN + ReLU tails and DIN scorer (c)  | 93.7 / 37.2 / 58.8 (b) | 88.6 / 27.4 / 47.5 (d) | 1.06 / 1.36 / 1.24 | kept    |
+| embedding backward (index_add_rows) | 88.6 / 27.4 / 47.5 (d) | 79.4 / 27.5 / 46.2 (e) | 1.12 / 0.99 / 1.03 | removed |
+
+(a) "C kernels off": the same twins with torch-op steps; reference tails, DIN scorer and lookup.
+(b) "C only in the recurrence steps". (d) "without the C embedding backward". (e) "all fast twins, C kernels on".
+(c) bn_relu_* (fused tails, `mlp.fused_tail`) with din_* / ragged_* / bn_relu_ragged_* (`attention.din_fused`,
+    `din_ragged`): no configuration of the benchmark turns one on without the other, so they are one group.
+The recurrence steps stay for slirec (1.24); for clsr they are just below (1.17), which is within the
+measurement's noise: din has no recurrence, and its (a) and (b) epochs differ by 3 % (36.3, 37.2 s).
+The embedding backward is below 1.2× for every model: `layers.lookup` runs its reference (index_select,
+whose backward is an index_add). Outside a whole epoch, the same report times the fused tail of CLSR's
+short-term scorer (125k rows, forward + backward): 65.1 ms, against 85.9 ms eager and 96.8 ms with
+`torch.compile`.
+
 Nothing here is needed for correctness; it is a speed path, used for CPU float32 / float64 tensors when
 the library is available, and tests compare it with the torch ops (equal up to float rounding):
 
@@ -45,7 +67,6 @@ _FUNCS = {
     "gru_bwd_b": _RNN + [_P, _I] * 6,
     "lstm_fwd": _RNN + [_P, _I] * 9 + [_P],
     "lstm_bwd": _RNN + [_P, _I] * 9,
-    "index_add_rows": [_L, _I, _P, _P, _L, _P, _L],
     "bn_relu_fwd": [_L, _I, _I, _I, _P, _P, _P, _P, _P, _D, _P, _P, _P, _P],
     "bn_relu_bwd": [_L, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P],
     "bn_relu_dot_fwd": [_L, _I, _P, _L, _P, _P, _D, _P, _D, _P, _P, _P, _P, _P, _D],
@@ -416,33 +437,3 @@ class RaggedProduct(torch.autograd.Function):
         nk.ragged_prod_bwd(B, rows.Q, L, d, ptr(rows.n), ptr(rows.off), rows.V, ptr(dprod), ptr(a), a.stride(0),
                            a.stride(1), ptr(r), r.stride(0), r.stride(1), ptr(da), ptr(dr))
         return da, dr, None
-
-
-class EmbeddingLookup(torch.autograd.Function):
-    """weight[idx] (``idx.shape + (d,)``) whose backward adds the rows with the `index_add_rows` kernel
-    (the same sums as ``index_select``'s backward, an index_add, in row order)."""
-
-    @staticmethod
-    def forward(ctx, weight, idx):
-        ctx.nk, ctx.shape = kernels(weight), weight.shape
-        flat = idx.reshape(-1)
-        ctx.save_for_backward(flat)
-        return weight.index_select(0, flat).view(*idx.shape, weight.shape[1])
-
-    @staticmethod
-    def backward(ctx, grad):
-        (flat,) = ctx.saved_tensors
-        N, d = ctx.shape
-        g = grad.reshape(-1, d)
-        if g.stride(1) != 1:
-            g = g.contiguous()
-        dW = grad.new_zeros(N, d)
-        ctx.nk.index_add_rows(len(flat), d, ptr(flat), ptr(g), g.stride(0), ptr(dW), d)
-        return dW, None
-
-
-def lookup(weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
-    """`EmbeddingLookup` when the kernels can take this table (CPU float, long indices), else None."""
-    if kernels(weight) is None or idx.dtype != torch.long or weight.dim() != 2 or weight.stride(1) != 1:
-        return None
-    return EmbeddingLookup.apply(weight, idx.contiguous())
