@@ -237,7 +237,7 @@ def compiler() -> str:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     except (OSError, IndexError):
         version = "unknown"
-    return f"`{cc}` ({version}), flags `{' '.join(native.CFLAGS + native.LIBS)}`"
+    return f"`{cc}` ({version}), flags `{native.build_flags()}`"
 
 
 def main(argv=None):
