@@ -130,11 +130,8 @@ def machine_reference() -> dict:
 TWIN_GROUPS = {  # what to turn off, and how: (fast twins allowed, C kernels on)
     "all fast twins, C kernels on (default)": (None, True),
     "C kernels off: the same twins with torch-op steps / reference tails": (None, False),
-    "C only in the recurrence steps (no fused BN + ReLU tails, no DIN C scorers, no C embedding backward)":
+    "C only in the recurrence steps (no fused BN + ReLU tails, no DIN C scorers)":
         (("packed_rnn", "packed_gru_pair", "augru_shared_inputs", "din_valid_only"), True),
-    "without the C embedding backward (native_lookup)":
-        (("packed_rnn", "packed_gru_pair", "augru_shared_inputs", "din_valid_only", "fused_tail", "din_ragged",
-          "din_fused"), True),
     "no fast twin at all (the reference blocks of clsr/models)": ((), True),
 }
 
@@ -240,7 +237,7 @@ def compiler() -> str:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     except (OSError, IndexError):
         version = "unknown"
-    return f"`{cc}` ({version}), flags `{' '.join(native.CFLAGS + native.LIBS)}`"
+    return f"`{cc}` ({version}), flags `{native.build_flags()}`"
 
 
 def main(argv=None):

@@ -21,7 +21,7 @@ from clsr.models import cells, layers
 from clsr.models.attention import DinAttention
 from clsr.models.cells import TFGRUCell, TFLSTMCell, Time4LSTMCell
 
-NATIVE_TWINS = {"fused_tail", "din_ragged", "din_fused", "native_lookup"}
+NATIVE_TWINS = {"fused_tail", "din_ragged", "din_fused"}
 
 
 def _lengths(B, L, g):
@@ -96,12 +96,6 @@ def _din(mode, shared):
     return build
 
 
-def _lookup(g):
-    table = torch.nn.Embedding(7, 3).double()
-    idx = torch.randint(0, 7, (4, 5), generator=g)
-    return layers.lookup, (table, idx), {}
-
-
 #: (twin name, variant) -> case builder(generator) -> (seamed reference, args, kwargs)
 CASES = {
     ("packed_rnn", "gru"): _rnn_case("gru"),
@@ -117,7 +111,6 @@ CASES = {
     ("din_ragged", "shared query part"): _din("ragged", True),
     ("din_fused", "full query"): _din("fused", False),
     ("din_fused", "shared query part"): _din("fused", True),
-    ("native_lookup", "table"): _lookup,
 }
 
 

@@ -3,8 +3,9 @@ running statistics), in float64 (to rounding) and float32, with one and two thre
 
 The recurrence kernels are tested in test_recurrence.py; here: fused BN + ReLU (plain, with the DIN
 first layer's broadcast terms, and with a one-unit output layer), the DIN product layer, the MLP and DIN
-scorer built on them, and a whole CLSR training step. (tests/test_fast.py checks each fast twin against
-its reference block; here the kernels' own Functions, in both dtypes and thread counts.)
+scorer built on them, and a whole CLSR training step. (tests/test_fast.py checks
+each fast twin against its reference block; here the kernels' own Functions, in both dtypes and thread
+counts.) Then the C boundary: the ctypes signatures against the C prototypes, and the checked calls.
 """
 from __future__ import annotations
 
@@ -255,20 +256,121 @@ def test_din_attention_folding_padded_positions_equals_dense_torch_ops(pad_key, 
         _close(bn.running_var, bn_t.running_var, torch.float64)
 
 
-@DTYPES
-def test_embedding_lookup_equals_index_select(dtype):
-    """`native.lookup`: weight[idx] and its gradient (repeated rows add up) as index_select's; the gradient
-    may arrive as a strided view (a slice of a concatenation, as in CLSR's [item ‖ category] tokens)."""
-    torch.manual_seed(7)
-    table_k = torch.randn(5, 3, dtype=dtype, requires_grad=True)
-    table_t = table_k.detach().clone().requires_grad_()
-    other = torch.randn(4, 6, 2, dtype=dtype, requires_grad=True)
-    idx = torch.randint(0, 5, (4, 6))  # 24 lookups into 5 rows: every row repeats
-    out_k = native.lookup(table_k, idx)
-    out_t = table_t.index_select(0, idx.reshape(-1)).view(4, 6, 3)
-    _close(out_k, out_t, dtype)
-    (g_k,) = _grads(torch.cat([out_k, other], -1), [table_k])
-    (g_t,) = _grads(torch.cat([out_t, other], -1), [table_t])
-    _close(g_k, g_t, dtype)
-    assert native.lookup(table_k, idx.int()) is None  # int32 indices: the caller falls back to index_select
+# ------------------------------------------------------------------------------------------------
+# the C boundary: signatures and checked calls
+# ------------------------------------------------------------------------------------------------
+_C_TYPES = {"int": "c_int", "long": "c_long", "double": "c_double"}
 
+
+def _c_prototypes() -> dict[str, list[str]]:
+    """The exported functions of kernels.c (``void NAME(f)(...)``) and their parameters' ctypes names, read
+    from the source: a pointer is c_void_p, int / long / double the matching scalar."""
+    import re
+
+    src = native.SOURCE.read_text()
+    out = {}
+    for name, params in re.findall(r"^void NAME\((\w+)\)\(([^)]*)\)", src, flags=re.M):
+        types = []
+        for p in params.split(","):
+            words = p.replace("*", " * ").split()
+            types.append("c_void_p" if "*" in words else _C_TYPES[words[-2]])
+        out[name] = types
+    return out
+
+
+def test_signatures_match_the_c_prototypes():
+    """`native.SIGNATURES` (the ctypes argtypes) lists exactly the exported kernels, each parameter with the
+    type of the C prototype."""
+    protos = _c_prototypes()
+    assert set(protos) == set(native.SIGNATURES)
+    for name, types in protos.items():
+        assert [t.__name__ for t in native.SIGNATURES[name]] == types, name
+
+
+def test_kernels_c_has_no_multi_line_macros():
+    """Every kernel is a plain function written once over `real`: no macro continues over lines."""
+    lines = native.SOURCE.read_text().splitlines()
+    assert not [i + 1 for i, line in enumerate(lines) if line.rstrip().endswith("\\")]
+
+
+@DTYPES
+def test_kernels_exist_in_both_dtypes(dtype):
+    nk = native.kernels(torch.empty(0, dtype=dtype))
+    assert nk.dtype is dtype and set(nk._c) == set(native.SIGNATURES)
+
+
+def _gru_gates_args(dtype=torch.float64, k=4, H=3):
+    return dict(rz=torch.zeros(k, 2 * H, dtype=dtype), x=torch.zeros(k, 2 * H, dtype=dtype),
+                hp=torch.zeros(k, H, dtype=dtype), rh=torch.zeros(k, H, dtype=dtype), b=None)
+
+
+def test_a_checked_call_takes_strided_rows_and_computes_the_step():
+    """gru_fwd_gates on a column slice of a wider matrix (rows with a leading dimension): σ(rz + x + b) and
+    r ⊙ h_prev, as torch computes them."""
+    nk = native.kernels(torch.empty(0, dtype=torch.float64))
+    torch.manual_seed(8)
+    k, H = 4, 3
+    wide = torch.randn(k, 5 * H, dtype=torch.float64)
+    rz0 = torch.randn(k, 2 * H, dtype=torch.float64)
+    hp, b = torch.randn(k, H, dtype=torch.float64), torch.randn(2 * H, dtype=torch.float64)
+    rz, rh = rz0.clone(), torch.empty(k, H, dtype=torch.float64)
+    nk.gru_fwd_gates(rz=rz, x=wide[:, H : 3 * H], hp=hp, rh=rh, b=b)
+    want = torch.sigmoid(rz0 + wide[:, H : 3 * H] + b)
+    _close(rz, want, torch.float64)
+    _close(rh, want[:, :H] * hp, torch.float64)
+
+
+@pytest.mark.parametrize("bad", ["dtype", "device", "shape", "column stride", "bias length"])
+def test_a_checked_call_rejects_what_the_kernel_does_not_assume(bad):
+    """A tensor of another dtype, on another device, of another shape or without unit stride along its
+    rows raises KernelArgumentError naming the argument, before any C code runs (the outputs untouched)."""
+    nk = native.kernels(torch.empty(0, dtype=torch.float64))
+    args = _gru_gates_args()
+    if bad == "dtype":
+        args["x"] = args["x"].float()
+    elif bad == "device":
+        args["hp"] = torch.empty(4, 3, dtype=torch.float64, device="meta")
+    elif bad == "shape":
+        args["rh"] = torch.zeros(4, 4, dtype=torch.float64)
+    elif bad == "column stride":
+        args["x"] = torch.zeros(2 * 3, 4, dtype=torch.float64).t()  # (4, 6), column-major
+    else:
+        args["b"] = torch.zeros(3, dtype=torch.float64)
+    name = {"dtype": "x", "device": "hp", "shape": "rh", "column stride": "x", "bias length": "b"}[bad]
+    with pytest.raises(native.KernelArgumentError, match=rf"gru_fwd_gates: {name} must be"):
+        nk.gru_fwd_gates(**args)
+    assert not args["rz"].any() and not args["rh"].any()
+
+
+def test_the_batch_norm_and_ragged_kernels_check_layout_and_index_type():
+    """bn_relu_fwd reads z as contiguous rows: a transposed z is refused; ragged_prod_fwd reads the lengths
+    as int64: int32 lengths are refused."""
+    nk = native.kernels(torch.empty(0, dtype=torch.float64))
+    C = 3
+    stats = {k: torch.zeros(C, dtype=torch.float64) for k in ("gamma", "beta", "mean", "invstd", "var")}
+    y = torch.zeros(4, C, dtype=torch.float64)
+    with pytest.raises(native.KernelArgumentError, match="bn_relu_fwd: z must be .* contiguous"):
+        nk.bn_relu_fwd(dims=(4, 1, 1), z=torch.ones(C, 4, dtype=torch.float64).t(), K=None, R=None, eps=1e-5, y=y,
+                       **stats)
+    assert not y.any()
+    rows = native.RaggedRows(torch.tensor([2, 1]), 2, 3)
+    rows.n = rows.n.int()
+    a, r = torch.ones(2, 3, 4, dtype=torch.float64), torch.ones(2, 2, 4, dtype=torch.float64)
+    prod = torch.zeros(rows.V + 4, 4, dtype=torch.float64)
+    with pytest.raises(native.KernelArgumentError, match="ragged_prod_fwd: rows.n must be a contiguous int64"):
+        nk.ragged_prod_fwd(rows=rows, a=a, r=r, prod=prod)
+    assert not prod.any()
+
+
+def test_the_library_holds_both_element_types_from_one_source(tmp_path):
+    """`_build` compiles kernels.c once per element type (-DREAL_F32, -DREAL_F64) and links one library with
+    both sets of functions; the build folder is gone afterwards."""
+    import ctypes
+
+    target = tmp_path / "kernels_both.so"
+    native._build(target)
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    lib = ctypes.CDLL(str(target))
+    for name in native.SIGNATURES:
+        for suffix, _ in native.TYPES.values():
+            assert hasattr(lib, f"{name}_{suffix}")

@@ -47,7 +47,7 @@ from typing import Callable
 log = logging.getLogger("clsr.fast")
 
 #: the modules holding registrations, imported on the first call through a seam
-TWIN_MODULES = ("clsr.fast.recurrence", "clsr.fast.mlp", "clsr.fast.attention", "clsr.fast.embedding")
+TWIN_MODULES = ("clsr.fast.recurrence", "clsr.fast.mlp", "clsr.fast.attention")
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:

@@ -1,5 +1,5 @@
-"""Builds, caches and loads `kernels.c`: C kernels for the two memory- and overhead-bound parts of a CLSR
-training step on a CPU, each with a torch-op twin that computes the same values:
+"""Builds, caches and loads `kernels.c`: C kernels for the memory- and overhead-bound parts of a CLSR
+training step on a CPU, each replacing torch ops that compute the same values:
 
 - the element-wise part of one packed GRU / LSTM step as one call (used by `clsr.fast.recurrence`);
 - batch norm in training mode fused with the ReLU after it, forward and backward (`bn_relu`, used by
@@ -7,16 +7,42 @@ training step on a CPU, each with a torch-op twin that computes the same values:
   layer, whose activations are then never written);
 - the per-(candidate, position) part of a DIN scorer's first layer, z = (a ⊙ r) W + K + Q, with its
   additions and the reductions of its backward each in one pass (`din_pair_layer`, used by
-  `attention.din_first_layer`).
+  `attention.din_first_layer`), and its ragged form (`RaggedRows`).
+
+Which groups of kernels are here: a group stays where it beats the best torch path by ≥ 1.2× on the whole
+training epoch of a model that uses it (issue 13). Epoch seconds on ml100k (2 threads) for clsr / din / slirec,
+from reports/benchmarks/train.md, "What the C kernels add" (`benchmarks/bench_train.py`, TWIN_GROUPS; the
+machine's load average was 1.5-2.2 during that run: another job shared its 2 cores):
+
+| group of C kernels                  | without (s)            | with (s)               | speed-up           | kept?   |
+|-------------------------------------|------------------------|------------------------|--------------------|---------|
+| recurrence steps (gru_*, lstm_*)    | 110.1 / - / 72.7 (a)   | 93.7 / - / 58.8 (b)    | 1.17 / - / 1.24    | kept    |
+| BN + ReLU tails and DIN scorer (c)  | 93.7 / 37.2 / 58.8 (b) | 88.6 / 27.4 / 47.5 (d) | 1.06 / 1.36 / 1.24 | kept    |
+| embedding backward (index_add_rows) | 88.6 / 27.4 / 47.5 (d) | 79.4 / 27.5 / 46.2 (e) | 1.12 / 0.99 / 1.03 | removed |
+
+(a) "C kernels off": the same twins with torch-op steps; reference tails, DIN scorer and lookup.
+(b) "C only in the recurrence steps". (d) "without the C embedding backward". (e) "all fast twins, C kernels on".
+(c) bn_relu_* (fused tails, `mlp.fused_tail`) with din_* / ragged_* / bn_relu_ragged_* (`attention.din_fused`,
+    `din_ragged`): no configuration of the benchmark turns one on without the other, so they are one group.
+The recurrence steps stay for slirec (1.24); for clsr they are just below (1.17), which is within the
+measurement's noise: din has no recurrence, and its (a) and (b) epochs differ by 3 % (36.3, 37.2 s).
+The embedding backward is below 1.2× for every model: `layers.lookup` runs its reference (index_select,
+whose backward is an index_add). Outside a whole epoch, the same report times the fused tail of CLSR's
+short-term scorer (125k rows, forward + backward): 65.1 ms, against 85.9 ms eager and 96.8 ms with
+`torch.compile`.
 
 Nothing here is needed for correctness; it is a speed path, used for CPU float32 / float64 tensors when
 the library is available, and tests compare it with the torch ops (equal up to float rounding):
 
-- built once per source version and CPU with the system C compiler (``$CC``, default ``cc``; -O3,
-  -march=native, SIMD exp/tanh from glibc's libmvec, OpenMP from the process's libgomp, which is
-  torch's own thread pool), about two seconds, into ``$CLSR_KERNEL_CACHE`` (default ``~/.cache/clsr``),
-  written to a temporary name and renamed, so a concurrent or killed build never leaves a half-written
-  library;
+- `kernels.c` is written once over an element type ``real``; it is compiled twice with the system C compiler
+  (``$CC``, default ``cc``; `CFLAGS`: -O3, -march=native, SIMD exp/tanh from glibc's libmvec, OpenMP from the
+  process's libgomp, which is torch's own thread pool), with ``-DREAL_F32`` (functions ``*_f32``) and
+  ``-DREAL_F64`` (``*_f64``), and the two objects are linked into one library, once per source version and
+  CPU (a few seconds), into ``$CLSR_KERNEL_CACHE`` (default ``~/.cache/clsr``), written to a temporary
+  name and renamed, so a concurrent or killed build never leaves a half-written library;
+- every C function has its ctypes signature (`SIGNATURES`) and is called only through a method of `Kernels`
+  that takes named tensors and checks them against what the C code assumes (dtype, CPU, shape, row-major
+  layout), raising `KernelArgumentError` otherwise;
 - ``CLSR_NATIVE=0`` turns it off (then torch ops run everywhere); `available()` says whether it is on
   and `status()` why not.
 """
@@ -30,35 +56,60 @@ import platform
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.c")
-CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared"]
+#: flags of both compilations (the element type is chosen by `TYPES`' -D flag)
+CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fopenmp", "-fPIC"]
+LDFLAGS = ["-shared", "-fopenmp"]
 LIBS = ["-lmvec", "-lm"]
+#: torch dtype -> (suffix of the C functions, the -D flag selecting `real`)
+TYPES = {torch.float32: ("f32", "-DREAL_F32"), torch.float64: ("f64", "-DREAL_F64")}
+
 _I, _L, _D, _P = ctypes.c_int, ctypes.c_long, ctypes.c_double, ctypes.c_void_p
-_RNN = [_I, _I]  # (k rows, H) then (pointer, leading dimension) pairs
-_FUNCS = {
-    "gru_fwd_gates": _RNN + [_P, _I] * 4 + [_P],  # ..., input bias (or None)
-    "gru_fwd_state": _RNN + [_P, _I] * 6 + [_P],
-    "gru_bwd_a": _RNN + [_P, _I] * 5,
-    "gru_bwd_b": _RNN + [_P, _I] * 6,
-    "lstm_fwd": _RNN + [_P, _I] * 9 + [_P],
-    "lstm_bwd": _RNN + [_P, _I] * 9,
-    "index_add_rows": [_L, _I, _P, _P, _L, _P, _L],
-    "bn_relu_fwd": [_L, _I, _I, _I, _P, _P, _P, _P, _P, _D, _P, _P, _P, _P],
-    "bn_relu_bwd": [_L, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P],
-    "bn_relu_dot_fwd": [_L, _I, _P, _L, _P, _P, _D, _P, _D, _P, _P, _P, _P, _P, _D],
-    "bn_relu_dot_bwd": [_L, _I, _P, _P, _L, _P, _P, _P, _P, _P, _P, _L, _P, _P, _P, _P, _D],
-    "ragged_prod_fwd": [_L, _I, _I, _I, _P, _P, _L, _P, _L, _L, _P, _L, _L, _P],
-    "ragged_prod_bwd": [_L, _I, _I, _I, _P, _P, _L, _P, _P, _L, _L, _P, _L, _L, _P, _P],
-    "bn_relu_ragged_fwd": [_L, _I, _I, _I, _P, _P, _L, _P, _P, _P, _P, _P, _D, _P, _P, _P, _P],
-    "bn_relu_ragged_bwd": [_L, _I, _I, _I, _P, _P, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P],
-    "din_add_kq": [_L, _I, _I, _I, _P, _P, _P],
-    "din_sum_kq": [_L, _I, _I, _I, _P, _P, _P],
-    "din_prod_bwd": [_L, _I, _I, _I, _P, _P, _L, _L, _P, _L, _L, _P, _P],
+_PL = [_P, _I]  # (pointer, leading dimension) of a recurrence kernel's array
+#: the C prototypes of kernels.c, in its parameter order (``real *`` and ``long *`` are `_P`)
+SIGNATURES = {
+    # recurrence steps: k rows, H, then the arrays in the C order
+    "gru_fwd_gates": [_I, _I] + _PL * 4 + [_P],  # rz, x, hp, rh; b
+    "gru_fwd_state": [_I, _I] + _PL * 6 + [_P],  # c, x, hp, rz, out, K; b
+    "gru_bwd_a": [_I, _I] + _PL * 5,  # d_out, carry, K, D, dh
+    "gru_bwd_b": [_I, _I] + _PL * 6,  # drh, K, rz, dh, D, tmp
+    "lstm_fwd": [_I, _I] + _PL * 9 + [_P],  # g, x, g12, F, c, out, PD, KC, Q; b
+    "lstm_bwd": [_I, _I] + _PL * 9,  # d_out, dh_carry, dc_carry, KC, PD, F, DG, Q, DS
+    # fused batch norm + ReLU tails
+    "bn_relu_fwd": [_L, _I, _I, _I,  # B, Q, L, C
+                    _P, _P, _P, _P, _P, _D,  # z, K, R, gamma, beta, eps
+                    _P, _P, _P, _P],  # y, mean, invstd, var
+    "bn_relu_bwd": [_L, _I, _I, _I,  # B, Q, L, C
+                    _P, _P, _P, _P, _P, _P, _P, _P,  # dy, z, K, R, mean, invstd, gamma, beta
+                    _P, _P, _P, _P, _P],  # dz, dK, dR, dgamma, dbeta
+    "bn_relu_dot_fwd": [_L, _I,  # N, C
+                        _P, _L, _P, _P, _D, _P, _D,  # x, ld_x, gamma, beta, eps, w, b0
+                        _P, _P, _P, _P, _P, _D],  # s, mean, invstd, var, wt, n_eff
+    "bn_relu_dot_bwd": [_L, _I,  # N, C
+                        _P, _P, _L, _P, _P, _P, _P, _P,  # ds, x, ld_x, mean, invstd, gamma, beta, w
+                        _P, _L, _P, _P, _P, _P, _D],  # dx, ld_dx, dgamma, dbeta, dw, wt, n_eff
+    # the DIN scorer's first layer
+    "din_add_kq": [_L, _I, _I, _I, _P, _P, _P],  # B, C, L, h, z, K, Q
+    "din_sum_kq": [_L, _I, _I, _I, _P, _P, _P],  # B, C, L, h, dz, dK, dQ
+    "din_prod_bwd": [_L, _I, _I, _I, _P,  # B, C, L, d, dprod
+                     _P, _L, _L, _P, _L, _L,  # a, sa_b, sa_t, r, sr_b, sr_c
+                     _P, _P],  # da, dr
+    "ragged_prod_fwd": [_L, _I, _I, _I, _P, _P, _L,  # B, Q, L, d, n, off, V
+                        _P, _L, _L, _P, _L, _L, _P],  # a, sa_b, sa_t, r, sr_b, sr_q, prod
+    "ragged_prod_bwd": [_L, _I, _I, _I, _P, _P, _L,  # B, Q, L, d, n, off, V
+                        _P, _P, _L, _L, _P, _L, _L,  # dprod, a, sa_b, sa_t, r, sr_b, sr_q
+                        _P, _P],  # da, dr
+    "bn_relu_ragged_fwd": [_L, _I, _I, _I, _P, _P, _L,  # B, Q, L, C, n, off, V
+                           _P, _P, _P, _P, _P, _D,  # z, K, R, gamma, beta, eps
+                           _P, _P, _P, _P],  # y, mean, invstd, var
+    "bn_relu_ragged_bwd": [_L, _I, _I, _I, _P, _P, _L,  # B, Q, L, C, n, off, V
+                           _P, _P, _P, _P, _P, _P, _P, _P,  # dy, z, K, R, mean, invstd, gamma, beta
+                           _P, _P, _P, _P, _P],  # dz, dK, dR, dgamma, dbeta
 }
-_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 _lib: ctypes.CDLL | None = None
 _why_not: str | None = None
@@ -80,38 +131,55 @@ def _cpu_tag() -> str:
 
 
 def library_path() -> Path:
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS + LIBS).encode() + _cpu_tag().encode())
+    """The cached library for this source, these flags and this CPU."""
+    flags = " ".join(CFLAGS + LDFLAGS + LIBS + [d for _, d in TYPES.values()])
+    key = hashlib.sha256(SOURCE.read_bytes() + flags.encode() + _cpu_tag().encode())
     cache = Path(os.environ.get("CLSR_KERNEL_CACHE", Path.home() / ".cache" / "clsr"))
     return cache / f"kernels_{key.hexdigest()[:16]}.so"
 
 
+def build_flags() -> str:
+    """The flags `_build` uses, as the benchmark records them next to its timings."""
+    defines = " / ".join(d for _, d in TYPES.values())
+    return f"{' '.join(CFLAGS)} (once with each of {defines}); linked with {' '.join(LDFLAGS + LIBS)}"
+
+
+def _run(cmd: list[str]) -> None:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr.strip()}")
+
+
 def _build(path: Path) -> None:
+    """Compile kernels.c once per element type of `TYPES` and link the objects into the library `path`, in a
+    temporary folder next to it, renamed into place at the end (nothing is left behind on failure)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        cmd = [os.environ.get("CC", "cc"), *CFLAGS, "-o", tmp, str(SOURCE), *LIBS]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if res.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr.strip()}")
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    cc = os.environ.get("CC", "cc")
+    with tempfile.TemporaryDirectory(prefix=path.name + ".", dir=path.parent) as tmp:
+        objects = []
+        for suffix, define in TYPES.values():
+            obj = os.path.join(tmp, f"kernels_{suffix}.o")
+            _run([cc, *CFLAGS, define, "-c", "-o", obj, str(SOURCE)])
+            objects.append(obj)
+        lib = os.path.join(tmp, path.name)
+        _run([cc, *LDFLAGS, "-o", lib, *objects, *LIBS])
+        os.chmod(lib, 0o755)
+        os.replace(lib, path)
 
 
 def _load() -> None:
     global _lib, _why_not, _loaded
     _loaded = True
     try:
+        if ctypes.sizeof(ctypes.c_long) != 8:
+            raise OSError("the kernels take int64 indices as C long, which is not 64 bits here")
         path = library_path()
         if not path.exists():
             _build(path)
         lib = ctypes.CDLL(str(path))
-        for name, argtypes in _FUNCS.items():
-            for suf in _SUFFIX.values():
-                f = getattr(lib, f"{name}_{suf}")
+        for name, argtypes in SIGNATURES.items():
+            for suffix, _ in TYPES.values():
+                f = getattr(lib, f"{name}_{suffix}")
                 f.argtypes = argtypes
                 f.restype = None
         _lib = lib
@@ -119,10 +187,10 @@ def _load() -> None:
         _lib, _why_not = None, f"native kernels unavailable ({type(e).__name__}: {e}); using torch ops"
 
 
-def kernels(like: torch.Tensor):
-    """The kernel set for tensors like `like` (an object with the functions of kernels.c without their
-    dtype suffix), or None: turned off, not buildable here, not on the CPU, or not float32/float64."""
-    if not _enabled or like.device.type != "cpu" or like.dtype not in _SUFFIX:
+def kernels(like: torch.Tensor) -> "Kernels | None":
+    """The kernels for tensors like `like` (a `Kernels` for its dtype), or None: turned off, not buildable
+    here, not on the CPU, or not float32/float64."""
+    if not _enabled or like.device.type != "cpu" or like.dtype not in TYPES:
         return None
     if not _loaded:
         _load()
@@ -130,17 +198,8 @@ def kernels(like: torch.Tensor):
         return None
     nk = _KERNELS.get(like.dtype)
     if nk is None:  # built once per dtype (this runs on every kernel call)
-        nk = _KERNELS[like.dtype] = _Kernels(_lib, _SUFFIX[like.dtype])
+        nk = _KERNELS[like.dtype] = Kernels(_lib, like.dtype)
     return nk
-
-
-class _Kernels:
-    def __init__(self, lib: ctypes.CDLL, suffix: str):
-        for name in _FUNCS:
-            setattr(self, name, getattr(lib, f"{name}_{suffix}"))
-
-
-_KERNELS: dict[torch.dtype, _Kernels] = {}
 
 
 def available() -> bool:
@@ -166,16 +225,277 @@ def disabled():
         _enabled = old
 
 
-def ptr(t: torch.Tensor | None, row: int = 0) -> int | None:
-    """Address of row `row` of a 2-D (or (rows, ...)) tensor whose rows are contiguous; None for None."""
-    if t is None:
-        return None
-    return t.data_ptr() + row * t.stride(0) * t.element_size()
+# --------------------------------------------------------------------------------------------------
+# checked calls
+# --------------------------------------------------------------------------------------------------
+class KernelArgumentError(ValueError):
+    """A tensor handed to a kernel is not what the C code assumes (dtype, device, shape or layout)."""
 
 
-def ld(t: torch.Tensor | None) -> int:
-    """Leading dimension (row stride in elements) of a tensor with unit stride along its last axis."""
-    return 0 if t is None else t.stride(0)
+def _describe(t: torch.Tensor) -> str:
+    return f"{t.dtype} {t.device.type} tensor of shape {tuple(t.shape)}, strides {t.stride()}"
+
+
+class Kernels:
+    """The kernels of kernels.c for one dtype. Each method takes the C function's arrays as named tensors
+    (the C parameter names; sizes and leading dimensions are read from them), checks that every tensor
+    has this dtype, lives on the CPU and has the shape and row-major layout the kernel assumes, raising
+    `KernelArgumentError` otherwise, and then calls the C function. Optional arrays are None (NULL)."""
+
+    def __init__(self, lib: ctypes.CDLL, dtype: torch.dtype):
+        self.dtype = dtype
+        suffix = TYPES[dtype][0]
+        self._c = {name: getattr(lib, f"{name}_{suffix}") for name in SIGNATURES}
+
+    # ---- the checks: each returns what the C call needs (address, and leading dimension / strides)
+    def _fail(self, kernel: str, arg: str, t, want: str) -> NoReturn:
+        got = "None" if t is None else _describe(t)
+        raise KernelArgumentError(f"{kernel}: {arg} must be a {self.dtype} CPU tensor {want}; got {got}")
+
+    # (each check is a handful of attribute reads: the recurrence kernels are called ~100 times a sequence)
+    def _rows(self, kernel: str, arg: str, t, rows: int, cols: int) -> tuple[int, int]:
+        """(address, leading dimension) of a (rows, cols) matrix with unit stride along its rows."""
+        if isinstance(t, torch.Tensor) and t.dtype is self.dtype and t.is_cpu and t.shape == (rows, cols):
+            stride = t.stride()
+            if stride[1] == 1 or cols <= 1:
+                return t.data_ptr(), stride[0]
+        self._fail(kernel, arg, t, f"of shape ({rows}, {cols}) with unit stride along each row")
+
+    def _rows_or_none(self, kernel, arg, t, rows, cols) -> tuple[int | None, int]:
+        return (None, 0) if t is None else self._rows(kernel, arg, t, rows, cols)
+
+    def _dense(self, kernel: str, arg: str, t, *shape: int) -> int:
+        """Address of a contiguous tensor of this shape."""
+        if not (isinstance(t, torch.Tensor) and t.dtype is self.dtype and t.is_cpu and t.shape == shape
+                and t.is_contiguous()):
+            self._fail(kernel, arg, t, f"of shape {shape}, contiguous")
+        return t.data_ptr()
+
+    def _dense_or_none(self, kernel, arg, t, *shape) -> int | None:
+        return None if t is None else self._dense(kernel, arg, t, *shape)
+
+    def _flat(self, kernel: str, arg: str, t, n: int) -> int:
+        """Address of a contiguous tensor of n elements (a vector, or an (n, 1) column)."""
+        if not (isinstance(t, torch.Tensor) and t.dtype is self.dtype and t.is_cpu and t.numel() == n
+                and t.is_contiguous()):
+            self._fail(kernel, arg, t, f"of {n} elements, contiguous")
+        return t.data_ptr()
+
+    def _batched_rows(self, kernel: str, arg: str, t, *shape: int) -> tuple[int, int, int]:
+        """(address, stride of dim 0, stride of dim 1) of a 3-D tensor of this shape with unit stride along
+        its last dimension (a column slice of a larger tensor is fine)."""
+        if isinstance(t, torch.Tensor) and t.dtype is self.dtype and t.is_cpu and t.shape == shape:
+            stride = t.stride()
+            if stride[2] == 1 or shape[2] <= 1:
+                return t.data_ptr(), stride[0], stride[1]
+        self._fail(kernel, arg, t, f"of shape {shape} with unit stride along the last dimension")
+
+    def _shape(self, kernel: str, arg: str, t, ndim: int) -> tuple[int, ...]:
+        """The shape of t, which sets the sizes of the call: a tensor of this dtype on the CPU with ndim dims."""
+        if not (isinstance(t, torch.Tensor) and t.dtype is self.dtype and t.is_cpu and t.dim() == ndim):
+            self._fail(kernel, arg, t, f"with {ndim} dimensions")
+        return t.shape
+
+    @staticmethod
+    def _index(kernel: str, arg: str, t, n: int) -> int:
+        """Address of a contiguous int64 CPU vector of n entries."""
+        if not (isinstance(t, torch.Tensor) and t.dtype is torch.int64 and t.is_cpu and t.shape == (n,)
+                and t.is_contiguous()):
+            got = "None" if t is None else _describe(t)
+            raise KernelArgumentError(f"{kernel}: {arg} must be a contiguous int64 CPU vector of {n} entries; "
+                                      f"got {got}")
+        return t.data_ptr()
+
+    # ---- the recurrence steps (k rows, H state units; see kernels.c and recurrence.py)
+    def gru_fwd_gates(self, *, rz, x, hp, rh, b=None) -> None:
+        """rz (k, 2H) <- σ(rz + x + b); rh (k, H) = r ⊙ hp, hp (k, H) the previous states."""
+        f = "gru_fwd_gates"
+        k, H = self._shape(f, "hp", hp, 2)
+        self._c[f](k, H, *self._rows(f, "rz", rz, k, 2 * H), *self._rows(f, "x", x, k, 2 * H),
+                   *self._rows(f, "hp", hp, k, H), *self._rows(f, "rh", rh, k, H),
+                   self._dense_or_none(f, "b", b, 2 * H))
+
+    def gru_fwd_state(self, *, c, x, hp, rz, out, K=None, b=None) -> None:
+        """c (k, H) <- tanh(c + x + b), out = c + z ⊙ (hp − c); K (k, 3H): the backward's factors."""
+        f = "gru_fwd_state"
+        k, H = self._shape(f, "hp", hp, 2)
+        self._c[f](k, H, *self._rows(f, "c", c, k, H), *self._rows(f, "x", x, k, H), *self._rows(f, "hp", hp, k, H),
+                   *self._rows(f, "rz", rz, k, 2 * H), *self._rows(f, "out", out, k, H),
+                   *self._rows_or_none(f, "K", K, k, 3 * H), self._dense_or_none(f, "b", b, H))
+
+    def gru_bwd_a(self, *, d_out, carry, K, D, dh) -> None:
+        """dh (k, H) = d_out + carry; the ∂z̃, ∂c̃ blocks of D (k, 3H) from the factors K (k, 3H)."""
+        f = "gru_bwd_a"
+        k, H = self._shape(f, "d_out", d_out, 2)
+        self._c[f](k, H, *self._rows(f, "d_out", d_out, k, H), *self._rows(f, "carry", carry, k, H),
+                   *self._rows(f, "K", K, k, 3 * H), *self._rows(f, "D", D, k, 3 * H), *self._rows(f, "dh", dh, k, H))
+
+    def gru_bwd_b(self, *, drh, K, rz, dh, D, tmp) -> None:
+        """The ∂r̃ block of D (k, 3H) from drh = ∂(r ⊙ h) (k, H); tmp (k, H) = dh ⊙ z + drh ⊙ r."""
+        f = "gru_bwd_b"
+        k, H = self._shape(f, "drh", drh, 2)
+        self._c[f](k, H, *self._rows(f, "drh", drh, k, H), *self._rows(f, "K", K, k, 3 * H),
+                   *self._rows(f, "rz", rz, k, 2 * H), *self._rows(f, "dh", dh, k, H),
+                   *self._rows(f, "D", D, k, 3 * H), *self._rows(f, "tmp", tmp, k, H))
+
+    def lstm_fwd(self, *, g, x, c, out, g12=None, F=None, PD=None, KC=None, Q=None, b=None) -> None:
+        """One LSTM step after h_prev W: g (k, 4H) in and activated gates out, x (k, 4H) the input part, c
+        (k, H) c_{t−1} in and c_t out, out (k, H) = h_t; with time gates g12 (k, 2H) and F (k, H); with PD
+        (k, 4H), KC (k, H) (and Q (k, 2H) with time gates) the backward's factors; b (4H or 6H) or None."""
+        f = "lstm_fwd"
+        k, H = self._shape(f, "c", c, 2)
+        timed = g12 is not None
+        if (F is not None) != timed or (Q is not None and not (timed and PD is not None)) or \
+                ((PD is None) != (KC is None)):
+            raise KernelArgumentError(f"{f}: F goes with g12, KC with PD, Q with g12 and PD")
+        self._c[f](k, H, *self._rows(f, "g", g, k, 4 * H), *self._rows(f, "x", x, k, 4 * H),
+                   *self._rows_or_none(f, "g12", g12, k, 2 * H), *self._rows_or_none(f, "F", F, k, H),
+                   *self._rows(f, "c", c, k, H), *self._rows(f, "out", out, k, H),
+                   *self._rows_or_none(f, "PD", PD, k, 4 * H), *self._rows_or_none(f, "KC", KC, k, H),
+                   *self._rows_or_none(f, "Q", Q, k, 2 * H), self._dense_or_none(f, "b", b, (6 if timed else 4) * H))
+
+    def lstm_bwd(self, *, d_out, dh_carry, dc_carry, KC, PD, F, DG, Q=None, DS=None) -> None:
+        """One LSTM backward step before dh_carry W^T: DG (k, 4H) and dc_carry (k, H) <- ∂c ⊙ F; with time
+        gates Q and DS (k, 2H) their pre-activations' gradients."""
+        f = "lstm_bwd"
+        k, H = self._shape(f, "d_out", d_out, 2)
+        if (Q is None) != (DS is None):
+            raise KernelArgumentError(f"{f}: Q and DS go together")
+        self._c[f](k, H, *self._rows(f, "d_out", d_out, k, H), *self._rows(f, "dh_carry", dh_carry, k, H),
+                   *self._rows(f, "dc_carry", dc_carry, k, H), *self._rows(f, "KC", KC, k, H),
+                   *self._rows(f, "PD", PD, k, 4 * H), *self._rows(f, "F", F, k, H),
+                   *self._rows(f, "DG", DG, k, 4 * H), *self._rows_or_none(f, "Q", Q, k, 2 * H),
+                   *self._rows_or_none(f, "DS", DS, k, 2 * H))
+
+    # ---- fused batch norm + ReLU
+    def bn_relu_fwd(self, *, dims, z, K, R, gamma, beta, eps: float, y, mean, invstd, var) -> None:
+        """y = relu(BN(z + K[b, t] + R[b, q])) over rows (b, q, t), dims = (B, Q, L); z, y (B·Q·L, C)
+        contiguous, K (B, L, C) and R (B, Q, C) contiguous or None; mean, invstd, var (C,) out."""
+        f = "bn_relu_fwd"
+        B, Q, L = dims
+        (C,) = self._shape(f, "gamma", gamma, 1)
+        N = B * Q * L
+        self._c[f](B, Q, L, C, self._dense(f, "z", z, N, C), self._dense_or_none(f, "K", K, B, L, C),
+                   self._dense_or_none(f, "R", R, B, Q, C), self._dense(f, "gamma", gamma, C),
+                   self._dense(f, "beta", beta, C), float(eps), self._dense(f, "y", y, N, C),
+                   self._dense(f, "mean", mean, C), self._dense(f, "invstd", invstd, C), self._dense(f, "var", var, C))
+
+    def bn_relu_bwd(self, *, dims, dy, z, K, R, mean, invstd, gamma, beta, dz, dK, dR, dgamma, dbeta) -> None:
+        """Backward of `bn_relu_fwd`: dz like z, dK like K, dR like R (None where K, R are), dgamma, dbeta."""
+        f = "bn_relu_bwd"
+        B, Q, L = dims
+        (C,) = self._shape(f, "gamma", gamma, 1)
+        N = B * Q * L
+        if (K is None) != (dK is None) or (R is None) != (dR is None):
+            raise KernelArgumentError(f"{f}: dK goes with K, dR with R")
+        self._c[f](B, Q, L, C, self._dense(f, "dy", dy, N, C), self._dense(f, "z", z, N, C),
+                   self._dense_or_none(f, "K", K, B, L, C), self._dense_or_none(f, "R", R, B, Q, C),
+                   self._dense(f, "mean", mean, C), self._dense(f, "invstd", invstd, C),
+                   self._dense(f, "gamma", gamma, C), self._dense(f, "beta", beta, C), self._dense(f, "dz", dz, N, C),
+                   self._dense_or_none(f, "dK", dK, B, L, C), self._dense_or_none(f, "dR", dR, B, Q, C),
+                   self._dense(f, "dgamma", dgamma, C), self._dense(f, "dbeta", dbeta, C))
+
+    def bn_relu_dot_fwd(self, *, x, gamma, beta, eps: float, w, b0: float, s, mean, invstd, var, wt=None,
+                        n_eff: float) -> None:
+        """s (N) = relu(BN(x)) w + b0 for x (N, C) with unit stride along its rows; wt (N,) row weights or
+        None, n_eff their sum (N without)."""
+        f = "bn_relu_dot_fwd"
+        N, C = self._shape(f, "x", x, 2)
+        x_p, ld_x = self._rows(f, "x", x, N, C)
+        self._c[f](N, C, x_p, ld_x, self._dense(f, "gamma", gamma, C), self._dense(f, "beta", beta, C), float(eps),
+                   self._dense(f, "w", w, C), float(b0), self._flat(f, "s", s, N), self._dense(f, "mean", mean, C),
+                   self._dense(f, "invstd", invstd, C), self._dense(f, "var", var, C),
+                   self._dense_or_none(f, "wt", wt, N), float(n_eff))
+
+    def bn_relu_dot_bwd(self, *, ds, x, mean, invstd, gamma, beta, w, dx, dgamma, dbeta, dw, wt=None,
+                        n_eff: float) -> None:
+        """Backward of `bn_relu_dot_fwd`: dx (N, C) with unit stride along its rows, dgamma, dbeta, dw (C,)."""
+        f = "bn_relu_dot_bwd"
+        N, C = self._shape(f, "x", x, 2)
+        x_p, ld_x = self._rows(f, "x", x, N, C)
+        dx_p, ld_dx = self._rows(f, "dx", dx, N, C)
+        self._c[f](N, C, self._flat(f, "ds", ds, N), x_p, ld_x, self._dense(f, "mean", mean, C),
+                   self._dense(f, "invstd", invstd, C), self._dense(f, "gamma", gamma, C),
+                   self._dense(f, "beta", beta, C), self._dense(f, "w", w, C), dx_p, ld_dx,
+                   self._dense(f, "dgamma", dgamma, C), self._dense(f, "dbeta", dbeta, C), self._dense(f, "dw", dw, C),
+                   self._dense_or_none(f, "wt", wt, N), float(n_eff))
+
+    # ---- the DIN scorer's first layer
+    def din_add_kq(self, *, z, K, Q) -> None:
+        """z[b, c, t] += K[b, t] + Q[b, c]: z (B·C·L, h), K (B, L, h), Q (B, C, h), all contiguous."""
+        f = "din_add_kq"
+        B, L, h = self._shape(f, "K", K, 3)
+        C = self._shape(f, "Q", Q, 3)[1]
+        self._c[f](B, C, L, h, self._dense(f, "z", z, B * C * L, h), self._dense(f, "K", K, B, L, h),
+                   self._dense(f, "Q", Q, B, C, h))
+
+    def din_sum_kq(self, *, dz, dK, dQ) -> None:
+        """dK[b, t] = Σ_c dz[b, c, t], dQ[b, c] = Σ_t dz[b, c, t] (shapes as in `din_add_kq`)."""
+        f = "din_sum_kq"
+        B, L, h = self._shape(f, "dK", dK, 3)
+        C = self._shape(f, "dQ", dQ, 3)[1]
+        self._c[f](B, C, L, h, self._dense(f, "dz", dz, B * C * L, h), self._dense(f, "dK", dK, B, L, h),
+                   self._dense(f, "dQ", dQ, B, C, h))
+
+    def din_prod_bwd(self, *, dprod, a, r, da, dr) -> None:
+        """da[b, t] = Σ_c dprod[b, c, t] ⊙ r[b, c], dr[b, c] = Σ_t dprod[b, c, t] ⊙ a[b, t]: dprod (B·C·L, d),
+        da, dr contiguous; a (B, L, d), r (B, C, d) with unit stride along d."""
+        f = "din_prod_bwd"
+        B, L, d = self._shape(f, "a", a, 3)
+        C = self._shape(f, "r", r, 3)[1]
+        self._c[f](B, C, L, d, self._dense(f, "dprod", dprod, B * C * L, d), *self._batched_rows(f, "a", a, B, L, d),
+                   *self._batched_rows(f, "r", r, B, C, d), self._dense(f, "da", da, B, L, d),
+                   self._dense(f, "dr", dr, B, C, d))
+
+    def _ragged(self, f: str, rows: "RaggedRows") -> tuple:
+        """(B, Q, L, address of n, address of off, V) of a `RaggedRows`."""
+        return (rows.B, rows.Q, rows.L, self._index(f, "rows.n", rows.n, rows.B),
+                self._index(f, "rows.off", rows.off, rows.B), rows.V)
+
+    def ragged_prod_fwd(self, *, rows: "RaggedRows", a, r, prod) -> None:
+        """prod (V + B·Q, d) = a[b, t] ⊙ r[b, q] over `rows`; a (B, L, d), r (B, Q, d) unit stride along d."""
+        f = "ragged_prod_fwd"
+        B, Q, L, n_p, off_p, V = self._ragged(f, rows)
+        d = self._shape(f, "a", a, 3)[2]
+        self._c[f](B, Q, L, d, n_p, off_p, V, *self._batched_rows(f, "a", a, B, L, d),
+                   *self._batched_rows(f, "r", r, B, Q, d), self._dense(f, "prod", prod, V + B * Q, d))
+
+    def ragged_prod_bwd(self, *, rows: "RaggedRows", dprod, a, r, da, dr) -> None:
+        """Backward of `ragged_prod_fwd`: da (B, L, d), dr (B, Q, d) contiguous."""
+        f = "ragged_prod_bwd"
+        B, Q, L, n_p, off_p, V = self._ragged(f, rows)
+        d = self._shape(f, "a", a, 3)[2]
+        self._c[f](B, Q, L, d, n_p, off_p, V, self._dense(f, "dprod", dprod, V + B * Q, d),
+                   *self._batched_rows(f, "a", a, B, L, d), *self._batched_rows(f, "r", r, B, Q, d),
+                   self._dense(f, "da", da, B, L, d), self._dense(f, "dr", dr, B, Q, d))
+
+    def bn_relu_ragged_fwd(self, *, rows: "RaggedRows", z, K, R, gamma, beta, eps: float, y, mean, invstd,
+                           var) -> None:
+        """`bn_relu_fwd` over the rows of `rows` (z, y: (V + B·Q, C) contiguous; K, R required)."""
+        f = "bn_relu_ragged_fwd"
+        B, Q, L, n_p, off_p, V = self._ragged(f, rows)
+        (C,) = self._shape(f, "gamma", gamma, 1)
+        self._c[f](B, Q, L, C, n_p, off_p, V, self._dense(f, "z", z, V + B * Q, C), self._dense(f, "K", K, B, L, C),
+                   self._dense(f, "R", R, B, Q, C), self._dense(f, "gamma", gamma, C), self._dense(f, "beta", beta, C),
+                   float(eps), self._dense(f, "y", y, V + B * Q, C), self._dense(f, "mean", mean, C),
+                   self._dense(f, "invstd", invstd, C), self._dense(f, "var", var, C))
+
+    def bn_relu_ragged_bwd(self, *, rows: "RaggedRows", dy, z, K, R, mean, invstd, gamma, beta, dz, dK, dR,
+                           dgamma, dbeta) -> None:
+        """Backward of `bn_relu_ragged_fwd` (dK, dR required)."""
+        f = "bn_relu_ragged_bwd"
+        B, Q, L, n_p, off_p, V = self._ragged(f, rows)
+        (C,) = self._shape(f, "gamma", gamma, 1)
+        n_rows = V + B * Q
+        self._c[f](B, Q, L, C, n_p, off_p, V, self._dense(f, "dy", dy, n_rows, C), self._dense(f, "z", z, n_rows, C),
+                   self._dense(f, "K", K, B, L, C), self._dense(f, "R", R, B, Q, C), self._dense(f, "mean", mean, C),
+                   self._dense(f, "invstd", invstd, C), self._dense(f, "gamma", gamma, C),
+                   self._dense(f, "beta", beta, C), self._dense(f, "dz", dz, n_rows, C),
+                   self._dense(f, "dK", dK, B, L, C), self._dense(f, "dR", dR, B, Q, C),
+                   self._dense(f, "dgamma", dgamma, C), self._dense(f, "dbeta", dbeta, C))
+
+
+_KERNELS: dict[torch.dtype, Kernels] = {}
 
 
 class BatchNormReLU(torch.autograd.Function):
@@ -199,12 +519,11 @@ class BatchNormReLU(torch.autograd.Function):
         y = torch.empty_like(z)
         mean, invstd, var = z.new_empty(C), z.new_empty(C), z.new_empty(C)
         w, b = weight.contiguous(), bias.contiguous()
-        tail = (ptr(z), ptr(K), ptr(R), ptr(w), ptr(b), float(eps), ptr(y), ptr(mean), ptr(invstd), ptr(var))
+        args = dict(z=z, K=K, R=R, gamma=w, beta=b, eps=eps, y=y, mean=mean, invstd=invstd, var=var)
         if isinstance(layout, RaggedRows):
-            rows = layout
-            nk.bn_relu_ragged_fwd(rows.B, rows.Q, rows.L, C, ptr(rows.n), ptr(rows.off), rows.V, *tail)
+            nk.bn_relu_ragged_fwd(rows=layout, **args)
         else:
-            nk.bn_relu_fwd(*layout, C, *tail)
+            nk.bn_relu_fwd(dims=layout, **args)
         ctx.save_for_backward(z, K, R, mean, invstd, w, b)
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
@@ -218,13 +537,12 @@ class BatchNormReLU(torch.autograd.Function):
         dz, dw, db = torch.empty_like(z), z.new_empty(C), z.new_empty(C)
         dK = None if K is None else torch.empty_like(K)
         dR = None if R is None else torch.empty_like(R)
-        tail = (ptr(dy), ptr(z), ptr(K), ptr(R), ptr(mean), ptr(invstd), ptr(w), ptr(b), ptr(dz), ptr(dK), ptr(dR),
-                ptr(dw), ptr(db))
+        args = dict(dy=dy, z=z, K=K, R=R, mean=mean, invstd=invstd, gamma=w, beta=b, dz=dz, dK=dK, dR=dR,
+                    dgamma=dw, dbeta=db)
         if isinstance(layout, RaggedRows):
-            rows = layout
-            nk.bn_relu_ragged_bwd(rows.B, rows.Q, rows.L, C, ptr(rows.n), ptr(rows.off), rows.V, *tail)
+            nk.bn_relu_ragged_bwd(rows=layout, **args)
         else:
-            nk.bn_relu_bwd(*layout, C, *tail)
+            nk.bn_relu_bwd(dims=layout, **args)
         return dz, dK, dR, dw, db, None, None
 
 
@@ -245,8 +563,8 @@ class BatchNormReLUDot(torch.autograd.Function):
         s = x.new_empty(N, 1)
         mean, invstd, var = x.new_empty(C), x.new_empty(C), x.new_empty(C)
         gw, gb, w = weight.contiguous(), bias.contiguous(), w.reshape(-1).contiguous()
-        nk.bn_relu_dot_fwd(N, C, ptr(x), ld(x), ptr(gw), ptr(gb), float(eps), ptr(w), float(b0), ptr(s), ptr(mean),
-                           ptr(invstd), ptr(var), ptr(row_weights), ctx.n_eff)
+        nk.bn_relu_dot_fwd(x=x, gamma=gw, beta=gb, eps=eps, w=w, b0=float(b0), s=s, mean=mean, invstd=invstd,
+                           var=var, wt=row_weights, n_eff=ctx.n_eff)
         ctx.save_for_backward(x, mean, invstd, gw, gb, w, row_weights)
         mean_out = mean if x_bias is None else mean + x_bias
         ctx.mark_non_differentiable(mean_out, var)
@@ -259,8 +577,8 @@ class BatchNormReLUDot(torch.autograd.Function):
         N, C = x.shape
         ds = ds.reshape(-1).contiguous()
         dx, dgw, dgb, dw = torch.empty_like(x), x.new_empty(C), x.new_empty(C), x.new_empty(C)
-        nk.bn_relu_dot_bwd(N, C, ptr(ds), ptr(x), ld(x), ptr(mean), ptr(invstd), ptr(gw), ptr(gb), ptr(w), ptr(dx), ld(dx),
-                           ptr(dgw), ptr(dgb), ptr(dw), ptr(row_weights), ctx.n_eff)
+        nk.bn_relu_dot_bwd(ds=ds, x=x, mean=mean, invstd=invstd, gamma=gw, beta=gb, w=w, dx=dx, dgamma=dgw, dbeta=dgb,
+                           dw=dw, wt=row_weights, n_eff=ctx.n_eff)
         d_xb = dx.sum(0) if ctx.needs_input_grad[8] else None
         return dx, dgw, dgb, dw.view(1, C), ds.sum().reshape(1), None, None, None, d_xb
 
@@ -327,14 +645,13 @@ class DinPairLayer(torch.autograd.Function):
     def forward(ctx, a, r, W, K, Q):
         nk = kernels(a)
         ctx.nk = nk  # the backward needs the kernels even if they are switched off meanwhile
-        B, L, d = a.shape
-        C, h = r.shape[1], W.shape[0]
+        d = a.shape[2]
         prod = a.unsqueeze(1) * r.unsqueeze(2)  # (B, C, L, d)
         z = torch.mm(prod.view(-1, d), W.t().contiguous())
         ctx.with_kq = K is not None
         if ctx.with_kq:
             K, Q = K.contiguous(), Q.contiguous()
-            nk.din_add_kq(B, C, L, h, ptr(z), ptr(K), ptr(Q))
+            nk.din_add_kq(z=z, K=K, Q=Q)
         ctx.save_for_backward(a, r, W, prod)
         return z
 
@@ -348,14 +665,13 @@ class DinPairLayer(torch.autograd.Function):
         dK = dQ = None
         if ctx.with_kq:
             dK, dQ = dz.new_empty(B, L, h), dz.new_empty(B, C, h)
-            nk.din_sum_kq(B, C, L, h, ptr(dz), ptr(dK), ptr(dQ))
+            nk.din_sum_kq(dz=dz, dK=dK, dQ=dQ)
         dW = torch.mm(dz.t(), prod.view(-1, d)) if ctx.needs_input_grad[2] else None
         da = dr = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             dprod = torch.mm(dz, W)  # (B·C·L, d)
             da, dr = dz.new_empty(B, L, d), dz.new_empty(B, C, d)
-            nk.din_prod_bwd(B, C, L, d, ptr(dprod), ptr(a), a.stride(0), a.stride(1), ptr(r), r.stride(0), r.stride(1),
-                            ptr(da), ptr(dr))
+            nk.din_prod_bwd(dprod=dprod, a=a, r=r, da=da, dr=dr)
         return da, dr, dW, dK, dQ
 
 
@@ -401,8 +717,7 @@ class RaggedProduct(torch.autograd.Function):
         ctx.nk, ctx.rows = nk, rows
         B, L, d = a.shape
         prod = a.new_empty(rows.V + B * rows.Q, d)
-        nk.ragged_prod_fwd(B, rows.Q, L, d, ptr(rows.n), ptr(rows.off), rows.V, ptr(a), a.stride(0), a.stride(1),
-                           ptr(r), r.stride(0), r.stride(1), ptr(prod))
+        nk.ragged_prod_fwd(rows=rows, a=a, r=r, prod=prod)
         ctx.save_for_backward(a, r)
         return prod
 
@@ -413,36 +728,5 @@ class RaggedProduct(torch.autograd.Function):
         B, L, d = a.shape
         dprod = dprod.contiguous()
         da, dr = a.new_empty(B, L, d), r.new_empty(B, rows.Q, d)
-        nk.ragged_prod_bwd(B, rows.Q, L, d, ptr(rows.n), ptr(rows.off), rows.V, ptr(dprod), ptr(a), a.stride(0),
-                           a.stride(1), ptr(r), r.stride(0), r.stride(1), ptr(da), ptr(dr))
+        nk.ragged_prod_bwd(rows=rows, dprod=dprod, a=a, r=r, da=da, dr=dr)
         return da, dr, None
-
-
-class EmbeddingLookup(torch.autograd.Function):
-    """weight[idx] (``idx.shape + (d,)``) whose backward adds the rows with the `index_add_rows` kernel
-    (the same sums as ``index_select``'s backward, an index_add, in row order)."""
-
-    @staticmethod
-    def forward(ctx, weight, idx):
-        ctx.nk, ctx.shape = kernels(weight), weight.shape
-        flat = idx.reshape(-1)
-        ctx.save_for_backward(flat)
-        return weight.index_select(0, flat).view(*idx.shape, weight.shape[1])
-
-    @staticmethod
-    def backward(ctx, grad):
-        (flat,) = ctx.saved_tensors
-        N, d = ctx.shape
-        g = grad.reshape(-1, d)
-        if g.stride(1) != 1:
-            g = g.contiguous()
-        dW = grad.new_zeros(N, d)
-        ctx.nk.index_add_rows(len(flat), d, ptr(flat), ptr(g), g.stride(0), ptr(dW), d)
-        return dW, None
-
-
-def lookup(weight: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
-    """`EmbeddingLookup` when the kernels can take this table (CPU float, long indices), else None."""
-    if kernels(weight) is None or idx.dtype != torch.long or weight.dim() != 2 or weight.stride(1) != 1:
-        return None
-    return EmbeddingLookup.apply(weight, idx.contiguous())

@@ -31,13 +31,18 @@ import torch
 
 from clsr import fast
 from clsr.fast import native
-from clsr.fast.native import ld, ptr
 from clsr.models import cells
 from clsr.models.cells import TFGRUCell, TFLSTMCell, Time4LSTMCell
 
 
 def _one(like: torch.Tensor) -> torch.Tensor:
     return torch.ones((), dtype=like.dtype, device=like.device)
+
+
+def per_step(t: torch.Tensor | None, batch_sizes: list[int]) -> list:
+    """The packed rows of t step by step (views, one `split`: cheaper than a slice per step), or a None per
+    step for None (an optional array of a step kernel)."""
+    return [None] * len(batch_sizes) if t is None else t.split(batch_sizes)
 
 
 def step_slices(batch_sizes: list[int]) -> list[tuple[int, int]]:
@@ -92,21 +97,21 @@ class GRUSequence(torch.autograd.Function):
         nk = native.kernels(proj)
         if nk is not None:  # the element-wise work of a step as two calls (kernels.c), same values
             proj = proj if proj.stride(1) == 1 else proj.contiguous()  # the kernels read rows with unit stride
+            x_rz, x_c = proj[:, : 2 * H], proj[:, 2 * H :]
             b_rz = b_c = None
             if bias is not None:
-                bias = bias.contiguous()
-                b_rz, b_c = ptr(bias), ptr(bias) + 2 * H * bias.element_size()
-            prev_off = None
-            for off, k in step_slices(batch_sizes):
-                rows = slice(off, off + k)
-                hp_p = ptr(h0) if prev_off is None else ptr(out, prev_off)
+                b_rz, b_c = bias[: 2 * H].contiguous(), bias[2 * H :].contiguous()
+            steps = zip(RZ.split(batch_sizes), RH.split(batch_sizes), x_rz.split(batch_sizes), x_c.split(batch_sizes),
+                        out.split(batch_sizes), per_step(None if K is None else K.view(P, 3 * H), batch_sizes))
+            for rz, rh, xg, xc, h_t, kk in steps:
+                k = rz.shape[0]
+                hp, c = h[:k], c_buf[:k]
                 # the matmuls write h W alone; the kernels add the input part (no copy of it first)
-                torch.mm(h[:k], W_g, out=RZ[rows])
-                nk.gru_fwd_gates(k, H, ptr(RZ, off), 2 * H, ptr(proj, off), ld(proj), hp_p, H, ptr(RH, off), H, b_rz)
-                torch.mm(RH[rows], W_c, out=c_buf[:k])
-                nk.gru_fwd_state(k, H, ptr(c_buf), H, ptr(proj, off) + 2 * H * proj.element_size(), ld(proj), hp_p, H,
-                                 ptr(RZ, off), 2 * H, ptr(out, off), H, ptr(K, off), ld(K), b_c)
-                h, prev_off = out[rows], off
+                torch.mm(hp, W_g, out=rz)
+                nk.gru_fwd_gates(rz=rz, x=xg, hp=hp, rh=rh, b=b_rz)
+                torch.mm(rh, W_c, out=c)
+                nk.gru_fwd_state(c=c, x=xc, hp=hp, rz=rz, out=h_t, K=kk, b=b_c)
+                h = h_t
         else:
             if bias is not None:
                 proj = proj + bias
@@ -142,14 +147,15 @@ class GRUSequence(torch.autograd.Function):
         if nk is not None:
             d_out = d_out.contiguous()
             dh_buf, drh_buf = torch.empty_like(h0), torch.empty_like(h0)
-            for off, k in reversed(step_slices(batch_sizes)):
-                rows = slice(off, off + k)
-                nk.gru_bwd_a(k, H, ptr(d_out, off), H, ptr(carry), H, ptr(K, off), 3 * H, ptr(D, off), 3 * H,
-                             ptr(dh_buf), H)
-                torch.mm(D[rows, 2 * H :], W_c_t, out=drh_buf[:k])
-                nk.gru_bwd_b(k, H, ptr(drh_buf), H, ptr(K, off), 3 * H, ptr(RZ, off), 2 * H, ptr(dh_buf), H,
-                             ptr(D, off), 3 * H, ptr(carry), H)
-                carry[:k].addmm_(D[rows, : 2 * H], W_g_t)
+            steps = zip(d_out.split(batch_sizes), D.split(batch_sizes), D[:, : 2 * H].split(batch_sizes),
+                        D[:, 2 * H :].split(batch_sizes), K.view(-1, 3 * H).split(batch_sizes), RZ.split(batch_sizes))
+            for g, d, d_rz, d_c, kk, rz in reversed(list(steps)):
+                k = g.shape[0]
+                dh, drh, cr = dh_buf[:k], drh_buf[:k], carry[:k]
+                nk.gru_bwd_a(d_out=g, carry=cr, K=kk, D=d, dh=dh)
+                torch.mm(d_c, W_c_t, out=drh)
+                nk.gru_bwd_b(drh=drh, K=kk, rz=rz, dh=dh, D=d, tmp=cr)
+                cr.addmm_(d_rz, W_g_t)
         else:
             for off, k in reversed(step_slices(batch_sizes)):
                 rows = slice(off, off + k)
@@ -207,15 +213,16 @@ class LSTMSequence(torch.autograd.Function):
         nk = native.kernels(gx)
         if nk is not None:  # the element-wise work of a step as one call (kernels.c), same values
             gx = gx if gx.stride(1) == 1 else gx.contiguous()  # the kernel reads rows with unit stride
-            g12 = gx[:, 4 * H :] if timed else None
+            x4, g12 = gx[:, : 4 * H], (gx[:, 4 * H :] if timed else None)
             bias = bias.contiguous() if bias is not None else None
-            for off, k in step_slices(batch_sizes):
-                rows = slice(off, off + k)
-                torch.mm(h[:k], W, out=G[rows])  # h W alone; the kernel adds the input part gx
-                nk.lstm_fwd(k, H, ptr(G, off), 4 * H, ptr(gx, off), ld(gx), ptr(g12, off), ld(g12), ptr(F_eff, off), ld(F_eff),
-                            ptr(c), H, ptr(out, off), H, ptr(PD, off), ld(PD), ptr(KC, off), ld(KC),
-                            ptr(Q, off), ld(Q), ptr(bias))
-                h = out[rows]
+            steps = zip(G.split(batch_sizes), x4.split(batch_sizes), out.split(batch_sizes), per_step(g12, batch_sizes),
+                        per_step(F_eff, batch_sizes), per_step(PD, batch_sizes), per_step(KC, batch_sizes),
+                        per_step(Q, batch_sizes))
+            for g, x, h_t, g_s, f, pd, kc, q in steps:
+                k = g.shape[0]
+                torch.mm(h[:k], W, out=g)  # h W alone; the kernel adds the input part gx
+                nk.lstm_fwd(g=g, x=x, c=c[:k], out=h_t, g12=g_s, F=f, PD=pd, KC=kc, Q=q, b=bias)
+                h = h_t
         else:
             if bias is not None:
                 gx = gx + bias
@@ -278,12 +285,13 @@ class LSTMSequence(torch.autograd.Function):
         nk = native.kernels(out)
         if nk is not None:  # everything but the matmul of a step as one call (kernels.c)
             d_out = d_out.contiguous()
-            for off, k in reversed(step_slices(batch_sizes)):
-                rows = slice(off, off + k)
-                nk.lstm_bwd(k, H, ptr(d_out, off), H, ptr(dh_carry), H, ptr(dc_carry), H, ptr(KC, off), ld(KC),
-                            ptr(PD, off), ld(PD), ptr(f_all, off), ld(f_all), ptr(DG, off), ld(DG),
-                            ptr(Q, off), ld(Q), ptr(DS, off), ld(DS))
-                torch.mm(DG[rows], W_t, out=dh_carry[:k])
+            steps = zip(d_out.split(batch_sizes), KC.split(batch_sizes), PD.split(batch_sizes),
+                        f_all.split(batch_sizes), DG.split(batch_sizes), per_step(Q, batch_sizes),
+                        per_step(DS, batch_sizes))
+            for g, kc, pd, f, dg, q, ds in reversed(list(steps)):
+                k = g.shape[0]
+                nk.lstm_bwd(d_out=g, dh_carry=dh_carry[:k], dc_carry=dc_carry[:k], KC=kc, PD=pd, F=f, DG=dg, Q=q, DS=ds)
+                torch.mm(dg, W_t, out=dh_carry[:k])
         else:
             for off, k in reversed(step_slices(batch_sizes)):
                 rows = slice(off, off + k)
