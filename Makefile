@@ -41,14 +41,18 @@ test-fast: setup
 REPRO_TARGETS := report ablation_report disentanglement cost
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
-repro: setup
-	source $(VENV)/bin/activate && dvc repro protocol && \
+# the data first, then every training run (JOBS side by side, each with train.threads threads), then the stages
+# in order with a [stage k/N] line each (the training stages only collect the finished runs)
+REPRO_STEPS = source $(VENV)/bin/activate && dvc repro protocol && \
 	  { [ "$(JOBS)" = 1 ] || python -m clsr prefill --jobs $(JOBS); } && python -m clsr repro $(REPRO_TARGETS)
+
+repro: setup
+	$(REPRO_STEPS)
 
 repro-quick: setup
 	cp params-quick.yaml params.yaml
 	@echo "params.yaml now holds the quick profile (git checkout params.yaml restores the converged default)"
-	source $(VENV)/bin/activate && python -m clsr repro $(REPRO_TARGETS)
+	$(REPRO_STEPS)
 
 sweep: setup
 	source $(VENV)/bin/activate && dvc repro sweep_data && \
