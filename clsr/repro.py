@@ -9,6 +9,7 @@ DVC's own output passes through unchanged; the exit status is DVC's.
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -53,8 +54,9 @@ def repro(targets: list[str], dvc: str = "dvc", out: TextIO = sys.stdout) -> int
     stages = planned_stages(targets, dvc)
     out.write(f"[repro] {len(stages)} stage(s) to run for {' '.join(targets) or 'every stage'}\n")
     out.flush()
+    # unbuffered: DVC's "Running stage" line must reach the pipe before the stage's own output
     proc = subprocess.Popen([dvc, "repro", *targets], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1)
+                            bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None
 
     def write(s: str) -> None:
