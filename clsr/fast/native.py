@@ -10,9 +10,9 @@ training step on a CPU, each replacing torch ops that compute the same values:
   `attention.din_first_layer`), and its ragged form (`RaggedRows`).
 
 Which groups of kernels are here: a group stays where it beats the best torch path by ≥ 1.2× on the whole
-training epoch of a model that uses it (issue 13). Epoch seconds on ml100k (2 threads) for clsr / din / slirec,
-from reports/benchmarks/train.md, "What the C kernels add" (`benchmarks/bench_train.py`, TWIN_GROUPS; the
-machine's load average was 1.5-2.2 during that run: another job shared its 2 cores):
+training epoch of a model that uses it. Epoch seconds on ml100k (2 threads) for clsr / din / slirec, from
+reports/benchmarks/train.md, "What the C kernels add" (`benchmarks/bench_train.py`, TWIN_GROUPS; no other job ran:
+the load averages in the report include a job stopped just before and the benchmark's own busy-loop process):
 
 | group of C kernels                  | without (s)            | with (s)               | speed-up           | kept?   |
 |-------------------------------------|------------------------|------------------------|--------------------|---------|
