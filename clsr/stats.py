@@ -139,24 +139,7 @@ def paired_bootstrap_arrays(
     offsets = np.arange(replicates)[:, None] * n_users
     counts = np.bincount((draws + offsets).ravel(), minlength=replicates * n_users).reshape(replicates, n_users)
     replicate_estimates = counts @ (w * user_diff) / (counts @ w)
-    low, high = np.quantile(replicate_estimates, [(1 - level) / 2, (1 + level) / 2])
-    if low > 0:
-        verdict = "B better"
-    elif high < 0:
-        verdict = "A better"
-    else:
-        verdict = "no detectable difference"
-    return PairedComparison(
-        difference=float(per_seed.mean()),
-        low=float(low),
-        high=float(high),
-        level=float(level),
-        per_seed=tuple(float(x) for x in per_seed),
-        seeds=tuple(range(n_seeds)) if seeds is None else tuple(seeds),
-        users=int(n_users),
-        replicates=int(replicates),
-        verdict=verdict,
-    )
+    return _comparison(per_seed, replicate_estimates, level, seeds, n_users, replicates)
 
 
 def paired_bootstrap(
@@ -227,6 +210,13 @@ def paired_resample_bootstrap(
     estimates = estimates[np.isfinite(estimates)]
     if not len(estimates):
         raise ValueError("paired comparison: the statistic is undefined on every resample")
+    return _comparison(per_seed, estimates, level, seeds, n, replicates)
+
+
+def _comparison(per_seed: np.ndarray, estimates: np.ndarray, level: float, seeds, users: int,
+                replicates: int) -> PairedComparison:
+    """The comparison from the per-seed differences and the bootstrap replicates' estimates: the mean over
+    seeds, the central `level` interval of the estimates, and its verdict."""
     low, high = np.quantile(estimates, [(1 - level) / 2, (1 + level) / 2])
     return PairedComparison(
         difference=float(per_seed.mean()),
@@ -234,8 +224,8 @@ def paired_resample_bootstrap(
         high=float(high),
         level=float(level),
         per_seed=tuple(float(x) for x in per_seed),
-        seeds=tuple(range(len(a))) if seeds is None else tuple(seeds),
-        users=int(n),
+        seeds=tuple(range(len(per_seed))) if seeds is None else tuple(seeds),
+        users=int(users),
         replicates=int(replicates),
         verdict=_verdict(float(low), float(high)),
     )
