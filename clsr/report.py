@@ -387,6 +387,34 @@ def verdict(paired: pd.DataFrame, model: str = "CLSR") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def verdict_sentences(paired: pd.DataFrame, model: str = "CLSR") -> list[str]:
+    """The paired comparison in words, one sentence per dataset and metric: the baselines `model` beats, those
+    that beat it and those it cannot be told from, each with its mean difference and 95 % interval (`paired_table`).
+    Every word is computed from the table: a winner only where the interval excludes 0."""
+    out = []
+    if paired.empty:
+        return out
+    for (ds, metric), sub in paired.groupby(["dataset", "metric"], sort=False):
+        def listing(rows: pd.DataFrame) -> str:
+            return ", ".join(f"{b} ({d:+.4f} {i})" for b, d, i in
+                             zip(rows["baseline"], rows["difference"], rows["95% interval"]))
+
+        wins = sub[sub["verdict"] == f"{model} better"]
+        losses = sub[sub["verdict"].str.endswith(" better") & (sub["verdict"] != f"{model} better")]
+        ties = sub.drop(wins.index).drop(losses.index)
+        seeds = int(sub["seeds"].max())
+        parts = []
+        if len(wins):
+            parts.append(f"better than {listing(wins)}")
+        if len(losses):
+            parts.append(f"worse than {listing(losses)}")
+        if len(ties):
+            parts.append(f"no detectable difference from {listing(ties)}")
+        out.append(f"- {ds}, {metric} ({seeds} seed{'s' if seeds != 1 else ''}; {model} − baseline, 95 % interval): "
+                   f"{model} is " + "; ".join(parts) + ".")
+    return out
+
+
 def alpha_distributions(ctx, datasets: list[str], path: str | Path, seed: int = 0) -> pd.DataFrame:
     """α of the CLSR run of each dataset on the test positives: a histogram and summary rows."""
     import matplotlib

@@ -331,3 +331,26 @@ def test_resample_bootstrap_bad_input():
         S.paired_resample_bootstrap(pair_count_auc, [(s, y)], [(s[:2], y[:2])])
     with pytest.raises(ValueError, match="undefined on the full data"):
         S.paired_resample_bootstrap(pair_count_auc, [(s, ~y | True)], [(s, ~y | True)])
+
+
+def test_verdict_sentences_name_winners_only_where_the_interval_excludes_zero():
+    """The report's sentences (clsr.report.verdict_sentences) from real paired comparisons: a baseline CLSR
+    beats by a constant, one that beats CLSR, and an identical one (difference exactly 0)."""
+    import pandas as pd
+
+    from clsr import compare
+    from clsr.report import verdict_sentences
+
+    rng = np.random.default_rng(0)
+    ids = np.arange(400)
+    clsr = users_that_vary(rng, n_users=400)
+    cases = {"Weaker": clsr - 0.05, "Stronger": clsr + 0.05, "Twin": clsr.copy()}
+    rows = []
+    for name, values in cases.items():
+        c = S.paired_bootstrap(by_seed(values, ids), by_seed(clsr, ids), replicates=300)
+        rows.append({"dataset": "d", "baseline": name, "metric": "GAUC", **compare.row(c, name, "CLSR")})
+    (sentence,) = verdict_sentences(pd.DataFrame(rows))
+    assert sentence.startswith("- d, GAUC (3 seeds; CLSR − baseline, 95 % interval): CLSR is ")
+    assert "better than Weaker (+0.0500" in sentence
+    assert "worse than Stronger (-0.0500" in sentence
+    assert "no detectable difference from Twin (+0.0000 [+0.0000, +0.0000])" in sentence

@@ -27,6 +27,7 @@ class MainResults:
     agreement: pd.DataFrame  # Kendall τ between the protocols' orderings
     alpha: pd.DataFrame  # CLSR's α on the test positives, per dataset
     datasets: list[str]
+    sentences: list[str]  # the paired comparison in words (report.verdict_sentences)
 
 
 def provenance(params: dict, runs: pd.DataFrame) -> str:
@@ -93,9 +94,10 @@ def run(ctx: Context) -> MainResults:
     paired = report.paired_table(runs, datasets, models)
     verdict = report.verdict(paired)
     agreement = report.agreement_table(runs, datasets, models)
+    sentences = report.verdict_sentences(paired)
     sections.append("### Does CLSR win? Paired differences over seeds × test users\n\n"
                     "CLSR minus each baseline; a winner is named only where the 95 % interval excludes 0.\n\n"
-                    + report.frame_md(verdict) + "\n" + report.frame_md(paired))
+                    + "\n".join(sentences) + "\n\n" + report.frame_md(verdict) + "\n" + report.frame_md(paired))
     sections.append("### Do the protocols order the models alike?\n\n" + report.frame_md(agreement))
     md = "\n".join(sections)
     atomic_write_text(ctx.table("main.md"), md)
@@ -113,4 +115,4 @@ def run(ctx: Context) -> MainResults:
         report.self_supervision_figure({"clsr": hist.get("clsr", [])}, figs / f"self_supervision_{ds}.png")
     alpha = report.alpha_distributions(ctx, datasets, figs / "alpha.png")
     return MainResults(table=md, runs=runs, summary=summ, paired=paired, verdict=verdict, agreement=agreement,
-                       alpha=alpha, datasets=datasets)
+                       alpha=alpha, datasets=datasets, sentences=sentences)
