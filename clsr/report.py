@@ -223,6 +223,7 @@ def ablation_table(df: pd.DataFrame, title: str, order: list[str] | None = None,
         lines += ["Single seed: differences below the main table's seed spread are noise.", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     ref = {} if default is None else {int(r.seed): r.npz for r in default.itertuples() if r.npz}
+    words: dict[str, list[str]] = {"better than": [], "worse than": [], "no detectable difference from": []}
     for v in variants:
         r, runs = summ.loc[v], df[df["variant"] == v]
         cells = [str(v)] + [_fmt(r[f"{c}_mean"], r[f"{c}_std"], int(r[f"{c}_count"]), np.isclose(r[f"{c}_mean"], best[c]))
@@ -233,7 +234,15 @@ def ablation_table(df: pd.DataFrame, title: str, order: list[str] | None = None,
             c = compare.compare(ref, mine, "GAUC") if ref and mine else None
             cells += (["—", "—"] if c is None else
                       [f"{c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}]", compare.verdict(c, default_label, str(v))])
+            if c is not None and c.seeds:
+                key = "better than" if c.low > 0 else "worse than" if c.high < 0 else "no detectable difference from"
+                words[key].append(f"{v} ({c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}], {len(c.seeds)} "
+                                  f"seed{'s' if len(c.seeds) != 1 else ''})")
         lines.append("| " + " | ".join(cells) + " |")
+    said = [f"{key} the {default_label}: {', '.join(vs)}" for key, vs in words.items() if vs]
+    if said:
+        lines += ["", "In words (test GAUC, variant − " + default_label + ", 95 % paired interval; a variant is better or "
+                  "worse only where the interval excludes 0): " + "; ".join(said) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -354,3 +354,31 @@ def test_verdict_sentences_name_winners_only_where_the_interval_excludes_zero():
     assert "better than Weaker (+0.0500" in sentence
     assert "worse than Stronger (-0.0500" in sentence
     assert "no detectable difference from Twin (+0.0000 [+0.0000, +0.0000])" in sentence
+
+
+def test_ablation_table_words_follow_the_paired_intervals(tmp_path):
+    """clsr.report.ablation_table on constructed per-instance files: a variant whose per-user AUC is the main
+    runs' plus 0.05 is "better", one equal to them shows "no detectable difference" with a zero interval."""
+    import pandas as pd
+
+    from clsr.report import ablation_table
+    from clsr.rundir import save_per_instance
+
+    rng = np.random.default_rng(1)
+    users = np.arange(300)
+    base = np.clip(users_that_vary(rng, n_users=300), 0.0, 0.95)
+    rows, main = [], []
+    for seed in range(3):
+        for name, shift, sink in (("main", 0.0, main), ("plus", 0.05, rows), ("same", 0.0, rows)):
+            path = tmp_path / f"{name}_seed{seed}.npz"
+            save_per_instance(path, {"sampled/user": users, "sampled/auc": base[seed] + shift,
+                                     "sampled/rr": base[seed]})
+            m = float((base[seed] + shift).mean())
+            sink.append({"variant": name, "seed": seed, "npz": str(path), "best_epoch": 4, "stop_reason": "patience",
+                         **{f"test_{k}": m for k in ("auc", "gauc", "mrr", "ndcg@2")}})
+    md = ablation_table(pd.DataFrame(rows), "axis", ["plus", "same"], pd.DataFrame(main), "main CLSR")
+    words = md.strip().splitlines()[-1]
+    assert words.startswith("In words (test GAUC, variant − main CLSR")
+    assert "better than the main CLSR: plus (+0.0500 [+0.0500, +0.0500], 3 seeds)" in words
+    assert "no detectable difference from the main CLSR: same (+0.0000 [+0.0000, +0.0000], 3 seeds)" in words
+    assert "worse than" not in words
