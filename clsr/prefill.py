@@ -15,9 +15,12 @@ with `train.threads: 0` (PyTorch's default: every core) more than one job is ref
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import multiprocessing as mp
 import os
 import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,9 +111,39 @@ def plan(ctx, stages: list[PlannedRun]) -> list[tuple[PlannedRun, Path]]:
     return todo
 
 
+class LinePrefix(io.TextIOBase):
+    """A text stream that writes `prefix` at the start of every line to `stream`: runs trained side by side
+    print their epochs to one terminal, and the prefix says which run a line belongs to."""
+
+    def __init__(self, stream, prefix: str):
+        self.stream, self.prefix, self.at_line_start = stream, prefix, True
+
+    def write(self, text: str) -> int:
+        for part in text.splitlines(keepends=True):
+            if self.at_line_start:
+                self.stream.write(self.prefix)
+            self.stream.write(part)
+            self.at_line_start = part.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def run_label(st: PlannedRun) -> str:
+    """`dataset model seed N [overrides]`, the prefix of a side-by-side run's lines."""
+    return f"{st.dataset} {st.model} seed {st.seed}" + (f" {st.overrides}" if st.overrides else "")
+
+
 def _train_one(args: tuple[PlannedRun, str]) -> tuple[str, float, str]:
-    """Worker: train one planned run into its folder (the stage's own fit, without writing DVC outputs)."""
+    """Worker: train one planned run into its folder (the stage's own fit, without writing DVC outputs); its
+    printed lines start with the run's label."""
     st, root = args
+    with contextlib.redirect_stdout(LinePrefix(sys.stdout, f"({run_label(st)}) ")):
+        return _train(st, root)
+
+
+def _train(st: PlannedRun, root: str) -> tuple[str, float, str]:
     os.chdir(root)
     from clsr import pipeline
     from clsr.data.prepare import load_prepared

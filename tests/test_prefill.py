@@ -8,3 +8,18 @@ def test_notebook_parameters_of_a_stage_command():
            '-p group contrastive -p variant none_k5 -p overrides "model.contrastive=none,model.recent_k=5"')
     assert notebook_parameters(cmd) == {"dataset": "ml100k", "model": "clsr", "seed": "2", "group": "contrastive",
                                         "variant": "none_k5", "overrides": "model.contrastive=none,model.recent_k=5"}
+
+
+def test_side_by_side_lines_carry_their_run():
+    import io
+
+    from clsr.prefill import LinePrefix, PlannedRun, run_label
+
+    out = io.StringIO()
+    s = LinePrefix(out, "(r) ")
+    s.write("epoch 1 ")
+    s.write("done\nepoch 2\n")
+    s.write("")
+    s.write("a\nb")
+    assert out.getvalue() == "(r) epoch 1 done\n(r) epoch 2\n(r) a\n(r) b"
+    assert run_label(PlannedRun("s", "ml100k", "clsr", 2, "model.recent_k=1")) == "ml100k clsr seed 2 model.recent_k=1"
