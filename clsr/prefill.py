@@ -47,32 +47,32 @@ def notebook_parameters(cmd: str) -> dict[str, str]:
     return {words[i + 1]: words[i + 2] for i in range(start, len(words) - 2) if words[i] == "-p"}
 
 
-def training_stages(root: str | Path = ".") -> list[PlannedRun]:
-    """Every training stage of dvc.yaml, as DVC renders it from params.yaml."""
+def rendered_stages(root: str | Path = ".") -> list[tuple[str, str]]:
+    """(name, command) of every stage of dvc.yaml, as DVC renders it from params.yaml."""
     from dvc.repo import Repo
 
-    runs = []
     with Repo(str(root)) as repo:
-        for st in repo.index.stages:
-            name = st.addressing
-            if not name.startswith(TRAINING_STAGES) or name.endswith("_report"):
-                continue
-            p = notebook_parameters(st.cmd)
+        return [(st.addressing, st.cmd) for st in repo.index.stages]
+
+
+def training_stages(root: str | Path = ".") -> list[PlannedRun]:
+    """Every training stage of dvc.yaml (a papermill run of notebook 03)."""
+    runs = []
+    for name, cmd in rendered_stages(root):
+        if name.startswith(TRAINING_STAGES) and not name.endswith("_report"):
+            p = notebook_parameters(cmd)
             runs.append(PlannedRun(name, p["dataset"], p["model"], int(p["seed"]), p.get("overrides", "")))
     return runs
 
 
 def sweep_stages(root: str | Path = ".") -> list[PlannedRun]:
     """Every sweep_train@ stage of dvc.yaml (``python -m clsr.stages.sweep train CELL MODEL SEED``)."""
-    from dvc.repo import Repo
-
     runs = []
-    with Repo(str(root)) as repo:
-        for st in repo.index.stages:
-            if st.addressing.startswith("sweep_train@"):
-                words = shlex.split(st.cmd)
-                i = words.index("train")
-                runs.append(PlannedRun(st.addressing, words[i + 1], words[i + 2], int(words[i + 3]), "", sweep=True))
+    for name, cmd in rendered_stages(root):
+        if name.startswith("sweep_train@"):
+            words = shlex.split(cmd)
+            i = words.index("train")
+            runs.append(PlannedRun(name, words[i + 1], words[i + 2], int(words[i + 3]), "", sweep=True))
     return runs
 
 

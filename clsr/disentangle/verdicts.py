@@ -57,6 +57,16 @@ def summary(c: stats.PairedComparison, reference: str, other: str, method: str) 
     }
 
 
+def _others(per_model: Mapping[str, Mapping[int, Any]], reference: str):
+    """(other model, its {seed: values}, the reference's, the seeds both hold) for every model but `reference`
+    that shares a seed with it."""
+    ref = per_model.get(reference)
+    for other, by_seed in per_model.items():
+        seeds = sorted(set(ref) & set(by_seed)) if ref is not None and other != reference else []
+        if seeds:
+            yield other, by_seed, ref, seeds
+
+
 def counterfactual_comparisons(
     per_user: Mapping[str, Mapping[int, Mapping[str, np.ndarray]]], replicates: int = 1000, seed: int = 0,
     reference: str = REFERENCE,
@@ -64,15 +74,7 @@ def counterfactual_comparisons(
     """{other model: {'recent_gap' / 'shuffle_gap': `summary`}} from ``{model: {seed: counterfactual_users(...)}}``
     (the seeds every model holds), each user's index paired across the two models, weighted by its rows."""
     out: dict[str, dict[str, Any]] = {}
-    if reference not in per_user:
-        return out
-    ref = per_user[reference]
-    for other, by_seed in per_user.items():
-        if other == reference:
-            continue
-        seeds = sorted(set(ref) & set(by_seed))
-        if not seeds:
-            continue
+    for other, by_seed, ref, seeds in _others(per_user, reference):
         first = ref[seeds[0]]
         res: dict[str, Any] = {}
         for q in ("recent_gap", "shuffle_gap"):
@@ -105,16 +107,8 @@ def ground_truth_comparisons(
     ``{model: {seed: evaluate.ground_truth_instances(...)}}`` (the same test instances everywhere) and the
     instances' true driver."""
     out: dict[str, dict[str, Any]] = {}
-    if reference not in per_instance:
-        return out
-    ref = per_instance[reference]
     driver = np.asarray(driver)
-    for other, by_seed in per_instance.items():
-        if other == reference:
-            continue
-        seeds = sorted(set(ref) & set(by_seed))
-        if not seeds:
-            continue
+    for other, by_seed, ref, seeds in _others(per_instance, reference):
         res: dict[str, Any] = {}
         a_runs, b_runs = [by_seed[s] for s in seeds], [ref[s] for s in seeds]
         if all(np.isfinite(v["alpha"]).all() for v in a_runs + b_runs):

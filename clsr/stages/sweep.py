@@ -123,15 +123,11 @@ def fit_cell_run(ctx: Context, cell: str, model: str, seed: int, data: PreparedD
     """(FitResult, run folder, spec) of one model × seed on the cell's dataset: the finished run of this
     configuration and training code when runs/sweep/<cell>/<model>_seed<seed> holds one (trained earlier, e.g.
     side by side by `python -m clsr prefill --sweep`), else trained there now (resumed after an interruption)."""
-    from clsr.train import finished_result, fit
+    from clsr.stages.train import fit_or_reuse
 
     data = data if data is not None else load_cell(ctx, cell)
     spec, run_dir = cell_run(ctx, cell, model, seed)
-    res = finished_result(run_dir, data, spec.model, spec.model_cfg, spec.train_cfg)
-    if res is not None:
-        print(f"[sweep] {cell} {model} seed {seed}: the same run is finished in {run_dir}; reusing it", flush=True)
-    else:
-        res = fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, overwrite=True)
+    res, run_dir = fit_or_reuse(ctx, cell, spec, data, run_dir)
     return res, run_dir, spec
 
 

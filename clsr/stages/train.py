@@ -22,13 +22,13 @@ def run_folder(ctx: Context, dataset: str, spec) -> Path:
     return default_run_dir(ctx.runs_dir, dataset, spec.model, spec.model_cfg, spec.train_cfg)
 
 
-def fit_or_reuse(ctx: Context, dataset: str, spec, data) -> tuple[Any, Path]:
+def fit_or_reuse(ctx: Context, dataset: str, spec, data, run_dir: str | Path | None = None) -> tuple[Any, Path]:
     """(result, run folder) of a resolved run: the finished run of the same configuration and code when its
-    folder holds one, else trained there. DVC re-runs a stage when a parameter changes, so an older
-    configuration's run in the folder is replaced (`overwrite`)."""
+    folder (`run_folder`, or `run_dir`) holds one, else trained there. DVC re-runs a stage when a parameter
+    changes, so an older configuration's run in the folder is replaced (`overwrite`)."""
     from clsr.train import finished_result, fit
 
-    run_dir = run_folder(ctx, dataset, spec)
+    run_dir = run_folder(ctx, dataset, spec) if run_dir is None else Path(run_dir)
     res = finished_result(run_dir, data, spec.model, spec.model_cfg, spec.train_cfg)
     if res is not None:
         print(f"[{spec.name}] the same run is finished in {run_dir}; reusing it", flush=True)
