@@ -222,7 +222,7 @@ def ablation_table(df: pd.DataFrame, title: str, order: list[str] | None = None,
     if one_seed:
         lines += ["Single seed: differences below the main table's seed spread are noise.", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    ref = {} if default is None else {int(r.seed): r.npz for r in default.itertuples() if r.npz}
+    ref = {} if default is None else {int(r.seed): r.npz for r in default.itertuples() if isinstance(r.npz, str)}
     words: dict[str, list[str]] = {"better than": [], "worse than": [], "no detectable difference from": []}
     for v in variants:
         r, runs = summ.loc[v], df[df["variant"] == v]
@@ -230,7 +230,7 @@ def ablation_table(df: pd.DataFrame, title: str, order: list[str] | None = None,
                             for c in cols]
         cells += [_stopping(runs), ", ".join(str(s) for s in sorted(runs["seed"]))]
         if default is not None:
-            mine = {int(x.seed): x.npz for x in runs.itertuples() if x.npz}
+            mine = {int(x.seed): x.npz for x in runs.itertuples() if isinstance(x.npz, str)}  # NaN: no .npz
             c = compare.compare(ref, mine, "GAUC") if ref and mine else None
             cells += (["—", "—"] if c is None else
                       [f"{c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}]", compare.verdict(c, default_label, str(v))])
@@ -459,19 +459,21 @@ def alpha_distributions(ctx, datasets: list[str], path: str | Path, seed: int = 
     return pd.DataFrame(rows)
 
 
-README_START = "<!-- results:start (written by the report stage from reports/tables/main.md; do not edit) -->"
+README_START = "<!-- results:start (copied from reports/tables/main.md by `make readme`; do not edit) -->"
 README_END = "<!-- results:end -->"
+_START_PREFIX = "<!-- results:start"
 
 
 def update_readme(readme: str | Path, table_md: str, note: str = "") -> bool:
-    """Replace the README's results block with the generated table. Returns False if no markers."""
+    """Replace the README's results block (from a line starting ``<!-- results:start`` to ``<!-- results:end -->``)
+    with the generated table. Returns False if either marker is missing."""
     readme = Path(readme)
     if not readme.exists():
         return False
     text = readme.read_text()
-    if README_START not in text or README_END not in text:
+    if _START_PREFIX not in text or README_END not in text.split(_START_PREFIX, 1)[1]:
         return False
-    head, rest = text.split(README_START, 1)
+    head, rest = text.split(_START_PREFIX, 1)
     _, tail = rest.split(README_END, 1)
     block = f"{README_START}\n{note}{table_md}{README_END}"
     new = head + block + tail
