@@ -222,7 +222,7 @@ def ablation_table(df: pd.DataFrame, title: str, order: list[str] | None = None,
     if one_seed:
         lines += ["Single seed: differences below the main table's seed spread are noise.", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    ref = {} if default is None else {int(r.seed): r.npz for r in default.itertuples() if isinstance(r.npz, str)}
+    ref = {} if default is None else {int(r.seed): r.npz for r in default.itertuples() if pd.notna(r.npz)}
     words: dict[str, list[str]] = {"better than": [], "worse than": [], "no detectable difference from": []}
     for v in variants:
         r, runs = summ.loc[v], df[df["variant"] == v]
@@ -230,7 +230,7 @@ def ablation_table(df: pd.DataFrame, title: str, order: list[str] | None = None,
                             for c in cols]
         cells += [_stopping(runs), ", ".join(str(s) for s in sorted(runs["seed"]))]
         if default is not None:
-            mine = {int(x.seed): x.npz for x in runs.itertuples() if isinstance(x.npz, str)}  # NaN: no .npz
+            mine = {int(x.seed): x.npz for x in runs.itertuples() if pd.notna(x.npz)}
             c = compare.compare(ref, mine, "GAUC") if ref and mine else None
             cells += (["—", "—"] if c is None else
                       [f"{c.difference:+.4f} [{c.low:+.4f}, {c.high:+.4f}]", compare.verdict(c, default_label, str(v))])
@@ -471,9 +471,9 @@ def update_readme(readme: str | Path, table_md: str, note: str = "") -> bool:
     if not readme.exists():
         return False
     text = readme.read_text()
-    if _START_PREFIX not in text or README_END not in text.split(_START_PREFIX, 1)[1]:
+    head, found, rest = text.partition(_START_PREFIX)
+    if not found or README_END not in rest:
         return False
-    head, rest = text.split(_START_PREFIX, 1)
     _, tail = rest.split(README_END, 1)
     block = f"{README_START}\n{note}{table_md}{README_END}"
     new = head + block + tail

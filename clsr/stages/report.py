@@ -95,10 +95,10 @@ def run(ctx: Context) -> MainResults:
     verdict = report.verdict(paired)
     agreement = report.agreement_table(runs, datasets, models)
     sentences = report.verdict_sentences(paired)
+    shown = paired if paired.empty else paired.assign(difference=paired["difference"].map("{:+.4f}".format))
     sections.append("### Does CLSR win? Paired differences over seeds × test users\n\n"
                     "CLSR minus each baseline; a winner is named only where the 95 % interval excludes 0.\n\n"
-                    + "\n".join(sentences) + "\n\n" + report.frame_md(verdict) + "\n"
-                    + report.frame_md(paired if paired.empty else paired.assign(difference=paired["difference"].map("{:+.4f}".format))))
+                    + "\n".join(sentences) + "\n\n" + report.frame_md(verdict) + "\n" + report.frame_md(shown))
     sections.append("### Do the protocols order the models alike?\n\n" + report.frame_md(agreement))
     md = "\n".join(sections)
     atomic_write_text(ctx.table("main.md"), md)
