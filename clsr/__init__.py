@@ -5,3 +5,4 @@ __version__ = "0.1.0"
 from clsr import runtime as _runtime  # noqa: E402
 
 _runtime.set_openmp_wait_policy()  # before anything imports torch (clsr.runtime says why)
+_runtime.flush_denormals()  # imports torch; before torch creates its worker threads (clsr.runtime says why)

@@ -1,5 +1,5 @@
-"""Process-level settings: the OpenMP wait policy, a faster CPU allocator, and the compute path every run
-records.
+"""Process-level settings: the OpenMP wait policy, flush-to-zero for denormal floats, a faster CPU
+allocator, and the compute path every run records.
 
 `set_openmp_wait_policy` — why: torch's CPU thread pool (and the C kernels of `clsr.fast.native`) is
 libgomp's, whose idle threads by default spin for a while before sleeping. On a machine whose cores are
@@ -10,9 +10,20 @@ idle threads sleep at once. libgomp reads it when it is loaded, i.e. when torch 
 sets it on import (`clsr/__init__.py`), before anything imports torch; a value already in the
 environment is kept (``OMP_WAIT_POLICY=ACTIVE`` restores the spinning).
 
+`flush_denormals` — why: float32 values below 1.2e-38 (denormals) take a slow microcode path on x86
+CPUs, 10-100× slower per operation. Training can produce them in bulk: SLi-Rec with the released, unmasked
+long-term attention (padding takes part in the softmax) slowed from 28 s to 180 s per synthetic epoch as
+training went on, and ran at a flat 18.5 s with the same losses to 4 digits once denormals were flushed.
+The released TensorFlow code never meets this: TensorFlow sets flush-to-zero (FTZ) and denormals-are-zero
+(DAZ) on its CPU threads. `torch.set_flush_denormal` sets them on the calling thread only, and torch's
+OpenMP worker threads copy the setting when they are created, so `clsr` sets it on import
+(`clsr/__init__.py`), before torch has run parallel work; `denormal_mode` checks every thread rather than
+trusting that. Opt out with ``CLSR_KEEP_DENORMALS=1``. It affects CPU arithmetic only (values that would be
+below 1.2e-38 become 0); a CUDA device keeps its own settings.
+
 `compute_path` — what decides a run's float rounding besides its configuration: the device, torch's
-CPU thread count (reductions and GEMMs split their work by thread) and whether the C kernels of
-`clsr.fast.native` or torch ops run. The same seed and configuration give bit-identical results only on
+CPU thread count (reductions and GEMMs split their work by thread), whether the C kernels of
+`clsr.fast.native` or torch ops run, and whether denormals are flushed. The same seed and configuration give bit-identical results only on
 the same compute path; runs record it in last.pt and metrics.json, and `clsr.train.fit` refuses to resume
 a checkpoint written on another one.
 
@@ -51,6 +62,31 @@ def set_openmp_wait_policy(default: str = "PASSIVE") -> str | None:
     return openmp_wait_policy
 
 
+def flush_denormals() -> bool:
+    """Turn on flush-to-zero and denormals-are-zero for torch's CPU arithmetic in this thread (and in the
+    worker threads torch creates after it), unless ``CLSR_KEEP_DENORMALS`` is set. Imports torch. Returns
+    True when the CPU supports it and it was set."""
+    if os.environ.get("CLSR_KEEP_DENORMALS"):
+        return False
+    import torch
+
+    return bool(torch.set_flush_denormal(True))
+
+
+def denormal_mode() -> str:
+    """'flush' when denormals are flushed on every torch CPU thread, 'keep' when on none, 'partial' when only
+    on some (torch ran parallel work before `flush_denormals`, e.g. torch was imported and used before clsr).
+
+    Checked by arithmetic, not assumed: the smallest positive denormal (bit pattern 1), multiplied by 1 in
+    a tensor large enough that every thread takes a share, gives 0 on a flushing thread and itself elsewhere."""
+    import torch
+
+    n = (1 << 16) * max(1, torch.get_num_threads())
+    tiny = torch.ones(n, dtype=torch.int32).view(torch.float32)
+    kept = int((torch.mul(tiny, 1.0).view(torch.int32) != 0).sum())
+    return "flush" if kept == 0 else "keep" if kept == n else "partial"
+
+
 def tune_cpu_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 31) -> bool:
     """Ask glibc to serve blocks below `mmap_threshold` bytes from the heap and to keep up to
     `trim_threshold` free bytes instead of returning them. Idempotent; returns True when applied
@@ -82,7 +118,9 @@ def kernel_path(device="cpu") -> str:
 
 
 def compute_path(device="cpu") -> dict:
-    """{"device", "threads", "kernels"}: the device, `torch.get_num_threads()` and `kernel_path(device)`."""
+    """{"device", "threads", "kernels", "denormals"}: the device, `torch.get_num_threads()`,
+    `kernel_path(device)` and `denormal_mode()` (of the CPU threads; a CUDA device has its own)."""
     import torch
 
-    return {"device": str(device), "threads": torch.get_num_threads(), "kernels": kernel_path(device)}
+    return {"device": str(device), "threads": torch.get_num_threads(), "kernels": kernel_path(device),
+            "denormals": denormal_mode()}

@@ -307,6 +307,9 @@ def _train(data, model_name, mcfg, cfg, ctx, resolved, chash, code_hash, run_dir
     max_len, time_unit = data_settings(data)
     device, main = ctx.device, ctx.is_main
     compute = {**compute_path(device), **({"world": ctx.world} if ctx.distributed else {})}  # absent: 1 process
+    if compute.get("denormals") == "partial":  # clsr.runtime.flush_denormals came after torch's threads started
+        print("denormal floats are flushed on some CPU threads only (torch ran parallel work before clsr was "
+              "imported): import clsr before torch for a steady speed", flush=True)
     torch.manual_seed(cfg.seed)
     train_data = _subset_train(data, cfg.max_train_instances, cfg.seed)
     model = build_model(model_name, model_sizes(data), mcfg)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -187,6 +189,34 @@ def test_tune_cpu_allocator_is_idempotent_and_can_be_disabled(monkeypatch):
     monkeypatch.delenv("CLSR_KEEP_MALLOC")
     first = rt.tune_cpu_allocator()
     assert rt.tune_cpu_allocator() is first  # applied once, same answer after
+
+
+_DENORMAL_PROBE = """
+import os, sys, torch
+torch.set_num_threads(2)
+if sys.argv[1] == "torch-first":
+    torch.ones(1 << 20).mul_(2)  # parallel work: torch's worker threads start before clsr sets flush-to-zero
+import clsr
+from clsr.runtime import denormal_mode
+x = torch.full((1 << 18,), 1e-30)
+y = x * 1e-10  # 1e-40 is a float32 denormal: flushed to 0 or kept, on every thread's share
+print(denormal_mode(), int((y.view(torch.int32) == 0).sum()), y.numel())
+"""
+
+
+@pytest.mark.parametrize("order, keep, mode", [("clsr-first", False, "flush"), ("clsr-first", True, "keep"),
+                                               ("torch-first", False, "partial")])
+def test_denormals_are_flushed_on_every_thread_after_import(order, keep, mode):
+    env = {k: v for k, v in os.environ.items() if k != "CLSR_KEEP_DENORMALS"}
+    if keep:
+        env["CLSR_KEEP_DENORMALS"] = "1"
+    out = subprocess.run([sys.executable, "-c", _DENORMAL_PROBE, order], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    zeros, n = int(out[1]), int(out[2])
+    assert out[0] == mode
+    assert zeros == {"flush": n, "keep": 0}.get(mode, zeros)  # the arithmetic itself, checked independently
+    if mode == "partial":
+        assert 0 < zeros < n
 
 
 # ------------------------------------------------------------------------------------------------

@@ -271,7 +271,7 @@ def test_two_processes_on_one_run_directory(tiny, tmp_path):
 def test_compute_path_is_recorded(finished):
     metrics = json.loads((finished / "metrics.json").read_text())
     last = torch.load(finished / "last.pt", weights_only=True)
-    expected = {"device": "cpu", "threads": 1, "kernels": kernel_path("cpu")}
+    expected = {"device": "cpu", "threads": 1, "kernels": kernel_path("cpu"), "denormals": "flush"}
     assert metrics["compute"] == expected and last["compute"] == expected
     assert kernel_path("cpu") in ("native", "torch") and kernel_path("meta") == "torch"
 

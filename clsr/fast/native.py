@@ -11,25 +11,23 @@ training step on a CPU, each replacing torch ops that compute the same values:
 
 Which groups of kernels are here: a group stays where it beats the best torch path by ≥ 1.2× on the whole
 training epoch of a model that uses it. Epoch seconds on ml100k (2 threads) for clsr / din / slirec, from
-reports/benchmarks/train.md, "What the C kernels add" (`benchmarks/bench_train.py`, TWIN_GROUPS; no other job ran:
-the load averages in the report include a job stopped just before and the benchmark's own busy-loop process):
+reports/benchmarks/train.md, "What the C kernels add" (`benchmarks/bench_train.py`, TWIN_GROUPS; no other job
+ran; 2048³ GEMM 191 / 384 GFLOP/s at 1 / 2 threads):
 
 | group of C kernels                  | without (s)            | with (s)               | speed-up           | kept?   |
 |-------------------------------------|------------------------|------------------------|--------------------|---------|
-| recurrence steps (gru_*, lstm_*)    | 110.1 / - / 72.7 (a)   | 93.7 / - / 58.8 (b)    | 1.17 / - / 1.24    | kept    |
-| BN + ReLU tails and DIN scorer (c)  | 93.7 / 37.2 / 58.8 (b) | 88.6 / 27.4 / 47.5 (d) | 1.06 / 1.36 / 1.24 | kept    |
-| embedding backward (index_add_rows) | 88.6 / 27.4 / 47.5 (d) | 79.4 / 27.5 / 46.2 (e) | 1.12 / 0.99 / 1.03 | removed |
+| recurrence steps (gru_*, lstm_*)    | 68.6 / - / 42.2 (a)    | 53.6 / - / 34.3 (b)    | 1.28 / - / 1.23    | kept    |
+| BN + ReLU tails and DIN scorer (c)  | 53.6 / 23.0 / 34.3 (b) | 43.5 / 16.4 / 28.2 (d) | 1.23 / 1.40 / 1.22 | kept    |
 
-(a) "C kernels off": the same twins with torch-op steps; reference tails, DIN scorer and lookup.
-(b) "C only in the recurrence steps". (d) "without the C embedding backward". (e) "all fast twins, C kernels on".
+(a) "C kernels off": the same twins with torch-op steps; reference tails and DIN scorer.
+(b) "C only in the recurrence steps". (d) "all fast twins, C kernels on".
 (c) bn_relu_* (fused tails, `mlp.fused_tail`) with din_* / ragged_* / bn_relu_ragged_* (`attention.din_fused`,
     `din_ragged`): no configuration of the benchmark turns one on without the other, so they are one group.
-The recurrence steps stay for slirec (1.24); for clsr they are just below (1.17), which is within the
-measurement's noise: din has no recurrence, and its (a) and (b) epochs differ by 3 % (36.3, 37.2 s).
-The embedding backward is below 1.2× for every model: `layers.lookup` runs its reference (index_select,
-whose backward is an index_add). Outside a whole epoch, the same report times the fused tail of CLSR's
-short-term scorer (125k rows, forward + backward): 65.1 ms, against 85.9 ms eager and 96.8 ms with
-`torch.compile`.
+din has no recurrence: its (a) and (b) epochs (23.5, 23.0 s) show the measurement's noise, about 2 %.
+A C embedding backward (index_add_rows) measured 1.12 / 0.99 / 1.03 and was removed: `layers.lookup` runs
+its reference (index_select, whose backward is an index_add). Outside a whole epoch, the same report times
+the fused tail of CLSR's short-term scorer (125k rows, forward + backward): 42.9 ms, against 62.5 ms eager
+and 60.3 ms with `torch.compile`.
 
 Nothing here is needed for correctness; it is a speed path, used for CPU float32 / float64 tensors when
 the library is available, and tests compare it with the torch ops (equal up to float rounding):
