@@ -262,7 +262,7 @@ def main(argv=None):
     threads = torch.get_num_threads()
     res = {
         "machine": {"cpu_threads": threads, "glibc_large_blocks_kept": allocator_tuned,
-                    "native": native.status(), "compiler": compiler(), "torch": torch.__version__,
+                    "native": native.status().replace(str(Path.home()), "~"), "compiler": compiler(), "torch": torch.__version__,
                     "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
                     "omp_wait_policy": runtime.openmp_wait_policy, "load_before": load_before},
         "dataset": {"train_instances": n_train, "test_instances": len(data.instances["test"]), "max_len": L},

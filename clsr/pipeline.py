@@ -100,6 +100,12 @@ class Context:
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
+    def shown(self, path: str | Path) -> str:
+        """`path` as logs and executed notebooks print it: relative to the project root when it lies inside
+        it (committed notebooks then name no machine path), else as it is."""
+        p = Path(path).absolute()
+        return p.relative_to(self.root).as_posix() if p.is_relative_to(self.root) else str(path)
+
 
 def find_root(start: Path | None = None) -> Path:
     here = (start or Path.cwd()).resolve()

@@ -152,8 +152,8 @@ def check_same_compute_path(path: Path, written: Mapping[str, Any] | None, now: 
         is_ = ", ".join(f"{k}={now[k]}" for k in diff)
         raise RunError(
             f"{path}: written with {was}, this process has {is_} (torch threads: train.threads, kernels: "
-            "CLSR_NATIVE, denormals: CLSR_KEEP_DENORMALS, device: train.device); run with the checkpoint's settings, or pass --no-resume "
-            "(resume=False) to start afresh"
+            "CLSR_NATIVE, denormals: CLSR_KEEP_DENORMALS, device: train.device); run with the checkpoint's "
+            "settings, or pass --no-resume (resume=False) to start afresh"
         )
 
 

@@ -23,9 +23,9 @@ below 1.2e-38 become 0); a CUDA device keeps its own settings.
 
 `compute_path` — what decides a run's float rounding besides its configuration: the device, torch's
 CPU thread count (reductions and GEMMs split their work by thread), whether the C kernels of
-`clsr.fast.native` or torch ops run, and whether denormals are flushed. The same seed and configuration give bit-identical results only on
-the same compute path; runs record it in last.pt and metrics.json, and `clsr.train.fit` refuses to resume
-a checkpoint written on another one.
+`clsr.fast.native` or torch ops run, and whether denormals are flushed. The same seed and configuration give
+bit-identical results only on the same compute path; runs record it in last.pt and metrics.json, and
+`clsr.train.fit` refuses to resume a checkpoint written on another one.
 
 `tune_cpu_allocator` — why: a CLSR training step allocates and frees tensors of 20-40 MB (the
 short-term attention over B·C·L = 125k rows). glibc serves every block above its mmap threshold

@@ -10,7 +10,7 @@ import yaml
 
 from clsr.config import ConfigError, load_params, to_dict
 from clsr.params import AblationsConfig, DisentanglementConfig, PipelineConfig, check
-from clsr.pipeline import TINY_PARAMS
+from clsr.pipeline import TINY_PARAMS, Context, find_root
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(ROOT.glob("params*.yaml"))
@@ -92,3 +92,10 @@ def test_malformed_or_unreadable_files(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_params(bad)
+
+
+def test_paths_are_shown_relative_to_the_project_root(tmp_path):
+    root = find_root()
+    ctx = Context(root=root, params={}, tiny=False, work=root)
+    assert ctx.shown(root / "runs" / "ml100k" / "clsr" / "abc") == "runs/ml100k/clsr/abc"
+    assert ctx.shown(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")  # outside the project: as it is

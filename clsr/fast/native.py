@@ -24,9 +24,8 @@ ran; 2048³ GEMM 191 / 384 GFLOP/s at 1 / 2 threads):
 (c) bn_relu_* (fused tails, `mlp.fused_tail`) with din_* / ragged_* / bn_relu_ragged_* (`attention.din_fused`,
     `din_ragged`): no configuration of the benchmark turns one on without the other, so they are one group.
 din has no recurrence: its (a) and (b) epochs (23.5, 23.0 s) show the measurement's noise, about 2 %.
-A C embedding backward (index_add_rows) measured 1.12 / 0.99 / 1.03 and was removed: `layers.lookup` runs
-its reference (index_select, whose backward is an index_add). Outside a whole epoch, the same report times
-the fused tail of CLSR's short-term scorer (125k rows, forward + backward): 42.9 ms, against 62.5 ms eager
+The embedding lookup has no C kernel: `layers.lookup` runs its reference (index_select, whose backward is
+an index_add). Outside a whole epoch, the same report times the fused tail of CLSR's short-term scorer (125k rows, forward + backward): 42.9 ms, against 62.5 ms eager
 and 60.3 ms with `torch.compile`.
 
 Nothing here is needed for correctness; it is a speed path, used for CPU float32 / float64 tensors when

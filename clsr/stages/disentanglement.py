@@ -147,7 +147,7 @@ def _evaluate_run(ctx: Context, ds: str, name: str, seed: int, data: PreparedDat
     'vectors' of the 2-D projection figure)."""
     settings, train = ctx.params["disentanglement"], ctx.params["train"]
     model, run_dir = obtain_model(ctx, ds, name, data, seed)
-    print(f"[disentanglement] {ds} / {name} / seed {seed}: {run_dir}", flush=True)
+    print(f"[disentanglement] {ds} / {name} / seed {seed}: {ctx.shown(run_dir)}", flush=True)
     cf, raw = counterfactual_eval(model, data, "test", sets, settings["recent_k"], settings["shuffle_seed"],
                                   train["eval_batch_size"], train["ties"])
     entry: dict[str, Any] = dict(cf)

@@ -31,7 +31,7 @@ def fit_or_reuse(ctx: Context, dataset: str, spec, data, run_dir: str | Path | N
     run_dir = run_folder(ctx, dataset, spec) if run_dir is None else Path(run_dir)
     res = finished_result(run_dir, data, spec.model, spec.model_cfg, spec.train_cfg)
     if res is not None:
-        print(f"[{spec.name}] the same run is finished in {run_dir}; reusing it", flush=True)
+        print(f"[{spec.name}] the same run is finished in {ctx.shown(run_dir)}; reusing it", flush=True)
         return res, run_dir
     return fit(data, spec.model, spec.model_cfg, spec.train_cfg, run_dir=run_dir, overwrite=True), run_dir
 
