@@ -1,7 +1,7 @@
 """Batches (docs/protocol.md §5, §3.1): time features, truncation/padding, recent-k, in-batch negatives,
 training/evaluation iteration, the shuffle counterfactual and the released row layout.
 
-Reference values come from the worked example of §1.9 and from a plain-Python re-implementation of the
+Reference values come from the worked example of §5.1 and from a plain-Python re-implementation of the
 formulas below (loops over raw timestamps), never from the vectorised code's own output."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ TAOBAO_UNIT = 86.4
 
 
 def ref_features(hist_ts: list[int], T: int, r: float, L: int) -> tuple[list[float], list[float]]:
-    """§1.9 in plain Python on the FULL history, then the last L positions, right-padded with 0."""
+    """§5.1 in plain Python on the FULL history, then the last L positions, right-padded with 0."""
     n = len(hist_ts)
     clamp = lambda x: math.log(max(x / r, 0.5))  # noqa: E731
     to_now = [clamp(T - t) for t in hist_ts]

@@ -1,4 +1,4 @@
-"""The evaluation protocol (docs/protocol.md §1.3–§3): split, history expansion, keep-rates, vocabularies,
+"""The evaluation protocol (§1.3–§3): split, history expansion, keep-rates, vocabularies,
 fixed candidates and seeding. Every expectation is either worked out by hand on `hand_df` or recomputed
 by a plain-Python loop over the raw DataFrame."""
 from __future__ import annotations
@@ -118,7 +118,7 @@ def test_time_span_split_hand(hand_df):
     assert raw_instances(data, "test") == [("40", 1)]  # b@800; a@700 is user 40's first event
     assert raw_instances(data, "valid") == [("20", 3)]  # c@600 sits exactly on T_max - 2 span
     assert raw_instances(data, "train") == [("10", 1), ("10", 2), ("10", 3), ("10", 4), ("20", 1), ("20", 2)]
-    # the test history crosses the boundaries (§1.10.3)
+    # the test history crosses the boundaries (§2.1)
     lab = P.split_labels(data.event_ts, data.user_offsets, P.ProtocolConfig(split="time_span", span=100))
     assert dict(zip(data.event_ts.tolist(), lab.tolist()))[700] == 2
     assert dict(zip(data.event_ts.tolist(), lab.tolist()))[600] == 1

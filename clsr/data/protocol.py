@@ -1,4 +1,4 @@
-"""The evaluation protocol: split, instances, vocabularies and fixed candidates (docs/protocol.md §1.3–§3).
+"""The evaluation protocol: split, instances, vocabularies and fixed candidates (§1.3–§3).
 
     interactions table --(sort per user by time)--> events (CSR)
         --(split rule)--> a split label per event
@@ -159,7 +159,7 @@ def split_labels(ts: np.ndarray, offsets: np.ndarray, cfg: ProtocolConfig) -> np
 
 def build_vocab(counts_per_code: np.ndarray, first_seen: np.ndarray) -> np.ndarray:
     """Vocab index per code: sorted by count descending, ties by `first_seen` ascending (the released
-    dict-insertion order, see `first_insert`); index 0 reserved; codes never counted in training map to 0 (§1.6)."""
+    dict-insertion order, see `first_insert`); index 0 reserved; codes never counted in training map to 0 (§2.4)."""
     index = np.zeros(len(counts_per_code), dtype=np.int32)
     used = np.flatnonzero(counts_per_code > 0)
     order = used[np.lexsort((first_seen[used], -counts_per_code[used]))]
@@ -184,7 +184,7 @@ def train_counts(
 def first_insert(
     event_codes: np.ndarray, offsets: np.ndarray, is_train_target: np.ndarray, n_codes: int
 ) -> np.ndarray:
-    """When the released `_create_vocab` first meets each code, i.e. its tie order (§1.6): it walks the
+    """When the released `_create_vocab` first meets each code, i.e. its tie order (§2.4): it walks the
     train lines in file order (users in row order, targets in time order) and, in each line, counts the
     target first and then the history oldest first. Codes never met get int64 max."""
     n = len(event_codes)
@@ -292,7 +292,7 @@ def build(df: pd.DataFrame, cfg: ProtocolConfig, name: str = "dataset") -> Prepa
         instances[split] = Instances(user=user_of[ev], pos=pos[ev].astype(np.int32))
     require_instances(instances, cfg, name, splits=("train",))
 
-    # vocabularies from train (§1.6)
+    # vocabularies from train (§2.4)
     is_train_target = np.zeros(len(pos), dtype=bool)
     is_train_target[offsets[instances["train"].user] + instances["train"].pos] = True
     n_items, n_cates, n_users = len(ids["item"]), len(ids["cate"]), len(ids["user"])
@@ -309,7 +309,7 @@ def build(df: pd.DataFrame, cfg: ProtocolConfig, name: str = "dataset") -> Prepa
 
     # fixed evaluation candidates
     if cfg.negative_sampling == "popularity":
-        pool = events["item"].astype(np.int64)  # every event's item, with repeats (§1.7)
+        pool = events["item"].astype(np.int64)  # every event's item, with repeats (§3.2)
     else:
         pool = np.arange(n_items, dtype=np.int64)
     item_cate = np.zeros(n_items, dtype=np.int32)

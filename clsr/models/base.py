@@ -28,7 +28,7 @@ class ModelConfig:
 
     item_dim: int = 32  # item embedding size; the history token is item ‖ category (32 + 8 = 40)
     cate_dim: int = 8  # category embedding size
-    init_std: float = 0.01  # truncated-normal std for embeddings and dense weights (§2.7)
+    init_std: float = 0.01  # truncated-normal std for embeddings and dense weights (§6.4)
     rec_loss: str = "softmax"  # softmax over each instance's 1+N logits (released) | bce (per row)
     embed_l2: float = 1.0e-6  # ½‖·‖² on the embedding rows used in the batch
     layer_l2: float = 1.0e-6  # ½‖·‖² on every non-embedding parameter
@@ -108,7 +108,7 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
     def embedding_rows(self, batch: Batch) -> list[tuple[nn.Embedding, torch.Tensor]]:
-        """(table, row indices) pairs used by this batch, for the L2 term on used rows (§2.4)."""
+        """(table, row indices) pairs used by this batch, for the L2 term on used rows (§7.4)."""
         return []
 
     def extra_losses(
