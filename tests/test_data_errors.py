@@ -11,7 +11,6 @@ import json
 import math
 import os
 import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np

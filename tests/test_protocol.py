@@ -4,7 +4,6 @@ by a plain-Python loop over the raw DataFrame."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import numpy as np
 import pandas as pd

@@ -12,7 +12,6 @@ import pytest
 
 from clsr.data import protocol as P
 from clsr.data.batches import eval_batches, history_items
-from clsr.data.prepare import prepare
 from clsr.data.sources import DataError
 from clsr.data.store import PreparedData
 from conftest import brute_sequences, build, make_random_df, random_params

@@ -1,5 +1,6 @@
-"""Stage oracle@<dataset> (notebook 07): the Bayes oracle (`clsr.oracle`) of every synthetic dataset of
-``pipeline.datasets``, scored like a model on the same test candidates.
+"""Stage oracle@<dataset> (notebook 07): the Bayes oracle (`clsr.oracle`) of every dataset of
+``pipeline.oracle_datasets`` (`clsr.params` checks that each comes from the synthetic source), scored like a
+model on the same test candidates.
 
 Writes reports/metrics/oracle/<dataset>.json:
 
@@ -32,12 +33,6 @@ from clsr.stages.protocol import ensure_prepared
 READOUTS = ("full", "long", "short")
 #: protocol name (as in clsr.evaluation.test_report) -> candidate set of the test split
 SAMPLED = {"sampled": "test", "uniform": "test_uniform"}
-
-
-def oracle_datasets(params: Mapping[str, Any]) -> list[str]:
-    """The datasets of ``pipeline.datasets`` whose source is the synthetic generator."""
-    return [d for d in params["pipeline"]["datasets"]
-            if (params["datasets"][d].get("source") or {}).get("name") == "synthetic"]
 
 
 def result_path(ctx: Context, dataset: str) -> Path:
