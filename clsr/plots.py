@@ -167,16 +167,19 @@ def interest_pca(vectors: Mapping[str, Mapping[str, np.ndarray]], path: str | Pa
 SWEEP_COLORS = {"oracle": "black", "clsr": "tab:red", "clsr_nocon": "tab:orange", "slirec": "tab:blue"}
 
 
-def sweep(frame: pd.DataFrame, path: str | Path):
+def sweep(frame: pd.DataFrame, path: str | Path, comparisons: pd.DataFrame | None = None):
     """One column per p_short_mean, x = mean_topic_run: α-AUC against the true driver (the oracle's dashed:
     the best reachable) and the share of the oracle's GAUC margin over popularity, per model (mean ± std
-    over seeds); when both CLSR variants ran, a third row: CLSR − CLSR w/o contrastive on both, paired by seed
-    (above 0 where the contrastive loss helps)."""
+    over seeds); with `comparisons` (`clsr.stages.sweep.comparisons`) holding CLSR against CLSR w/o
+    contrastive, a third row: that difference in α-AUC and GAUC with its 95 % paired-bootstrap interval
+    (above 0 where the contrastive loss helps; filled markers where the interval excludes 0)."""
     ps = sorted(frame["p_short_mean"].unique())
     rows = [("alpha_auc", "α-AUC (true driver)"), ("gauc_share", "GAUC share of the oracle's margin")]
-    paired = {"clsr", "clsr_nocon"} <= set(frame["model"])
-    if paired:
-        rows.append(("effect", "CLSR − CLSR w/o contrastive"))
+    effect = None
+    if comparisons is not None and len(comparisons):
+        effect = comparisons[(comparisons["model"] == "clsr") & (comparisons["other"] == "clsr_nocon")]
+        if len(effect):
+            rows.append(("effect", "CLSR − CLSR w/o contrastive"))
     fig, axes = plt.subplots(len(rows), len(ps), figsize=(3.8 * len(ps), 3.2 * len(rows)), squeeze=False,
                              sharey="row")
     for j, p in enumerate(ps):
@@ -184,7 +187,7 @@ def sweep(frame: pd.DataFrame, path: str | Path):
         for i, (key, title) in enumerate(rows):
             ax = axes[i, j]
             if key == "effect":
-                _contrastive_effect(ax, sub)
+                _contrastive_effect(ax, effect[effect["p_short_mean"] == p])
                 ax.set(xlabel="mean_topic_run", ylabel=title if j == 0 else None)
                 continue
             for model, d in sub.groupby("model", sort=False):
@@ -208,18 +211,22 @@ def sweep(frame: pd.DataFrame, path: str | Path):
     plt.close(fig)
 
 
-def _contrastive_effect(ax, sub: pd.DataFrame) -> None:
-    """Δ α-AUC and Δ GAUC share (CLSR − CLSR w/o contrastive, paired by seed) against mean_topic_run."""
-    key = ["mean_topic_run", "seed"]
-    a = sub[sub.model == "clsr"].set_index(key)[["alpha_auc", "gauc_share"]].astype(float)
-    b = sub[sub.model == "clsr_nocon"].set_index(key)[["alpha_auc", "gauc_share"]].astype(float)
-    diff = (a - b).reset_index()
-    for col, name, color in (("alpha_auc", "Δ α-AUC", "tab:purple"), ("gauc_share", "Δ GAUC share", "tab:green")):
-        g = diff.groupby("mean_topic_run")[col].agg(["mean", "std"]).sort_index()
-        ax.errorbar(g.index, g["mean"], yerr=g["std"].fillna(0.0), marker="o", capsize=3, color=color, label=name)
+def _contrastive_effect(ax, effect: pd.DataFrame) -> None:
+    """Δ α-AUC and Δ GAUC (CLSR − CLSR w/o contrastive) against mean_topic_run, with their intervals."""
+    for i, (q, name, color) in enumerate((("alpha_auc", "Δ α-AUC", "tab:purple"), ("gauc", "Δ GAUC", "tab:green"))):
+        d = effect[effect["quantity"] == q].sort_values("mean_topic_run")
+        if d.empty:
+            continue
+        x = d["mean_topic_run"].to_numpy(float) * (1.04 if i else 1 / 1.04)  # side by side on the log axis
+        y = d["difference"].to_numpy(float)
+        err = np.vstack([y - d["low"].to_numpy(float), d["high"].to_numpy(float) - y])
+        ax.errorbar(x, y, yerr=err, ls="-", marker="none", capsize=3, color=color, label=name)
+        decided = d["winner"].notna().to_numpy()
+        ax.scatter(x[decided], y[decided], color=color, zorder=3)
+        ax.scatter(x[~decided], y[~decided], facecolor="white", edgecolor=color, zorder=3)
     ax.axhline(0.0, color="gray", lw=0.8, ls=":")
     ax.set_xscale("log")
-    runs = sorted(sub["mean_topic_run"].unique())
+    runs = sorted(effect["mean_topic_run"].unique())
     ax.set_xticks(runs, [f"{r:g}" for r in runs])
     ax.minorticks_off()
     ax.legend(fontsize=7)

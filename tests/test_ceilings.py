@@ -20,6 +20,7 @@ from clsr.disentangle import measures
 from clsr.disentangle.evaluate import ceilings
 from clsr.params import check
 from clsr.pipeline import read_json
+from clsr.rundir import load_per_instance
 from clsr.stages import oracle as oracle_stage
 from clsr.stages import sweep
 
@@ -184,14 +185,53 @@ def test_sweep_group_end_to_end(tmp_path):
     first = read_json(sweep.metrics_file(ctx, "p0.2_run3", "clsr_seed0"))
     again = sweep.run_train(ctx, "p0.2_run3", "clsr", 0, boot_reps=10)
     assert run_metrics.stat().st_mtime_ns == stamp and again["test"] == first["test"]
-    frame = sweep.run_report(ctx)
+    inst = load_per_instance(sweep.instances_file(ctx, "p0.2_run3", "clsr_seed0"))
+    assert set(inst) == {"user", "driver", "alpha", "auc", "auc_long", "auc_short"}
+    assert np.isfinite(inst["alpha"]).all() and set(np.unique(inst["driver"])) <= {0, 1}
+    frame = sweep.run_report(ctx, replicates=50)
     assert len(frame) == 2 * (1 + 3)  # an oracle row and three models per cell
     oracle_rows = frame[frame.model == "oracle"]
     assert (oracle_rows["alpha_auc"] > 0.5).all()
     table = (ctx.reports_dir / "tables" / "sweep.md").read_text()
-    assert "Bayes oracle" in table and "Δ α-AUC" in table
+    assert "Bayes oracle" in table and "Δ α-AUC" in table and "CLSR against each other model" in table
     assert (ctx.reports_dir / "figures" / "sweep" / "sweep.png").stat().st_size > 0
-    assert read_json(ctx.reports_dir / "metrics" / "sweep.json")["rows"]
+    written = read_json(ctx.reports_dir / "metrics" / "sweep.json")
+    assert written["rows"]
+    comp = {(c["cell"], c["other"], c["quantity"]) for c in written["comparisons"]}
+    assert comp == {(cell, other, q) for cell in ("p0.2_run3", "p0.8_run3") for other in ("clsr_nocon", "slirec")
+                    for q in ("alpha_auc", "gauc", "specialisation")}
+
+
+def _instances(rng, n, driver, alpha=None, auc=None, shift=0.0):
+    auc = rng.uniform(0.3, 0.9, n) if auc is None else auc
+    return {"user": np.arange(n), "driver": driver, "alpha": rng.uniform(size=n) if alpha is None else alpha,
+            "auc": auc + shift, "auc_long": rng.uniform(size=n), "auc_short": rng.uniform(size=n)}
+
+
+def test_sweep_comparison_known_answers():
+    rng = np.random.default_rng(0)
+    n = 200
+    driver = np.arange(n) % 2  # 0 = long-driven
+    base = rng.uniform(0.3, 0.8, n)
+    # B's α separates the drivers perfectly (α-AUC 1), A's α is constant (α-AUC ½); B's instance AUC is A's + 0.1
+    a = {s: _instances(rng, n, driver, alpha=np.full(n, 0.5), auc=base) for s in (0, 1)}
+    b = {s: _instances(rng, n, driver, alpha=(driver == 0).astype(float), auc=base, shift=0.1) for s in (0, 1)}
+    c = sweep.compare_runs(a, b, replicates=200)
+    assert c["alpha_auc"]["difference"] == pytest.approx(0.5) and c["alpha_auc"]["winner"] == "B"
+    assert c["alpha_auc"]["low"] == pytest.approx(0.5) and c["alpha_auc"]["high"] == pytest.approx(0.5)
+    assert c["gauc"]["difference"] == pytest.approx(0.1) and c["gauc"]["winner"] == "B"
+    assert c["gauc"]["low"] == pytest.approx(0.1) and c["gauc"]["high"] == pytest.approx(0.1)
+    assert c["specialisation"]["seeds"] == 2
+    same = sweep.compare_runs(a, a, replicates=200)  # a model against itself: exactly 0, no winner
+    for q in ("alpha_auc", "gauc", "specialisation"):
+        assert same[q]["difference"] == 0.0 and same[q]["low"] == 0.0 and same[q]["high"] == 0.0
+        assert same[q]["winner"] is None
+    # a model without α: no α-AUC comparison
+    no_alpha = {s: {**v, "alpha": np.full(n, np.nan)} for s, v in a.items()}
+    assert "alpha_auc" not in sweep.compare_runs(no_alpha, b, replicates=20)
+    other = {s: {**v, "driver": 1 - driver} for s, v in b.items()}
+    with pytest.raises(ValueError, match="different test instances"):
+        sweep.compare_runs(a, other, replicates=20)
 
 
 def load_p_short(ctx, cell) -> float:

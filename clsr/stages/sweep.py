@@ -11,9 +11,15 @@ other source options from ``sweep.source``, the protocol from ``sweep.protocol``
 * ``train``:  one model × seed, trained with the main train params and the ``sweep.train`` overrides (to
               early stopping), then through the ground-truth measures of the disentanglement study and
               against the oracle -> runs/sweep/<cell>/<model>_seed<seed>/ and
-              reports/metrics/sweep/<cell>/<model>_seed<seed>.json;
+              reports/metrics/sweep/<cell>/<model>_seed<seed>.json, with the per-test-instance values the
+              paired comparisons resample beside it (.npz: user, true driver, α on the positive, the
+              instance AUC of the as-trained, α = 1 and α = 0 readouts);
 * ``report``: every cell's files -> reports/metrics/sweep.json, reports/tables/sweep.md and
-              reports/figures/sweep/sweep.png.
+              reports/figures/sweep/sweep.png. Per cell, CLSR is compared with CLSR without the contrastive
+              loss and with SLi-Rec on α-AUC, GAUC and specialisation (`comparisons`): the mean over seeds
+              of the per-seed difference and a 95 % paired-bootstrap interval (test instances resampled
+              jointly for both models, the seeds pooled; `clsr.disentangle.verdicts`, `clsr.stats`); a
+              winner is named only where the interval excludes 0.
 
 Command line (what dvc.yaml runs): ``python -m clsr.stages.sweep data CELL``,
 ``python -m clsr.stages.sweep train CELL MODEL SEED``, ``python -m clsr.stages.sweep report``.
@@ -30,6 +36,7 @@ import pandas as pd
 
 from clsr.data.store import PreparedData, atomic_write_json, atomic_write_text
 from clsr.pipeline import Context, read_json
+from clsr.rundir import load_per_instance, save_per_instance
 
 CELL = re.compile(r"^p(?P<p>[0-9.]+)_run(?P<run>[0-9.]+)$")
 #: the columns of the sweep table (per model: mean over seeds)
@@ -42,6 +49,10 @@ COLUMNS = {
     "gauc_short@short_driven": "α=0 GAUC, short-driven",
     "specialisation": "specialisation",
 }
+#: the paired comparisons of every cell: (B, A) = CLSR against each other model, difference B − A
+PAIRS = (("clsr", "clsr_nocon"), ("clsr", "slirec"))
+#: compared quantity -> its label (each higher = better at its job)
+COMPARED = {"alpha_auc": "α-AUC", "gauc": "GAUC", "specialisation": "specialisation"}
 
 
 def cell_name(p_short_mean: float, mean_topic_run: float) -> str:
@@ -68,6 +79,11 @@ def data_dir(ctx: Context) -> Path:
 
 def metrics_file(ctx: Context, cell: str, name: str) -> Path:
     return ctx.metrics_path("sweep", cell, name)
+
+
+def instances_file(ctx: Context, cell: str, name: str) -> Path:
+    """The per-test-instance values of a run, beside its metrics file."""
+    return metrics_file(ctx, cell, name).with_suffix(".npz")
 
 
 def cell_params(params: Mapping[str, Any], cell: str) -> dict[str, Any]:
@@ -136,6 +152,7 @@ def run_train(ctx: Context, cell: str, model: str, seed: int, boot_reps: int = 2
     ground truth and the oracle."""
     import torch
 
+    from clsr.disentangle import measures
     from clsr.disentangle.evaluate import ceilings, ground_truth_eval, oracle_eval, positive_alpha
     from clsr.disentangle.truth import load_truth, read_profiles
     from clsr.stages.disentanglement import _clean
@@ -151,6 +168,12 @@ def run_train(ctx: Context, cell: str, model: str, seed: int, boot_reps: int = 2
     truth = load_truth(data, read_profiles(data_dir(ctx), cell), "test")
     gt, scores = ground_truth_eval(trained, data, truth, None, "test", batch, ties, boot_reps)
     oracle, long_posterior = oracle_eval(data, truth, "test", ties, boot_reps)
+    first = scores["original"]
+    save_per_instance(instances_file(ctx, cell, f"{model}_seed{seed}"), {
+        "user": np.asarray(first.user), "driver": np.asarray(truth.driver), "alpha": positive_alpha(first),
+        **{f"auc{sfx}": measures.instance_auc(first.logits[r]) for r, sfx in (("model", ""), ("long", "_long"),
+                                                                             ("short", "_short"))},
+    })
     from clsr import metrics as M
     from clsr.disentangle.measures import READOUTS, SUFFIX
 
@@ -213,7 +236,9 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(level="order", drop=True)
 
 
-def markdown(frame: pd.DataFrame, params: Mapping[str, Any]) -> str:
+def markdown(frame: pd.DataFrame, params: Mapping[str, Any], comp: pd.DataFrame | None = None) -> str:
+    """reports/tables/sweep.md: the per-cell measures (mean ± std over seeds) and, with `comp` (`comparisons`),
+    CLSR against each other model per cell with intervals and verdicts."""
     from clsr.disentangle.report import label
 
     s = params["sweep"]
@@ -241,39 +266,115 @@ def markdown(frame: pd.DataFrame, params: Mapping[str, Any]) -> str:
                 cells_.append(f"{v:.3f}")
         name = "*Bayes oracle*" if r["model"] == "oracle" else label(r["model"])
         lines.append(f"| {r['p_short_mean']:g} | {r['mean_topic_run']:g} | {name} | " + " | ".join(cells_) + " |")
-    if "clsr" in s["models"] and "clsr_nocon" in s["models"]:
-        lines += ["", "Effect of the contrastive loss per cell (CLSR − CLSR w/o contrastive, paired by seed; "
-                  "mean ± std over seeds):", "", "| p_short_mean | mean_topic_run | Δ α-AUC | Δ GAUC | Δ specialisation |",
-                  "|---|---|---|---|---|"]
-        for (p, run), d in contrastive_effect(frame).groupby(["p_short_mean", "mean_topic_run"]):
-            cells_ = [f"{d[k].mean():+.3f} ± {d[k].std(ddof=1):.3f}" if len(d) > 1 else f"{d[k].mean():+.3f}"
-                      for k in ("alpha_auc", "gauc", "specialisation")]
-            lines.append(f"| {p:g} | {run:g} | " + " | ".join(cells_) + " |")
     if "train_seconds" in frame:
         t = frame["train_seconds"].dropna()
         lines += ["", f"Training time per run: median {t.median():.0f} s, total {t.sum() / 3600:.2f} h over {len(t)} runs."]
+    lines += comparison_markdown(comp if comp is not None else pd.DataFrame())
     return "\n".join(lines) + "\n"
 
 
-def contrastive_effect(frame: pd.DataFrame) -> pd.DataFrame:
-    """CLSR − CLSR w/o contrastive per cell and seed."""
-    key = ["p_short_mean", "mean_topic_run", "seed"]
-    cols = ["alpha_auc", "gauc", "specialisation"]
-    a = frame[frame.model == "clsr"].set_index(key)[cols].astype(float)
-    b = frame[frame.model == "clsr_nocon"].set_index(key)[cols].astype(float)
-    return (a - b).dropna(how="all").reset_index()
+def compare_runs(a: Mapping[int, Mapping[str, np.ndarray]], b: Mapping[int, Mapping[str, np.ndarray]],
+                 replicates: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """B − A on `COMPARED` from ``{seed: instances}`` of two models on one cell (the per-instance values
+    `run_train` saves; the seeds both hold, the same test instances in the same order everywhere).
+
+    α-AUC and specialisation: `verdicts.ground_truth_comparisons` (instances resampled jointly, the statistic
+    recomputed; α-AUC only when both models have α). GAUC: each user's mean instance AUC paired across the
+    models (`clsr.stats.paired_bootstrap`; with one test instance per user this is the GAUC). Returns
+    {quantity: `verdicts.summary`} with winner "B" / "A" / None."""
+    from clsr import stats
+    from clsr.disentangle import verdicts
+
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        raise ValueError("sweep comparison: the two models share no seed")
+    runs = [*(a[s] for s in seeds), *(b[s] for s in seeds)]
+    driver = runs[0]["driver"]
+    if any(len(r["driver"]) != len(driver) or np.any(r["driver"] != driver) for r in runs):
+        raise ValueError("sweep comparison: the runs hold different test instances (their true drivers differ)")
+    gt = verdicts.ground_truth_comparisons({"B": {s: b[s] for s in seeds}, "A": {s: a[s] for s in seeds}},
+                                           driver, replicates, seed, reference="B")["A"]
+    per_user = {m: {s: stats.per_user_mean(r[s]["user"], r[s]["auc"])[:2] for s in seeds} for m, r in (("A", a), ("B", b))}
+    c = stats.paired_bootstrap(per_user["A"], per_user["B"], replicates=replicates, seed=seed)
+    gt["gauc"] = verdicts.summary(c, "B", "A", verdicts.USERS)
+    return {q: gt[q] for q in COMPARED if q in gt}
 
 
-def run_report(ctx: Context) -> pd.DataFrame:
-    """Collect every cell; write reports/metrics/sweep.json, reports/tables/sweep.md and the figure."""
+def comparisons(ctx: Context, replicates: int = 1000) -> pd.DataFrame:
+    """One row per cell × pair of `PAIRS` (both models in ``sweep.models``) × quantity: the difference
+    (B − A, mean over seeds), its 95 % interval and the better model (None: no detectable difference)."""
+    s = ctx.params["sweep"]
+    rows = []
+    for cell in cells(ctx.params):
+        p, run = parse_cell(cell)
+        for b, a in PAIRS:
+            if not {a, b} <= set(s["models"]):
+                continue
+            runs = {m: {seed: load_per_instance(instances_file(ctx, cell, f"{m}_seed{seed}")) for seed in s["seeds"]}
+                    for m in (a, b)}
+            for q, c in compare_runs(runs[a], runs[b], replicates).items():
+                winner = {"B": b, "A": a}.get(c["winner"])
+                rows.append({"cell": cell, "p_short_mean": p, "mean_topic_run": run, "model": b, "other": a,
+                             "quantity": q, "difference": c["difference"], "low": c["low"], "high": c["high"],
+                             "seeds": c["seeds"], "method": c["method"], "winner": winner})
+    return pd.DataFrame(rows)
+
+
+def comparison_markdown(comp: pd.DataFrame) -> list[str]:
+    """The comparisons as a table (one row per cell × pair) and one computed sentence per pair × quantity."""
+    from clsr.disentangle.report import label
+
+    if comp.empty:
+        return []
+    lines = ["", "## CLSR against each other model, per cell", "",
+             "Difference CLSR − other, mean over seeds, with the 95 % paired-bootstrap interval (test instances "
+             "resampled jointly for both models, the seeds pooled); a winner is named only where the interval "
+             "excludes 0.", "",
+             "| p_short_mean | mean_topic_run | other | " + " | ".join(f"Δ {v}" for v in COMPARED.values()) + " |",
+             "|---|---|---|" + "---|" * len(COMPARED)]
+    for (p, run, other), d in comp.groupby(["p_short_mean", "mean_topic_run", "other"], sort=True):
+        by_q = d.set_index("quantity")
+        cells_ = []
+        for q in COMPARED:
+            if q not in by_q.index:
+                cells_.append("—")
+                continue
+            r = by_q.loc[q]
+            mark = "" if pd.isna(r["winner"]) else (" ↑" if r["winner"] == r["model"] else " ↓")
+            cells_.append(f"{r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]{mark}")
+        lines.append(f"| {p:g} | {run:g} | {label(other)} | " + " | ".join(cells_) + " |")
+    lines += ["", "↑ / ↓: CLSR better / worse (the interval excludes 0).", ""]
+    for other, d in comp.groupby("other", sort=False):
+        for q, name in COMPARED.items():
+            dq = d[d["quantity"] == q]
+            if dq.empty:
+                continue
+            groups: dict[str, list[str]] = {"better": [], "worse": [], "none": []}
+            for _, r in dq.iterrows():
+                key = "none" if pd.isna(r["winner"]) else ("better" if r["winner"] == r["model"] else "worse")
+                groups[key].append(f"p {r['p_short_mean']:g} / run {r['mean_topic_run']:g}")
+            parts = [f"better in {len(groups['better'])} of {len(dq)} cells", f"worse in {len(groups['worse'])}",
+                     f"no detectable difference in {len(groups['none'])}"]
+            for k in ("better", "worse"):
+                if groups[k]:
+                    parts[0 if k == "better" else 1] += f" ({', '.join(groups[k])})"
+            lines.append(f"- CLSR against {label(other)}, {name}: CLSR " + ", ".join(parts) + ".")
+    return lines
+
+
+def run_report(ctx: Context, replicates: int = 1000) -> pd.DataFrame:
+    """Collect every cell and compare the models per cell (`replicates` bootstrap replicates); write
+    reports/metrics/sweep.json, reports/tables/sweep.md and the figure."""
     from clsr import plots
     from clsr.stages.disentanglement import _clean
 
     frame = collect(ctx)
+    comp = comparisons(ctx, replicates)
     atomic_write_json(ctx.reports_dir / "metrics" / "sweep.json",
-                      _clean({"settings": ctx.params["sweep"], "rows": frame.to_dict(orient="records")}))
-    atomic_write_text(ctx.table("sweep.md"), markdown(frame, ctx.params))
-    plots.sweep(frame, ctx.figure("sweep/sweep.png"))
+                      _clean({"settings": ctx.params["sweep"], "rows": frame.to_dict(orient="records"),
+                              "comparisons": comp.to_dict(orient="records")}))
+    atomic_write_text(ctx.table("sweep.md"), markdown(frame, ctx.params, comp))
+    plots.sweep(frame, ctx.figure("sweep/sweep.png"), comp)
     return frame
 
 
