@@ -29,3 +29,11 @@ def test_main_table_has_every_protocol_and_the_paired_intervals():
     for heading in ("negatives sampled by popularity", "negatives sampled uniformly", "full ranking",
                     "Paired differences", "Do the protocols order the models alike?"):
         assert heading in md, heading
+
+
+def test_every_run_comes_from_one_training_code_and_the_readme_names_it():
+    hashes = {json.loads(p.read_text())["code_hash"] for p in RUN_FILES}
+    assert len(hashes) == 1, f"the tables mix runs of several training codes: {sorted(hashes)}; run `make repro`"
+    readme = (ROOT / "README.md").read_text()
+    results = readme[readme.index("## Results"):readme.index("<!-- results:start")]
+    assert f"`{hashes.pop()}`" in results, "the README's Results section must name the training-code hash of the runs"
