@@ -1,4 +1,4 @@
-"""The evaluation protocol (§1.3–§3): split, history expansion, keep-rates, vocabularies,
+"""The evaluation protocol (docs/protocol.md §1.3–§3): split, history expansion, keep-rates, vocabularies,
 fixed candidates and seeding. Every expectation is either worked out by hand on `hand_df` or recomputed
 by a plain-Python loop over the raw DataFrame."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The evaluation protocol: split, instances, vocabularies and fixed candidates (§1.3–§3).
+"""The evaluation protocol: split, instances, vocabularies and fixed candidates (docs/protocol.md §1.3–§3).
 
     interactions table --(sort per user by time)--> events (CSR)
         --(split rule)--> a split label per event

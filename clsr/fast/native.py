@@ -25,8 +25,8 @@ ran; 2048³ GEMM 191 / 384 GFLOP/s at 1 / 2 threads):
     `din_ragged`): no configuration of the benchmark turns one on without the other, so they are one group.
 din has no recurrence: its (a) and (b) epochs (23.5, 23.0 s) show the measurement's noise, about 2 %.
 The embedding lookup has no C kernel: `layers.lookup` runs its reference (index_select, whose backward is
-an index_add). Outside a whole epoch, the same report times the fused tail of CLSR's short-term scorer (125k rows, forward + backward): 42.9 ms, against 62.5 ms eager
-and 60.3 ms with `torch.compile`.
+an index_add). Outside a whole epoch, the same report times the fused tail of CLSR's short-term scorer
+(125k rows, forward + backward): 42.9 ms, against 62.5 ms eager and 60.3 ms with `torch.compile`.
 
 Nothing here is needed for correctness; it is a speed path, used for CPU float32 / float64 tensors when
 the library is available, and tests compare it with the torch ops (equal up to float rounding):

@@ -294,8 +294,10 @@ def compare_runs(a: Mapping[int, Mapping[str, np.ndarray]], b: Mapping[int, Mapp
         raise ValueError("sweep comparison: the runs hold different test instances (their true drivers differ)")
     gt = verdicts.ground_truth_comparisons({"B": {s: b[s] for s in seeds}, "A": {s: a[s] for s in seeds}},
                                            driver, replicates, seed, reference="B")["A"]
-    per_user = {m: {s: stats.per_user_mean(r[s]["user"], r[s]["auc"])[:2] for s in seeds} for m, r in (("A", a), ("B", b))}
-    c = stats.paired_bootstrap(per_user["A"], per_user["B"], replicates=replicates, seed=seed)
+    def user_auc(runs):
+        return {s: stats.per_user_mean(runs[s]["user"], runs[s]["auc"])[:2] for s in seeds}
+
+    c = stats.paired_bootstrap(user_auc(a), user_auc(b), replicates=replicates, seed=seed)
     gt["gauc"] = verdicts.summary(c, "B", "A", verdicts.USERS)
     return {q: gt[q] for q in COMPARED if q in gt}
 
@@ -320,6 +322,13 @@ def comparisons(ctx: Context, replicates: int = 1000) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _outcome(row: Mapping[str, Any]) -> str:
+    """'better' / 'worse' (for CLSR, the comparison's `model`) or 'none' (no detectable difference)."""
+    if pd.isna(row["winner"]):
+        return "none"
+    return "better" if row["winner"] == row["model"] else "worse"
+
+
 def comparison_markdown(comp: pd.DataFrame) -> list[str]:
     """The comparisons as a table (one row per cell × pair) and one computed sentence per pair × quantity."""
     from clsr.disentangle.report import label
@@ -340,7 +349,7 @@ def comparison_markdown(comp: pd.DataFrame) -> list[str]:
                 cells_.append("—")
                 continue
             r = by_q.loc[q]
-            mark = "" if pd.isna(r["winner"]) else (" ↑" if r["winner"] == r["model"] else " ↓")
+            mark = {"better": " ↑", "worse": " ↓", "none": ""}[_outcome(r)]
             cells_.append(f"{r['difference']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]{mark}")
         lines.append(f"| {p:g} | {run:g} | {label(other)} | " + " | ".join(cells_) + " |")
     lines += ["", "↑ / ↓: CLSR better / worse (the interval excludes 0).", ""]
@@ -351,14 +360,14 @@ def comparison_markdown(comp: pd.DataFrame) -> list[str]:
                 continue
             groups: dict[str, list[str]] = {"better": [], "worse": [], "none": []}
             for _, r in dq.iterrows():
-                key = "none" if pd.isna(r["winner"]) else ("better" if r["winner"] == r["model"] else "worse")
-                groups[key].append(f"p {r['p_short_mean']:g} / run {r['mean_topic_run']:g}")
-            parts = [f"better in {len(groups['better'])} of {len(dq)} cells", f"worse in {len(groups['worse'])}",
-                     f"no detectable difference in {len(groups['none'])}"]
-            for k in ("better", "worse"):
-                if groups[k]:
-                    parts[0 if k == "better" else 1] += f" ({', '.join(groups[k])})"
-            lines.append(f"- CLSR against {label(other)}, {name}: CLSR " + ", ".join(parts) + ".")
+                groups[_outcome(r)].append(f"p {r['p_short_mean']:g} / run {r['mean_topic_run']:g}")
+
+            def which(k: str) -> str:
+                return f" ({', '.join(groups[k])})" if groups[k] else ""
+
+            lines.append(f"- CLSR against {label(other)}, {name}: CLSR better in {len(groups['better'])} of "
+                         f"{len(dq)} cells{which('better')}, worse in {len(groups['worse'])}{which('worse')}, "
+                         f"no detectable difference in {len(groups['none'])}.")
     return lines
 
 
