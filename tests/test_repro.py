@@ -80,3 +80,26 @@ def test_make_readme_replaces_only_the_results_block(tmp_path):
     assert update_readme(readme, "| new |\n")  # idempotent: the written marker is found again
     (tmp_path / "plain.md").write_text("# no markers\n")
     assert not update_readme(tmp_path / "plain.md", "| t |\n")
+
+
+def test_no_output_dvc_caches_is_tracked_by_git():
+    """An output DVC caches (no `cache: false`) must not be in git: `dvc repro` refuses to write such an output
+    ("already tracked by SCM") and stops the pipeline there. A .gitignore left with stale names lets one in."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+    from dvc.repo import Repo
+
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = set(subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True,
+                                 text=True).stdout.split("\0"))
+    with Repo(str(root)) as repo:
+        cached = [str(Path(o.fs_path).relative_to(root)) for st in repo.index.stages for o in st.outs if o.use_cache]
+    assert cached, "no cached output found: the test reads dvc.yaml wrongly"
+    both = sorted(p for p in cached if p in tracked or any(t.startswith(p + "/") for t in tracked))
+    assert both == [], (f"{len(both)} DVC-cached outputs are tracked by git, e.g. {both[:3]}: "
+                        "git rm -r --cached them (DVC lists them in .gitignore when it writes them)")
