@@ -1,7 +1,7 @@
 """Benchmark: data-parallel CLSR training (clsr.distributed) on a Kuaishou-sized synthetic log.
 
-    python benchmarks/bench_distributed.py                          # 1.5 M instances, 1 and 2 processes
-    python benchmarks/bench_distributed.py --instances 15000000     # the Kuaishou size itself (~1 h here)
+    python benchmarks/bench_distributed.py                          # the Kuaishou size, 15 M instances (~4 min here)
+    python benchmarks/bench_distributed.py --instances 1500000      # a tenth of it, the Taobao size
 
 1. A synthetic log shaped like Kuaishou (`clsr.data.synthetic.generate`: ~250 events per user, an item
    catalogue of one item per 50 events, 1000 categories) is generated and prepared (`clsr.data.prepare`,
@@ -343,8 +343,8 @@ def to_markdown(meta: dict, prep: dict, results: dict, rows: list[dict], gpu: di
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--instances", type=int, default=1_500_000, help="size of the synthetic log (instances)")
-    ap.add_argument("--steps", type=int, default=20, help="timed training steps per configuration")
+    ap.add_argument("--instances", type=int, default=KUAISHOU_INSTANCES, help="size of the synthetic log (instances)")
+    ap.add_argument("--steps", type=int, default=60, help="timed training steps per configuration")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "reports/benchmarks/distributed.json")
     ap.add_argument("--scratch", type=Path, default=ROOT / "data/raw/bench",
