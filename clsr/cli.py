@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -33,10 +34,11 @@ def _params(path: str) -> dict:
 def cmd_prepare(a) -> int:
     from clsr.data.prepare import prepare
 
+    t0 = time.perf_counter()
     data = prepare(a.dataset, _params(a.params), a.raw_dir, a.out_dir)
     print(f"prepared {a.dataset}: {data.n_users} users, {data.n_events} events, "
           + ", ".join(f"{k} {len(v)}" for k, v in data.instances.items())
-          + f" -> {Path(a.out_dir) / a.dataset}")
+          + f" -> {Path(a.out_dir) / a.dataset} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

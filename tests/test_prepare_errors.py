@@ -204,6 +204,22 @@ def test_failed_resave_keeps_the_previous_dataset(tmp_path, random_df, monkeypat
     assert np.array_equal(again.candidates["test"].item, first.candidates["test"].item)
 
 
+def test_the_same_dataset_prepared_again_later_gives_the_same_bytes(tmp_path, random_df, monkeypatch):
+    """DVC hashes data/prepared/<dataset>: preparing it again must not look like a new dataset. A day later on the
+    clock and with a slower run (no timings in the folder), every file is byte-identical."""
+    import time
+
+    prep.prepare("rand", random_params(seed=1), out_dir=tmp_path / "a", interactions=random_df)
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 86400.0)
+    slow = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: slow() * 2.0 + 3600.0)
+    prep.prepare("rand", random_params(seed=1), out_dir=tmp_path / "b", interactions=random_df)
+    a, b = ({p.name: p.read_bytes() for p in (tmp_path / d / "rand").iterdir()} for d in ("a", "b"))
+    assert sorted(a) == sorted(b) == ["arrays.npz", "meta.json", "stats.json"]
+    assert a == b
+
+
 def test_load_of_incomplete_folder_is_a_clear_error(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "arrays.npz").write_bytes(b"")

@@ -10,7 +10,6 @@ The notebooks (01_data, 02_protocol) and the CLI (`python -m clsr prepare`) call
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -61,11 +60,11 @@ def prepare(
     """Build and store dataset `name`; returns it. `interactions` skips the source (notebooks, tests).
 
     Bad parameters and an unwritable `out_dir` fail before any data is read; the dataset folder is
-    written all at once at the end, so a failure anywhere leaves the previous content (or nothing).
+    written all at once at the end, so a failure anywhere leaves the previous content (or nothing). The folder
+    holds no timings: the same source and protocol give the same bytes, so DVC sees an unchanged dataset.
     """
     source, cfg = dataset_config(params, name)
     ensure_writable_dir(out_dir)
-    t0 = time.perf_counter()
     if source.get("name") == RELEASED and interactions is None:
         # the authors' files already fix instances and candidates: read them as they are
         data = load_released({k: v for k, v in source.items() if k != "name"}, cfg.time_unit, cfg.max_len, name)
@@ -73,10 +72,8 @@ def prepare(
                                  "seed": cfg.seed}
         P.add_uniform_test_candidates(data, cfg.seed)  # the files fix the popularity candidates only
         df = pd.DataFrame()
-        t_load = time.perf_counter() - t0
     else:
         df = load_source(source, raw_dir) if interactions is None else interactions
-        t_load = time.perf_counter() - t0
         data = P.build(df, cfg, name=name)
         P.require_instances(data.instances, cfg, name)  # valid and test too: fail now, not after an epoch
     data.meta["source"] = source
@@ -88,7 +85,6 @@ def prepare(
     st["source"] = source
     st["source_files"] = data.meta["source_files"]
     st["content_sha256"] = data.meta["content_sha256"]
-    st["seconds"] = {"load": round(t_load, 3), "total": round(time.perf_counter() - t0, 3)}
     extra = {"stats.json": lambda p: atomic_write_json(p, st)}
     profiles = df.attrs.get("user_profiles")
     if isinstance(profiles, pd.DataFrame):

@@ -1,22 +1,26 @@
 """Stage protocol@<dataset> (notebook 02): interactions -> data/prepared/<dataset> + reports/data/<dataset>/stats.json."""
 from __future__ import annotations
 
-import shutil
+import time
 
-from clsr.data.store import PreparedData
-from clsr.pipeline import Context
+from clsr.data.store import PreparedData, atomic_write_json
+from clsr.pipeline import Context, read_json
 from clsr.stages import data as data_stage
 
 
 def run(ctx: Context, dataset: str) -> PreparedData:
-    """Split, expand histories, sample the fixed candidates and store the dataset (clsr.data.prepare)."""
+    """Split, expand histories, sample the fixed candidates and store the dataset (clsr.data.prepare); the
+    report's copy of its stats.json adds the seconds this took (the dataset folder holds no timings)."""
     from clsr.data.prepare import prepare
 
+    t0 = time.perf_counter()
     df = data_stage.read_interactions(ctx, dataset)
     data = prepare(dataset, ctx.params, ctx.raw_dir, ctx.prepared_dir, interactions=df)
+    stats = read_json(ctx.prepared_dir / dataset / "stats.json")
+    stats["seconds"] = {"prepare": round(time.perf_counter() - t0, 3)}
     dst = ctx.reports_dir / "data" / dataset
     dst.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ctx.prepared_dir / dataset / "stats.json", dst / "stats.json")
+    atomic_write_json(dst / "stats.json", stats)
     return data
 
 
