@@ -1,6 +1,7 @@
-"""The README's results prose quotes the committed reports, never numbers typed by hand: every decimal it
-quotes in "What the tables say" and "What the sweep found" is, rounded to the digits shown, a number of
-reports/tables/."""
+"""The results prose quotes the committed reports, never numbers typed by hand: every decimal that the README's
+"What the tables say" and "What the sweep found" and notebook 05's "What the generator sweep found" quote is,
+rounded to the digits shown, a number of reports/tables/."""
+import json
 import re
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -15,17 +16,30 @@ def numbers(text: str) -> list[str]:
     return [m.replace("−", "-") for m in NUMBER.findall(text)]
 
 
-#: the results prose of the README: its bold heading, and how many decimals it quotes at least (so a section
-#: that lost its body, or a heading that moved, fails instead of passing on nothing)
-SECTIONS = {"**What the tables say**": 10, "**What the sweep found**": 5}
+#: the results prose: (file, its heading) and how many decimals it quotes at least (so a section that lost its
+#: body, or a heading that moved, fails instead of passing on nothing)
+SECTIONS = {
+    ("README.md", "**What the tables say**"): 10,
+    ("README.md", "**What the sweep found**"): 5,
+    ("notebooks/05_disentanglement.ipynb", "### What the generator sweep found"): 10,
+}
 
 
-def section(heading: str) -> str:
-    """The README from `heading` to the next two blank lines or the next heading, whichever comes first."""
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index(heading)
-    ends = [i for i in (readme.find("\n\n\n", start), readme.find("\n#", start)) if i >= 0]
-    return readme[start:min(ends, default=len(readme))]
+def prose(path: str) -> str:
+    """A Markdown file's text; a notebook's markdown cells, two blank lines between cells."""
+    text = (ROOT / path).read_text()
+    if not path.endswith(".ipynb"):
+        return text
+    cells = json.loads(text)["cells"]
+    return "\n\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+
+
+def section(path: str, heading: str) -> str:
+    """`path`'s prose from `heading` to the next two blank lines or the next heading, whichever comes first."""
+    text = prose(path)
+    start = text.index(heading)
+    ends = [i for i in (text.find("\n\n\n", start), text.find("\n#", start)) if i >= 0]
+    return text[start:min(ends, default=len(text))]
 
 
 def report_values() -> list[Decimal]:
@@ -39,13 +53,13 @@ def quoted_in_reports(quoted: str, values: list[Decimal]) -> bool:
     return any(v.quantize(step, rounding=r) == q for v in values for r in (ROUND_HALF_EVEN, ROUND_HALF_UP))
 
 
-@pytest.mark.parametrize("heading", SECTIONS)
-def test_the_results_prose_quotes_only_numbers_of_the_reports(heading):
-    quoted = numbers(section(heading))
-    assert len(quoted) >= SECTIONS[heading], f"README.md, {heading}: the section was not found whole"
+@pytest.mark.parametrize("path,heading", SECTIONS)
+def test_the_results_prose_quotes_only_numbers_of_the_reports(path, heading):
+    quoted = numbers(section(path, heading))
+    assert len(quoted) >= SECTIONS[path, heading], f"{path}, {heading}: the section was not found whole"
     values = report_values()
     missing = [q for q in quoted if not quoted_in_reports(q, values)]
-    assert not missing, (f"README.md, {heading} quotes {missing}, which no table of reports/tables/ holds "
+    assert not missing, (f"{path}, {heading} quotes {missing}, which no table of reports/tables/ holds "
                          "(rounded): rewrite the sentence from the regenerated tables")
 
 
