@@ -133,7 +133,7 @@ def cmd_readme(a) -> int:
 def cmd_prefill(a) -> int:
     from clsr.prefill import prefill
 
-    results = prefill(a.jobs, dry_run=a.dry_run, sweep=a.sweep)
+    results = prefill(a.jobs, dry_run=a.dry_run, sweep=a.sweep, only=a.only)
     failed = [r for r in results if r[2].startswith("failed")]
     print(f"prefill: {len(results) - len(failed)} run(s) ready" + (f", {len(failed)} failed" if failed else ""))
     return 0
@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--jobs", type=int, default=2, help="worker processes (each uses train.threads threads)")
     sp.add_argument("--dry-run", action="store_true", help="only list the runs that would be trained")
     sp.add_argument("--sweep", action="store_true", help="the generator sweep's runs instead (after dvc repro sweep_data)")
+    sp.add_argument("--only", action="append", metavar="PATTERN",
+                    help="only the runs of stages whose name matches this shell pattern, e.g. 'train@*-clsr-*' "
+                         "or disentanglement (repeatable: any pattern)")
     sp.set_defaults(func=cmd_prefill)
 
     sp = sub.add_parser("repro", help="`dvc repro TARGETS` with a [stage k/N] line before each stage")

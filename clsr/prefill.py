@@ -2,6 +2,7 @@
 
     python -m clsr prefill --jobs 4            # then: dvc repro  (make repro JOBS=4 does both)
     python -m clsr prefill --sweep --jobs 4    # the generator sweep's runs (after `dvc repro sweep_data`; make sweep)
+    python -m clsr prefill --jobs 2 --only 'train@*-clsr-*' --only disentanglement   # some stages' runs only
 
 `dvc repro` runs its stages one after another. Every training stage (train@…, ablation_*@…) trains into a run
 folder keyed by its canonical configuration (clsr/stages/train.py), and a stage whose run is already finished
@@ -16,6 +17,7 @@ with `train.threads: 0` (PyTorch's default: every core) more than one job is ref
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import io
 import multiprocessing as mp
 import os
@@ -82,6 +84,19 @@ def study_runs(params) -> list[PlannedRun]:
     from clsr.stages.disentanglement import required_runs
 
     return [PlannedRun("disentanglement", ds, name, seed, "") for ds, name, seed in required_runs(params)]
+
+
+def select(stages: list[PlannedRun], patterns: list[str]) -> list[PlannedRun]:
+    """The stages whose name matches any of the shell patterns (`fnmatch`, e.g. ``train@*-clsr-*``; the runs
+    that only the disentanglement stage trains are the stage ``disentanglement``). A pattern that matches no
+    stage is a ConfigError naming it, not a silent no-op."""
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(st.stage, p) for st in stages)]
+    if unmatched:
+        names = sorted({st.stage.split("@")[0] for st in stages})
+        raise ConfigError(f"--only {' '.join(unmatched)}: matches no training stage; the stages are named "
+                          f"{', '.join(n + '@…' if n != 'disentanglement' else n for n in names)} "
+                          "(`dvc stage list` shows every name)")
+    return [st for st in stages if any(fnmatch.fnmatchcase(st.stage, p) for p in patterns)]
 
 
 def plan(ctx, stages: list[PlannedRun]) -> list[tuple[PlannedRun, Path]]:
@@ -165,9 +180,10 @@ def _train(st: PlannedRun, root: str) -> tuple[str, float, str]:
     return st.stage, time.perf_counter() - t0, "done"
 
 
-def prefill(jobs: int, root: str | Path = ".", dry_run: bool = False, sweep: bool = False) -> list[tuple[str, float, str]]:
-    """Train every unfinished training run of the pipeline (`sweep`: of the generator sweep instead) in `jobs`
-    processes; returns (stage, seconds, status)."""
+def prefill(jobs: int, root: str | Path = ".", dry_run: bool = False, sweep: bool = False,
+            only: list[str] | None = None) -> list[tuple[str, float, str]]:
+    """Train every unfinished training run of the pipeline (`sweep`: of the generator sweep instead; `only`: of
+    the stages matching these patterns, `select`) in `jobs` processes; returns (stage, seconds, status)."""
     from clsr import pipeline
 
     if jobs < 1:
@@ -189,6 +205,8 @@ def prefill(jobs: int, root: str | Path = ".", dry_run: bool = False, sweep: boo
         if missing:
             raise ConfigError(f"datasets not prepared yet: {missing}; run `dvc repro protocol` first")
         stages = training_stages(ctx.root) + study_runs(ctx.params)
+    if only:
+        stages = select(stages, only)
     todo = plan(ctx, stages)
     print(f"prefill: {len(todo)} run(s) to train in {jobs} process(es) × {threads or 'all'} thread(s)", flush=True)
     if dry_run or not todo:
