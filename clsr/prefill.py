@@ -90,13 +90,14 @@ def select(stages: list[PlannedRun], patterns: list[str]) -> list[PlannedRun]:
     """The stages whose name matches any of the shell patterns (`fnmatch`, e.g. ``train@*-clsr-*``; the runs
     that only the disentanglement stage trains are the stage ``disentanglement``). A pattern that matches no
     stage is a ConfigError naming it, not a silent no-op."""
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(st.stage, p) for st in stages)]
+    hits = {p: {st.stage for st in stages if fnmatch.fnmatchcase(st.stage, p)} for p in patterns}
+    unmatched = [p for p, names in hits.items() if not names]
     if unmatched:
-        names = sorted({st.stage.split("@")[0] for st in stages})
+        families = sorted({st.stage.split("@")[0] + ("@…" if "@" in st.stage else "") for st in stages})
         raise ConfigError(f"--only {' '.join(unmatched)}: matches no training stage; the stages are named "
-                          f"{', '.join(n + '@…' if n != 'disentanglement' else n for n in names)} "
-                          "(`dvc stage list` shows every name)")
-    return [st for st in stages if any(fnmatch.fnmatchcase(st.stage, p) for p in patterns)]
+                          f"{', '.join(families)} (`dvc stage list` shows every name)")
+    picked = set().union(*hits.values())
+    return [st for st in stages if st.stage in picked]
 
 
 def plan(ctx, stages: list[PlannedRun]) -> list[tuple[PlannedRun, Path]]:
